@@ -1,0 +1,14 @@
+"""Stores: where conversation state lives."""
+
+from promptstate.stores.base import MAX_KEY_LENGTH, Store, validate_key, validate_prefix
+from promptstate.stores.memory import MemoryStore
+from promptstate.stores.url import open_store
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MemoryStore",
+    "Store",
+    "open_store",
+    "validate_key",
+    "validate_prefix",
+]

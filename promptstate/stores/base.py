@@ -1,0 +1,475 @@
+"""The store contract: :class:`Store`, the abstract base class of every store.
+
+A custom store implements four methods: :meth:`Store.get`, :meth:`Store.set`,
+:meth:`Store.delete` and :meth:`Store.list_keys`. Every other method has a working default
+built on those four, which a backend overrides where it can do better (the bundled backends
+override all of them).
+
+Whatever a subclass overrides, the base class checks the arguments before the subclass's code
+runs: keys and prefixes are validated (:class:`~promptstate.exceptions.InvalidKeyError`),
+messages and states must be of the right type, and a closed store refuses every call
+(:class:`~promptstate.exceptions.ClosedError`). So no bad input reaches a backend and no I/O is
+done for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import msgspec
+
+from promptstate.exceptions import (
+    ClosedError,
+    ConflictError,
+    InvalidKeyError,
+    NotFoundError,
+    ValidationError,
+)
+from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
+from promptstate.types import Message, State, utcnow
+
+__all__ = ["MAX_KEY_LENGTH", "Store", "normalize_ttl", "validate_key", "validate_prefix"]
+
+#: The longest key any store accepts, in characters.
+MAX_KEY_LENGTH = 512
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def validate_key(key: object, *, what: str = "key") -> str:
+    """Return ``key`` if every store accepts it, else raise :class:`InvalidKeyError`.
+
+    A key is a non-empty ``str`` of at most 512 characters with no NUL or other control
+    characters, that encodes to UTF-8 (no lone surrogates).
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"{what} must be a str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError(f"{what} must not be empty")
+    _check_text(key, what)
+    return key
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it is a valid key prefix (like a key, but it may be empty)."""
+    if not isinstance(prefix, str):
+        raise InvalidKeyError(f"prefix must be a str, got {type(prefix).__name__}")
+    if prefix:
+        _check_text(prefix, "prefix")
+    return prefix
+
+
+def _check_text(text: str, what: str) -> None:
+    if len(text) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(
+            f"{what} is {len(text)} characters long, at most {MAX_KEY_LENGTH} are allowed: "
+            f"{text[:40]!r}..."
+        )
+    if _CONTROL.search(text):
+        raise InvalidKeyError(f"{what} contains a control character: {text!r}")
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"{what} is not valid Unicode text: {text!r}") from exc
+
+
+def normalize_ttl(ttl: timedelta | float | None) -> float | None:
+    """A TTL in seconds (``None`` for none); :class:`ValidationError` unless it is positive."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise ValidationError(f"ttl must be a timedelta, a number of seconds or None, got {ttl!r}")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValidationError(f"ttl must be positive and finite, got {ttl!r}")
+    return seconds
+
+
+def _check_messages(messages: object, method: str) -> list[Message]:
+    if isinstance(messages, (str, bytes, Message)) or not isinstance(messages, Iterable):
+        raise ValidationError(f"{method}() takes a list of Message, got {type(messages).__name__}")
+    items = list(messages)
+    for item in items:
+        if not isinstance(item, Message):
+            raise ValidationError(
+                f"{method}() takes a list of Message, got an item of type {type(item).__name__}"
+            )
+    return items
+
+
+def _check_version(expected_version: object) -> None:
+    if expected_version is not None and (
+        not isinstance(expected_version, int)
+        or isinstance(expected_version, bool)
+        or expected_version < 0
+    ):
+        raise ValidationError(
+            f"expected_version must be None or an int >= 0, got {expected_version!r}"
+        )
+
+
+def _check_last(last: object) -> None:
+    if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 0):
+        raise ValidationError(f"last must be None or an int >= 0, got {last!r}")
+
+
+# -- the guards wrapped around every subclass's methods ---------------------------------------
+
+
+def _guard_key(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, key: object, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        validate_key(key)
+        return await fn(self, key, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
+def _guard_set(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(
+        self: Store, key: object, state: object, *, expected_version: object = None
+    ) -> Any:
+        self._check_open()
+        validate_key(key)
+        if not isinstance(state, State):
+            raise ValidationError(f"set() takes a State, got {type(state).__name__}")
+        _check_messages(state.messages, "set")
+        _check_version(expected_version)
+        return await fn(self, key, state, expected_version=expected_version)
+
+    return cast(F, guarded)
+
+
+def _guard_load(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, key: object, *, last: object = None) -> Any:
+        self._check_open()
+        validate_key(key, what="session_id")
+        _check_last(last)
+        return await fn(self, key, last=last)
+
+    return cast(F, guarded)
+
+
+def _guard_messages(method: str) -> Callable[[F], F]:
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        async def guarded(self: Store, key: object, messages: object, **kwargs: Any) -> Any:
+            self._check_open()
+            validate_key(key, what="session_id")
+            return await fn(self, key, _check_messages(messages, method), **kwargs)
+
+        return cast(F, guarded)
+
+    return wrap
+
+
+def _guard_fork(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(
+        self: Store, source: object, target: object, *, overwrite: bool = False
+    ) -> Any:
+        self._check_open()
+        validate_key(source, what="fork source")
+        validate_key(target, what="fork target")
+        if source == target:
+            raise ValidationError(f"fork source and target are the same key {source!r}")
+        return await fn(self, source, target, overwrite=overwrite)
+
+    return cast(F, guarded)
+
+
+def _guard_prefix_iter(fn: F) -> F:
+    @functools.wraps(fn)
+    def guarded(self: Store, prefix: object, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        validate_prefix(prefix)
+        return fn(self, prefix, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
+def _guard_prefix(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, prefix: object, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        validate_prefix(prefix)
+        return await fn(self, prefix, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
+def _guard_many(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, keys: object) -> Any:
+        self._check_open()
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise ValidationError(f"get_many() takes a list of keys, got {type(keys).__name__}")
+        items = list(keys)
+        for key in items:
+            validate_key(key)
+        return await fn(self, items)
+
+    return cast(F, guarded)
+
+
+def _guard_open(fn: F) -> F:
+    @functools.wraps(fn)
+    def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        return fn(self, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
+_GUARDS: dict[str, Callable[[Any], Any]] = {
+    "get": _guard_key,
+    "delete": _guard_key,
+    "set": _guard_set,
+    "load": _guard_load,
+    "save": _guard_messages("save"),
+    "append": _guard_messages("append"),
+    "fork": _guard_fork,
+    "list_keys": _guard_prefix_iter,
+    "list_by_prefix": _guard_prefix_iter,
+    "list_all": _guard_open,
+    "delete_by_prefix": _guard_prefix,
+    "get_many": _guard_many,
+}
+
+
+def _install_guards(cls: type) -> None:
+    for name, guard in _GUARDS.items():
+        fn = cls.__dict__.get(name)
+        if fn is not None and not getattr(fn, "__promptstate_guarded__", False):
+            wrapped = guard(fn)
+            wrapped.__promptstate_guarded__ = True
+            setattr(cls, name, wrapped)
+
+
+class Store(ABC):
+    """The base class of every store.
+
+    Args:
+        ttl: How long a session lives after its last write (``timedelta`` or seconds); ``None``
+            keeps it for ever. Applied on every write.
+        touch_on_read: Also restart the TTL on reads.
+        token_counter: Counts the tokens of stored messages for ``State.token_count``
+            (default: :class:`~promptstate.tokens.HeuristicTokenCounter`). A message that
+            already carries ``tokens`` is not counted again.
+
+    A store is an async context manager; ``aclose()`` releases what it owns, and any use after
+    it raises :class:`~promptstate.exceptions.ClosedError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: timedelta | float | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self._ttl = normalize_ttl(ttl)
+        self._touch_on_read = bool(touch_on_read)
+        self._counter: TokenCounter = token_counter or HeuristicTokenCounter()
+        self._closed = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _install_guards(cls)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def ttl(self) -> float | None:
+        """The TTL in seconds, or ``None``."""
+        return self._ttl
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose()`` has been called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{type(self).__name__} is closed")
+
+    async def __aenter__(self: _S) -> _S:
+        self._check_open()
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Connect or prepare eagerly on ``async with`` (default: nothing; stores are lazy)."""
+
+    async def aclose(self) -> None:
+        """Release what the store owns. Idempotent; the store can't be used afterwards."""
+        self._closed = True
+
+    # -- the abstract methods -------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, key: str) -> State:
+        """The stored state.
+
+        Raises:
+            NotFoundError: Nothing is stored under ``key``.
+        """
+
+    @abstractmethod
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        """Store ``state`` under ``key``, replacing what is there.
+
+        Returns what was stored: a new State with ``conversation_id`` = ``key``, ``version`` =
+        the previous version + 1, ``updated_at`` = now, and ``token_count`` and each message's
+        ``tokens`` filled in.
+
+        Raises:
+            ConflictError: ``expected_version`` is given and the stored version differs
+                (0 means the key must not exist).
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Delete the state; ``True`` when something was deleted."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key that starts with ``prefix`` (matched literally), in no set order."""
+
+    # -- defaults built on the four above -------------------------------------------------
+
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        """The messages, oldest first; only the newest ``last`` when given; ``[]`` if unknown."""
+        try:
+            state = await self.get(session_id)
+        except NotFoundError:
+            return []
+        if last is None:
+            return state.messages
+        return state.messages[len(state.messages) - last :] if last else []
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Replace the whole message list, creating the state when absent."""
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            state.messages = list(messages)
+            try:
+                await self.set(session_id, state, expected_version=expected)
+                return
+            except ConflictError:
+                continue
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        """Add messages at the end; return the new number of messages.
+
+        Concurrent appends to one session lose nothing: each is applied whole, in some order.
+        Appending no messages writes nothing and returns the current count.
+        """
+        new = [with_tokens(m, self._counter) for m in messages]
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            if not new:
+                return len(state.messages)
+            state.messages.extend(new)
+            try:
+                stored = await self.set(session_id, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return len(stored.messages)
+
+    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+        """Copy the whole state under ``source`` to ``target``; returns the new state.
+
+        Raises:
+            NotFoundError: ``source`` does not exist.
+            ConflictError: ``target`` exists and ``overwrite`` is false.
+        """
+        state = await self.get(source)
+        state.conversation_id = target
+        try:
+            return await self.set(target, state, expected_version=None if overwrite else 0)
+        except ConflictError as exc:
+            raise ConflictError(f"fork target {target!r} exists already") from exc
+
+    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        """Every state whose key starts with ``prefix``, matched literally."""
+        async for key in self.list_keys(prefix):
+            try:
+                yield await self.get(key)
+            except NotFoundError:  # deleted or expired since it was listed
+                continue
+
+    def list_all(self) -> AsyncIterator[State]:
+        """Every state of this store (and only this store's)."""
+        return self.list_by_prefix("")
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        """Delete every state whose key starts with ``prefix``; return how many."""
+        keys = [key async for key in self.list_keys(prefix)]
+        deleted = 0
+        for key in keys:
+            deleted += await self.delete(key)
+        return deleted
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        """The states in the order asked, ``None`` where absent."""
+        found: list[State | None] = []
+        for key in keys:
+            try:
+                found.append(await self.get(key))
+            except NotFoundError:
+                found.append(None)
+        return found
+
+    # -- helpers for backends -------------------------------------------------------------
+
+    async def _get_or_new(self, key: str) -> tuple[State, int]:
+        try:
+            state = await self.get(key)
+        except NotFoundError:
+            return State(conversation_id=key), 0
+        return state, state.version
+
+    def _prepare(self, key: str, state: State, version: int) -> State:
+        """The state as it is to be stored: a new object, tokens counted, version set."""
+        messages = [with_tokens(m, self._counter) for m in state.messages]
+        return msgspec.structs.replace(
+            state,
+            conversation_id=key,
+            messages=messages,
+            token_count=sum(cast(int, m.tokens) for m in messages),
+            version=version,
+            updated_at=utcnow(),
+        )
+
+    def _count_new(self, messages: Sequence[Message]) -> tuple[list[Message], int]:
+        """``messages`` with tokens filled in, and their total."""
+        counted = [with_tokens(m, self._counter) for m in messages]
+        return counted, sum(cast(int, m.tokens) for m in counted)
+
+
+_S = TypeVar("_S", bound=Store)
+
+_install_guards(Store)

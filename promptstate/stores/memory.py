@@ -1,0 +1,289 @@
+"""An in-process store: fast, bounded, and for one process only."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime, timedelta
+
+from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
+from promptstate.serialization import pack, unpack_any, unpack_messages
+from promptstate.stores.base import Store
+from promptstate.tokens import TokenCounter
+from promptstate.types import Message, State, utcnow
+
+__all__ = ["MemoryStore"]
+
+_EMPTY_DICT = pack({})
+
+
+class _Entry:
+    """One session. Messages and metadata are kept encoded, so what a caller holds and what
+    is stored never share a mutable object."""
+
+    __slots__ = (
+        "created_at",
+        "expires_at",
+        "messages",
+        "metadata",
+        "token_count",
+        "total_cost",
+        "updated_at",
+        "user_id",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_id: str | None,
+        version: int,
+        token_count: int,
+        total_cost: float,
+        metadata: bytes,
+        created_at: datetime,
+        updated_at: datetime,
+        messages: list[bytes],
+        expires_at: float | None,
+    ) -> None:
+        self.user_id = user_id
+        self.version = version
+        self.token_count = token_count
+        self.total_cost = total_cost
+        self.metadata = metadata
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.messages = messages
+        self.expires_at = expires_at
+
+
+class MemoryStore(Store):
+    """Conversations in a dict of this process.
+
+    Args:
+        ttl: Session lifetime after its last write (``timedelta`` or seconds).
+        max_sessions: Keep at most this many sessions, evicting the least recently used.
+        touch_on_read: Restart the TTL on reads too.
+        token_counter: Counter for ``State.token_count``.
+
+    Every operation runs without awaiting anything, so it is atomic within its event loop:
+    concurrent appends from many tasks lose nothing, and a cancelled call has either happened
+    whole or not at all. It is not shared across threads or processes; use
+    :class:`~promptstate.SQLiteStore` or a server store for that.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: timedelta | float | None = None,
+        max_sessions: int | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
+        if max_sessions is not None and (
+            not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1
+        ):
+            raise ValidationError(f"max_sessions must be None or an int >= 1, got {max_sessions!r}")
+        self._max_sessions = max_sessions
+        self._data: OrderedDict[str, _Entry] = OrderedDict()
+        self._next_sweep = 0.0
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(ttl={self._ttl!r}, max_sessions={self._max_sessions!r})"
+
+    def __len__(self) -> int:
+        """The number of sessions held (expired ones not yet swept included)."""
+        return len(self._data)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _expiry(self) -> float | None:
+        return None if self._ttl is None else time.monotonic() + self._ttl
+
+    def _lookup(self, key: str, *, read: bool) -> _Entry | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= time.monotonic():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        if read and self._touch_on_read and self._ttl is not None:
+            entry.expires_at = time.monotonic() + self._ttl
+        return entry
+
+    def _put(self, key: str, entry: _Entry) -> None:
+        self._data[key] = entry
+        self._data.move_to_end(key)
+        if self._max_sessions is not None:
+            while len(self._data) > self._max_sessions:
+                self._data.popitem(last=False)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop expired sessions, at most once per TTL period (amortised O(1) per write)."""
+        if self._ttl is None:
+            return
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._ttl
+        expired = [
+            k for k, e in self._data.items() if e.expires_at is not None and e.expires_at <= now
+        ]
+        for key in expired:
+            del self._data[key]
+
+    def _state(self, key: str, entry: _Entry, messages: list[Message]) -> State:
+        return State(
+            conversation_id=key,
+            user_id=entry.user_id,
+            messages=messages,
+            token_count=entry.token_count,
+            total_cost=entry.total_cost,
+            metadata=unpack_any(entry.metadata, key=key),
+            created_at=entry.created_at,
+            updated_at=entry.updated_at,
+            version=entry.version,
+        )
+
+    # -- the store interface --------------------------------------------------------------
+
+    async def get(self, key: str) -> State:
+        entry = self._lookup(key, read=True)
+        if entry is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return self._state(key, entry, unpack_messages(entry.messages, key=key))
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        entry = self._lookup(key, read=False)
+        current = 0 if entry is None else entry.version
+        if expected_version is not None and expected_version != current:
+            raise ConflictError(
+                f"version conflict on key {key!r}: expected {expected_version}, stored {current}"
+            )
+        stored = self._prepare(key, state, current + 1)
+        self._put(
+            key,
+            _Entry(
+                user_id=stored.user_id,
+                version=stored.version,
+                token_count=stored.token_count,
+                total_cost=stored.total_cost,
+                metadata=pack(stored.metadata) if stored.metadata else _EMPTY_DICT,
+                created_at=stored.created_at,
+                updated_at=stored.updated_at,
+                messages=[pack(m) for m in stored.messages],
+                expires_at=self._expiry(),
+            ),
+        )
+        return stored
+
+    async def delete(self, key: str) -> bool:
+        entry = self._data.pop(key, None)
+        return entry is not None and (
+            entry.expires_at is None or entry.expires_at > time.monotonic()
+        )
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        now = time.monotonic()
+        for key, entry in list(self._data.items()):
+            if key.startswith(prefix) and (entry.expires_at is None or entry.expires_at > now):
+                yield key
+
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        entry = self._lookup(session_id, read=True)
+        if entry is None:
+            return []
+        items = entry.messages
+        if last is not None:
+            items = items[len(items) - last :] if last else []
+        return unpack_messages(items, key=session_id)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        entry = self._lookup(session_id, read=False)
+        if not messages:
+            return 0 if entry is None else len(entry.messages)
+        counted, tokens = self._count_new(messages)
+        encoded = [pack(m) for m in counted]
+        now = utcnow()
+        if entry is None:
+            entry = _Entry(
+                user_id=None,
+                version=0,
+                token_count=0,
+                total_cost=0.0,
+                metadata=_EMPTY_DICT,
+                created_at=now,
+                updated_at=now,
+                messages=[],
+                expires_at=None,
+            )
+            self._put(session_id, entry)
+        entry.messages.extend(encoded)
+        entry.version += 1
+        entry.token_count += tokens
+        entry.updated_at = now
+        entry.expires_at = self._expiry()
+        return len(entry.messages)
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        entry = self._lookup(session_id, read=False)
+        if entry is None:
+            await self.set(session_id, State(conversation_id=session_id, messages=list(messages)))
+            return
+        counted, tokens = self._count_new(messages)
+        entry.messages = [pack(m) for m in counted]
+        entry.version += 1
+        entry.token_count = tokens
+        entry.updated_at = utcnow()
+        entry.expires_at = self._expiry()
+
+    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+        entry = self._lookup(source, read=True)
+        if entry is None:
+            raise NotFoundError(f"fork source {source!r} does not exist")
+        existing = self._lookup(target, read=False)
+        if existing is not None and not overwrite:
+            raise ConflictError(f"fork target {target!r} exists already")
+        copy = _Entry(
+            user_id=entry.user_id,
+            version=(0 if existing is None else existing.version) + 1,
+            token_count=entry.token_count,
+            total_cost=entry.total_cost,
+            metadata=entry.metadata,  # immutable bytes: sharing is safe
+            created_at=entry.created_at,
+            updated_at=utcnow(),
+            messages=list(entry.messages),
+            expires_at=self._expiry(),
+        )
+        self._put(target, copy)
+        return self._state(target, copy, unpack_messages(copy.messages, key=target))
+
+    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        async for key in self.list_keys(prefix):
+            entry = self._lookup(key, read=True)
+            if entry is not None:
+                yield self._state(key, entry, unpack_messages(entry.messages, key=key))
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        keys = [key for key in self._data if key.startswith(prefix)]
+        now = time.monotonic()
+        live = 0
+        for key in keys:
+            entry = self._data.pop(key)
+            live += entry.expires_at is None or entry.expires_at > now
+        return live
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        found: list[State | None] = []
+        for key in keys:
+            entry = self._lookup(key, read=True)
+            found.append(
+                None
+                if entry is None
+                else self._state(key, entry, unpack_messages(entry.messages, key=key))
+            )
+        return found

@@ -1,0 +1,125 @@
+"""The data promptstate stores: messages, tool calls, usage and conversation state.
+
+All of them are msgspec Structs, so they encode and decode without a detour through dicts.
+Schema evolution follows msgspec's rules: a new field always gets a default, and no field ever
+changes its type (see ``promptstate.serialization`` for versioned migrations of whole states).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+__all__ = ["ROLES", "Message", "State", "ToolCall", "Usage", "utcnow"]
+
+#: The roles a message may have.
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+#: The schema version this release writes. ``promptstate.serialization`` migrates older data.
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """A call the model asked for: which tool, with what arguments.
+
+    Attributes:
+        id: The provider's id for the call; the ``tool`` message that answers it repeats it.
+        name: The tool's name.
+        arguments: The arguments as JSON text, exactly as the provider sent them.
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+
+class _MessageHead(msgspec.Struct, frozen=True, omit_defaults=True):
+    # role and content are the only positional fields: Message("user", "hi") works.
+    role: str
+    content: str = ""
+
+
+class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
+    """One message of a conversation.
+
+    ``Message("user", "hi")`` works: ``role`` and ``content`` may be given positionally, every
+    other field is keyword-only.
+
+    Attributes:
+        role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"``.
+        content: The text.
+        name: An optional participant or tool name.
+        tool_calls: On an assistant message, the tools the model asked to call.
+        tool_call_id: On a ``tool`` message, the id of the call it answers.
+        timestamp: When the message was created (UTC); set to now when omitted.
+        metadata: Free-form JSON-compatible data of your own.
+        tokens: The message's token count as the storing store or pipeline counted it, kept so
+            that nothing is counted twice. ``None`` until counted.
+    """
+
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    timestamp: datetime = msgspec.field(default_factory=utcnow)
+    metadata: dict[str, Any] = {}
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            from promptstate.exceptions import ValidationError
+
+            raise ValidationError(f"message role must be one of {sorted(ROLES)}, got {self.role!r}")
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Tokens a provider call consumed."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
+class State(msgspec.Struct, kw_only=True):
+    """The whole stored state of one conversation.
+
+    Attributes:
+        schema_version: The schema the state is written in; older data is migrated on read.
+            (It is the first field so that the wire format can recognise current data by
+            its first bytes.)
+        conversation_id: The key the state is stored under.
+        user_id: Whose conversation it is, if you track that.
+        messages: The messages, oldest first.
+        token_count: Tokens of ``messages`` by the store's token counter.
+        total_cost: Accumulated provider cost in USD.
+        metadata: Free-form JSON-compatible data of your own.
+        created_at: When the conversation was first stored (UTC).
+        updated_at: When it was last written (UTC); set by the store.
+        version: Bumped by the store on every write; 0 means never stored.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: str
+    user_id: str | None = None
+    messages: list[Message] = []
+    token_count: int = 0
+    total_cost: float = 0.0
+    metadata: dict[str, Any] = {}
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+    version: int = 0
