@@ -3,6 +3,7 @@
 Everything public is importable from here; see the API reference for each name.
 """
 
+from promptstate.backup import ImportResult, export_states, import_states
 from promptstate.exceptions import (
     ClosedError,
     ConflictError,
@@ -16,6 +17,14 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.sdk import (
+    Conversation,
+    ConversationConfig,
+    ConversationManager,
+    PromptPack,
+    Response,
+    load_pack,
+)
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import MemoryStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter
@@ -26,15 +35,21 @@ __version__ = "0.1.0"
 __all__ = [
     "ClosedError",
     "ConflictError",
+    "Conversation",
+    "ConversationConfig",
+    "ConversationManager",
     "CorruptStateError",
     "HeuristicTokenCounter",
+    "ImportResult",
     "InvalidKeyError",
     "MemoryStore",
     "Message",
     "NotFoundError",
+    "PromptPack",
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
+    "Response",
     "SCHEMA_VERSION",
     "SessionBusyError",
     "State",
@@ -47,5 +62,8 @@ __all__ = [
     "__version__",
     "decode_state",
     "encode_state",
+    "export_states",
+    "import_states",
+    "load_pack",
     "open_store",
 ]
