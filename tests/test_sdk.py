@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from promptstate.providers.mock import MockProvider
 
 from promptstate import (
     ClosedError,
@@ -26,7 +27,6 @@ from promptstate import (
     ToolCall,
     ValidationError,
 )
-from promptstate.providers.mock import MockProvider
 from promptstate.sdk import METADATA_KEY, Response
 
 pytestmark = pytest.mark.anyio
