@@ -1,0 +1,215 @@
+"""The promptstate command: the demo in real processes, the other commands in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptstate.cli import DEFAULT_STORE_URL, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("promptstate.stores.sqlite")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PROMPTSTATE_URL", None)
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "promptstate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_demo_remembers_across_two_runs(tmp_path: Path) -> None:
+    first = _run("demo", "--sessions", "20", "--turns", "3", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "store: sqlite:///promptstate.db" in first.stdout
+    assert "bot> Nice to meet you, Alice! This is our turn 1." in first.stdout
+    assert "bot> You are Alice: you told me at turn 1. This is our turn 2." in first.stdout
+    assert (tmp_path / "promptstate.db").exists()  # the default store: a file right here
+    for label in ("turns/s", "latency p50", "latency p99", "tokens in / out", "stored bytes"):
+        assert label in first.stdout
+    assert "20 x 3 = 60 turns" in first.stdout
+    assert "60/60 (100%)" in first.stderr  # the progress bar
+
+    second = _run("demo", "--sessions", "0", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "found 4 messages of 'demo:alice' stored by an earlier run" in second.stdout
+    assert "bot> Welcome back, Alice — this is our turn 3." in second.stdout
+    assert "This is our turn 4." in second.stdout
+    assert "turns/s" not in second.stdout  # --sessions 0 skips the load test
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    done = _run("ls", "--store", "nope://x", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("promptstate: error: unknown store URL scheme 'nope://'")
+    assert done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("PROMPTSTATE_URL", url)
+    return url
+
+
+def _chat(monkeypatch: pytest.MonkeyPatch, text: str, *args: str) -> int:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    return main(["chat", *args])
+
+
+def test_default_store_is_sqlite_in_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROMPTSTATE_URL", raising=False)
+    assert DEFAULT_STORE_URL == "sqlite:///promptstate.db"
+    assert main(["ls"]) == 0
+    assert (tmp_path / "promptstate.db").exists()
+    assert "0 conversations" in capsys.readouterr().err
+
+
+def test_chat_ls_show_export_import_rm(
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _chat(monkeypatch, "Hi, I'm Bob\n\nWhat's my name?\n/history\n/quit\n") == 0
+    out = capsys.readouterr().out
+    assert "chat 'chat:default' (new conversation) with the mock model" in out
+    assert "bot> Nice to meet you, Bob! This is our turn 1." in out
+    assert "bot> You are Bob: you told me at turn 1. This is our turn 2." in out
+    assert "   user: Hi, I'm Bob" in out  # /history
+
+    # Ctrl-D ends it too, and the next chat continues the same conversation.
+    assert _chat(monkeypatch, "I'm back\n") == 0
+    out = capsys.readouterr().out
+    assert "(continuing, 4 messages stored)" in out
+    assert "Welcome back, Bob — this is our turn 3." in out
+    assert _chat(monkeypatch, "hello\n", "--session", "other:1", "--system", "Be brief.") == 0
+    capsys.readouterr()
+
+    assert main(["ls"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["ID", "USER", "MESSAGES", "TOKENS", "COST", "UPDATED"]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["chat:default", "other:1"]
+    assert "2 conversations" in captured.err
+    assert main(["ls", "other:"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["other:1"]
+
+    assert main(["show", "chat:default", "--last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "conversation  chat:default" in out
+    assert "messages      6" in out
+    assert "... 4 older messages not shown" in out
+    assert "assistant: Welcome back, Bob" in out
+    assert main(["show", "other:1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["conversation_id"] == "other:1"
+    assert doc["metadata"]["promptstate"]["system"] == "Be brief."
+
+    backup = tmp_path / "backup.jsonl"
+    assert main(["export", "-o", str(backup)]) == 0
+    assert "exported 2 conversations" in capsys.readouterr().err
+    assert len(backup.read_bytes().splitlines()) == 2
+
+    assert main(["rm", "chat:default"]) == 0
+    assert main(["rm", "--prefix", "other:"]) == 0
+    assert "deleted 1 conversation" in capsys.readouterr().out
+    assert main(["ls"]) == 0
+    assert "0 conversations" in capsys.readouterr().err
+
+    assert main(["import", str(backup)]) == 0
+    assert "imported 2, skipped 0" in capsys.readouterr().out
+    assert main(["import", str(backup)]) == 0
+    assert "imported 0, skipped 2" in capsys.readouterr().out
+    assert main(["import", str(backup), "--overwrite"]) == 0
+    assert "imported 2, skipped 0" in capsys.readouterr().out
+    assert main(["show", "chat:default"]) == 0
+    assert "messages      6" in capsys.readouterr().out
+
+    # Export to standard output, into another store.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["export", "--prefix", "other:"]) == 0
+    dumped = capsys.readouterr()
+    assert "exported 1 conversation" in dumped.err
+    (tmp_path / "one.jsonl").write_text(dumped.out)
+    assert main(["import", str(tmp_path / "one.jsonl"), "--store", other]) == 0
+    capsys.readouterr()
+    assert main(["ls", "--store", other]) == 0
+    assert "1 conversation" in capsys.readouterr().err
+
+
+def test_import_bad_lines(
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = '{"schema_version":1,"conversation_id":"g","messages":[],"created_at":"2024-01-01T00:00:00Z","updated_at":"2024-01-01T00:00:00Z"}'  # noqa: E501
+    bad.write_text(f"{good}\nnot json\n")
+    assert main(["import", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith("promptstate: error: line 2: ")
+    assert main(["import", str(bad), "--skip-errors", "--overwrite"]) == 0
+    captured = capsys.readouterr()
+    assert "imported 1, skipped 0" in captured.out
+    assert "failed 1" in captured.out
+    assert captured.err.startswith("line 2: state data is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["show", "nope"], "no conversation state under key 'nope'"),
+        (["rm", "nope"], "no conversation with id 'nope'"),
+        (["rm"], "rm needs conversation ids or --prefix"),
+        (["rm", "--prefix", ""], "refusing to delete everything"),
+        (["rm", "a", "--prefix", "b"], "not both"),
+        (["import", "/nonexistent/file.jsonl"], "cannot open /nonexistent/file.jsonl"),
+        (["ls", "--store", "memory"], "a store URL looks like 'scheme://...'"),
+        (["bench"], "the benchmarks live in a source checkout"),
+    ],
+)
+def test_errors_exit_1_with_one_line(
+    store_url: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("promptstate: error: ")
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_unreachable_server_is_one_line(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("redis")
+    pytest.importorskip("promptstate.stores.redis")
+    assert main(["ls", "--store", "redis://127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("promptstate: error: ")
+    assert err.count("\n") == 1
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--sessions", "-3"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    capsys.readouterr()
