@@ -114,6 +114,8 @@ async def send(request: web.Request) -> web.Response:
 @routes.get("/conversations/{cid}/messages")
 async def history(request: web.Request) -> web.Response:
     last = request.query.get("last")
+    if last is not None and not last.isdigit():
+        raise web.HTTPBadRequest(text="last must be a number")
     conv = await request.app[MANAGER].get_conversation(request.match_info["cid"])
     messages = await conv.history(last=int(last) if last is not None else None)
     return web.json_response([{"role": m.role, "content": m.content} for m in messages])

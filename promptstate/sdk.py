@@ -42,7 +42,6 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import aclosing
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +84,9 @@ logger = logging.getLogger(__name__)
 
 #: The ``State.metadata`` key under which a conversation's own settings are stored.
 METADATA_KEY = "promptstate"
+
+#: Pipelines a manager keeps (one per prompt budget in use), least recently used dropped.
+_MAX_PIPELINES = 32
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -760,9 +762,13 @@ class Conversation:
                 system=self.system_prompt,
                 options=self._turn_options(options),
             )
-        async with aclosing(chunks) as stream:
-            async for chunk in stream:
+        try:
+            async for chunk in chunks:
                 yield chunk
+        finally:  # leaving early ends the turn now (nothing is stored), not at GC time
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def history(self, *, last: int | None = None) -> list[Message]:
         """The stored messages, oldest first (only the newest ``last`` when given)."""
@@ -903,7 +909,7 @@ class ConversationManager:
     def _pipeline(self, max_tokens: int | None) -> Pipeline:
         self._check_open()
         budget = self._max_tokens if max_tokens is None else max_tokens
-        pipe = self._pipelines.get(budget)
+        pipe = self._pipelines.pop(budget, None)
         if pipe is None:
             from promptstate.pipeline import Pipeline
 
@@ -914,7 +920,11 @@ class ConversationManager:
                 token_counter=self._counter,
                 lock_timeout=self._lock_timeout,
             )
-            self._pipelines[budget] = pipe
+            if len(self._pipelines) >= _MAX_PIPELINES:
+                # Forget the least recently used; it owns nothing (the store is shared), so
+                # turns still running on it finish normally.
+                del self._pipelines[next(iter(self._pipelines))]
+        self._pipelines[budget] = pipe  # most recently used last
         return pipe
 
     # -- packs --------------------------------------------------------------------------------

@@ -384,3 +384,15 @@ async def test_corrupt_settings_are_reported() -> None:
     async with ConversationManager(MockProvider(_echo), store) as manager:
         with pytest.raises(CorruptStateError, match="'bad'"):
             await manager.get_conversation("bad")
+
+
+async def test_pipelines_per_budget_are_bounded() -> None:
+    async with ConversationManager(MockProvider(_echo)) as manager:
+        convs = [
+            await manager.new_conversation(None, ConversationConfig(max_tokens=100 + i))
+            for i in range(40)
+        ]
+        for conv in convs:
+            await conv.send("hi")
+        assert len(manager._pipelines) <= 32
+        assert (await convs[0].send("again")).content == "turn 2: again"
