@@ -196,13 +196,22 @@ def test_errors_exit_1_with_one_line(
     assert err.count("\n") == 1
 
 
-def test_unreachable_server_is_one_line(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("redis")
-    pytest.importorskip("promptstate.stores.redis")
-    assert main(["ls", "--store", "redis://127.0.0.1:1/0"]) == 1
+@pytest.mark.parametrize(
+    ("module", "url"),
+    [
+        ("redis", "redis://:hunter2@127.0.0.1:1/0"),
+        ("postgres", "postgresql://user:hunter2@127.0.0.1:1/db"),
+    ],
+)
+def test_unreachable_server_is_one_line(
+    store_url: str, module: str, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip(f"promptstate.stores.{module}")
+    assert main(["ls", "--store", url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("promptstate: error: ")
     assert err.count("\n") == 1
+    assert "hunter2" not in err
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
