@@ -34,7 +34,6 @@ from promptstate.types import Message, State, ToolCall, Usage
 __version__ = "0.1.0"
 
 __all__ = [
-    "SCHEMA_VERSION",
     "Chunk",
     "ClosedError",
     "Completion",
@@ -53,6 +52,7 @@ __all__ = [
     "PromptStateError",
     "Provider",
     "ProviderError",
+    "SCHEMA_VERSION",
     "SessionBusyError",
     "SlidingWindow",
     "State",
