@@ -257,12 +257,17 @@ async def session_turn(
         lease = TurnLease(store, key, lease_ttl)
         try:
             await lease.acquire(remaining)
+            failure: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease._keep_alive)
                 try:
                     yield lease
+                except BaseException as exc:  # re-raised below, not wrapped in a group
+                    failure = exc
                 finally:
                     tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             if lease.held:
                 await lease.release()

@@ -462,7 +462,6 @@ class Pipeline:
 
         Arguments and errors are as for :meth:`execute`.
         """
-        send, receive = anyio.create_memory_object_stream[Chunk | None](0)
         ctx = self._context(
             session_id,
             role,
@@ -470,8 +469,10 @@ class Pipeline:
             metadata,
             system,
             {**options, **provider_options} if options else provider_options,
-            send.send,
+            None,
         )
+        send, receive = anyio.create_memory_object_stream[Chunk | None](0)
+        ctx.emit = send.send
         failure: list[BaseException] = []
 
         async def run() -> None:
@@ -490,12 +491,23 @@ class Pipeline:
             except Exception as exc:
                 failure.append(exc)
 
+        interrupted: BaseException | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            async with receive:
-                async for chunk in receive:
-                    if chunk is not None:
-                        yield chunk
+            try:
+                async with receive:
+                    async for chunk in receive:
+                        if chunk is not None:
+                            yield chunk
+            except BaseException as exc:  # closed early, cancelled, or thrown into
+                # Stop the turn (nothing is saved unless its save already began) and raise
+                # the interruption itself, not a task-group wrapper around it.
+                tg.cancel_scope.cancel()
+                interrupted = exc
+        if interrupted is not None:
+            if isinstance(interrupted, GeneratorExit):
+                return
+            raise interrupted
         if failure:
             raise failure[0]
         result = self._result(ctx)

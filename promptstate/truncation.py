@@ -184,7 +184,7 @@ class TruncationStrategy:
         self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
     ) -> None:
         ctx.messages = self.apply(ctx.messages, ctx.counter)
-        if ctx.messages and ctx.messages[-1] is not ctx.input:
+        if not ctx.messages or ctx.messages[-1] is not ctx.input:
             raise ValidationError(
                 f"the new {ctx.input.role} message alone does not fit the context window of "
                 f"{self!r} for session {ctx.session_id!r}"
