@@ -29,15 +29,17 @@ validated; the backend keeps leases in its own namespace, apart from the states)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import anyio
 
@@ -48,6 +50,14 @@ __all__ = ["LeaseLostError", "SessionLock", "SupportsLease", "TurnLease", "sessi
 logger = logging.getLogger(__name__)
 
 _HOST = f"{socket.gethostname()}:{os.getpid()}"
+# Unique ids without a system call each: a random per-process prefix and a counter.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ids = itertools.count()
+
+
+def new_id() -> str:
+    """An id unique across processes and time (random prefix + counter), cheaply."""
+    return f"{_ID_PREFIX}{next(_ids):x}"
 
 
 @runtime_checkable
@@ -84,18 +94,23 @@ class LeaseLostError(SessionBusyError):
 
 
 class _Slot:
-    __slots__ = ("refs", "sem")
+    """One session's lock: a flag and a FIFO of waiters, handed over on release."""
+
+    __slots__ = ("held", "refs", "waiters")
 
     def __init__(self) -> None:
-        self.sem = anyio.Semaphore(1)
+        self.held = False
         self.refs = 0
+        self.waiters: deque[anyio.Event] = deque()
 
 
 class SessionLock:
     """Per-session in-process locks for one store, reference counted.
 
-    A semaphore is used rather than an owner-checked lock so that a lock taken by one task
-    can be released by the cleanup of another (an abandoned stream finalised elsewhere).
+    A session's entry exists only while a turn holds or waits for it, so the table never grows
+    with the number of sessions seen. The lock is not tied to a task, so a turn's lock can be
+    released by whichever task finishes the turn (an abandoned stream finalised elsewhere), and
+    it is handed to waiters in arrival order. Taking a free lock does not yield to the loop.
     """
 
     __slots__ = ("__weakref__", "_slots")
@@ -107,35 +122,73 @@ class SessionLock:
         """How many sessions have a lock held or waited for right now."""
         return len(self._slots)
 
-    @asynccontextmanager
-    async def hold(self, key: str, max_wait: float | None) -> AsyncIterator[None]:
-        """Hold ``key``'s lock; :class:`SessionBusyError` after ``max_wait`` seconds of waiting."""
+    async def acquire(self, key: str, max_wait: float | None) -> None:
+        """Take ``key``'s lock; :class:`SessionBusyError` after ``max_wait`` seconds of waiting.
+
+        Every successful ``acquire`` must be paired with one :meth:`release`.
+        """
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot()
         slot.refs += 1
+        if not slot.held:
+            slot.held = True
+            return
+        event = anyio.Event()
+        slot.waiters.append(event)
         try:
-            try:
-                slot.sem.acquire_nowait()
-            except anyio.WouldBlock:
-                try:
-                    with anyio.fail_after(max_wait):
-                        await slot.sem.acquire()
-                except TimeoutError:
-                    raise SessionBusyError(
-                        f"session {key!r} is busy: another turn held it for {max_wait}s"
-                    ) from None
-            try:
-                yield
-            finally:
-                slot.sem.release()
+            with anyio.fail_after(max_wait):
+                await event.wait()
+        except BaseException as exc:
+            if event.is_set():
+                # The lock was handed to us just as we gave up: pass it on.
+                self.release(key)
+            else:
+                slot.waiters.remove(event)
+                self._unref(key, slot)
+            if isinstance(exc, TimeoutError):
+                raise SessionBusyError(
+                    f"session {key!r} is busy: another turn held it for {max_wait}s"
+                ) from None
+            raise
+
+    def release(self, key: str) -> None:
+        """Release ``key``'s lock, handing it to the next waiter if there is one."""
+        slot = self._slots[key]
+        if slot.waiters:
+            slot.waiters.popleft().set()  # ownership moves; held stays True
+        else:
+            slot.held = False
+        self._unref(key, slot)
+
+    def _unref(self, key: str, slot: _Slot) -> None:
+        slot.refs -= 1
+        if slot.refs == 0:
+            del self._slots[key]
+
+    @asynccontextmanager
+    async def hold(self, key: str, max_wait: float | None) -> AsyncIterator[None]:
+        """``async with`` form of :meth:`acquire` / :meth:`release`."""
+        await self.acquire(key, max_wait)
+        try:
+            yield
         finally:
-            slot.refs -= 1
-            if slot.refs == 0 and self._slots.get(key) is slot:
-                del self._slots[key]
+            self.release(key)
 
 
 _tables: weakref.WeakKeyDictionary[object, SessionLock] = weakref.WeakKeyDictionary()
+
+
+_lease_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def supports_lease(store: object) -> bool:
+    """Whether ``store`` implements :class:`SupportsLease` (cached per class)."""
+    cls = type(store)
+    known = _lease_support.get(cls)
+    if known is None:
+        known = _lease_support[cls] = isinstance(store, SupportsLease)
+    return known
 
 
 def local_locks(store: object) -> SessionLock:
@@ -161,7 +214,7 @@ class TurnLease:
         self._store = store
         self.key = key
         self.ttl = ttl
-        self.owner = f"{_HOST}:{uuid.uuid4().hex}"
+        self.owner = f"{_HOST}:{new_id()}"
         self.lost = False
         self.held = False
         self._renewed_at = 0.0
@@ -250,11 +303,11 @@ async def session_turn(
     """
     started = time.monotonic()
     async with local_locks(store).hold(key, max_wait):
-        if not isinstance(store, SupportsLease):
+        if not supports_lease(store):
             yield None
             return
         remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
-        lease = TurnLease(store, key, lease_ttl)
+        lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
         try:
             await lease.acquire(remaining)
             failure: BaseException | None = None

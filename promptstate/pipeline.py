@@ -24,7 +24,6 @@ leases. What makes a turn safe:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -33,7 +32,14 @@ import anyio
 import msgspec
 
 from promptstate.exceptions import ClosedError, PromptStateError, ValidationError
-from promptstate.locks import TurnLease, check_timeout, session_turn
+from promptstate.locks import (
+    TurnLease,
+    check_timeout,
+    local_locks,
+    new_id,
+    session_turn,
+    supports_lease,
+)
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, LoadState, SaveState
 from promptstate.stores.base import Store, validate_key
@@ -144,7 +150,7 @@ class ExecutionContext:
         self.summary_usage = Usage()
         self.cost = 0.0
         self.message_count: int | None = None
-        self.turn_id = uuid.uuid4().hex
+        self.turn_id = new_id()
         self.lease: TurnLease | None = None
         self.data: dict[str, Any] = {}
 
@@ -415,11 +421,20 @@ class Pipeline:
             {**options, **provider_options} if options else provider_options,
             None,
         )
-        async with session_turn(
-            self._store, session_id, max_wait=self._lock_timeout, lease_ttl=self._lease_ttl
-        ) as lease:
-            ctx.lease = lease
-            await self._chain(ctx)
+        store = self._store
+        if supports_lease(store):
+            async with session_turn(
+                store, session_id, max_wait=self._lock_timeout, lease_ttl=self._lease_ttl
+            ) as lease:
+                ctx.lease = lease
+                await self._chain(ctx)
+        else:  # the same as session_turn() without a lease, minus a context manager
+            locks = local_locks(store)
+            await locks.acquire(session_id, self._lock_timeout)
+            try:
+                await self._chain(ctx)
+            finally:
+                locks.release(session_id)
         return self._result(ctx)
 
     def _result(self, ctx: ExecutionContext) -> ExecutionResult:

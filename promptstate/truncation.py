@@ -132,30 +132,99 @@ def truncate_messages(
     """
     _positive_int(max_tokens, "max_tokens", allow_zero=True)
     counter = counter or _DEFAULT_COUNTER
-    blocks = _blocks(messages)
-    system_cost = sum(_tokens(m, counter) for m in messages if m.role == "system")
-    budget = max_tokens - system_cost
-    costs = [sum(_tokens(messages[i], counter) for i in block) for block in blocks]
+    budget = max_tokens
+    plain = True
+    for m in messages:
+        role = m.role
+        if role == "system":
+            tokens = m.tokens
+            budget -= counter.count(m) if tokens is None else tokens
+        elif role == "tool" or m.tool_calls:
+            plain = False
+    if plain:
+        return _truncate_plain(messages, budget, counter)
+    return _truncate_blocks(messages, budget, counter)
 
-    # Walk turns from the newest: keep whole turns while they fit.
-    turn_starts = [
-        b for b, block in enumerate(blocks) if b == 0 or messages[block[0]].role == "user"
-    ]
+
+def _truncate_blocks(
+    messages: Sequence[Message], budget: int, counter: TokenCounter
+) -> list[Message]:
+    """:func:`truncate_messages` for any history, tool blocks and orphans included."""
+    blocks = _blocks(messages)
+
+    # Walk the blocks from the newest, a turn at a time (a turn starts at a user message):
+    # keep whole turns while they fit, and stop at the first that does not.
+    costs: dict[int, int] = {}
     first_kept = len(blocks)
-    used = 0
-    for start in reversed(turn_starts):
-        cost = sum(costs[start:first_kept])
-        if used + cost > budget:
+    used = pending = 0
+    for b in range(len(blocks) - 1, -1, -1):
+        cost = 0
+        for i in blocks[b]:
+            tokens = messages[i].tokens
+            cost += counter.count(messages[i]) if tokens is None else tokens
+        costs[b] = cost
+        pending += cost
+        if b and messages[blocks[b][0]].role != "user":
+            continue
+        if used + pending > budget:
             if first_kept == len(blocks):
                 # The newest turn alone does not fit: keep its newest blocks that do.
-                while first_kept > start and used + costs[first_kept - 1] <= budget:
+                while first_kept > b and used + costs[first_kept - 1] <= budget:
                     first_kept -= 1
                     used += costs[first_kept]
             break
-        used += cost
-        first_kept = start
+        used += pending
+        pending = 0
+        first_kept = b
+    if first_kept == 0:
+        keep_all = {i for block in blocks for i in block}
+        if len(keep_all) + sum(m.role == "system" for m in messages) == len(messages):
+            return list(messages)
+        return [m for i, m in enumerate(messages) if m.role == "system" or i in keep_all]
     keep = {i for block in blocks[first_kept:] for i in block}
     return [m for i, m in enumerate(messages) if m.role == "system" or i in keep]
+
+
+def _truncate_plain(
+    messages: Sequence[Message], budget: int, counter: TokenCounter
+) -> list[Message]:
+    """:func:`truncate_messages` for a history without tool messages: every message is a block."""
+    used = pending = 0
+    first = len(messages)  # the oldest kept position
+    turn: list[tuple[int, int]] = []  # (position, tokens) of the turn being added up
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.role == "system":
+            continue
+        tokens = m.tokens
+        if tokens is None:
+            tokens = counter.count(m)
+        pending += tokens
+        turn.append((i, tokens))
+        if m.role != "user":
+            continue
+        if used + pending > budget:
+            break
+        used += pending
+        pending = 0
+        turn.clear()
+        first = i
+    else:
+        if turn and used + pending <= budget:  # a leading turn that starts without a user
+            first = turn[-1][0]
+            turn.clear()
+    if turn and first == len(messages):
+        # The newest turn alone does not fit: keep its newest messages that do.
+        for i, tokens in turn:
+            if used + tokens > budget:
+                break
+            used += tokens
+            first = i
+    if first == 0:
+        return list(messages)
+    head = [m for m in messages[:first] if m.role == "system"]
+    head.extend(messages[first:])
+    return head
 
 
 # -- strategies ----------------------------------------------------------------------------
@@ -242,9 +311,11 @@ class TokenBudget(TruncationStrategy):
 
     def needs_more(self, history: Sequence[Message]) -> bool:
         total = 0
-        for m in history:
-            total += _tokens(m, _DEFAULT_COUNTER)
-            if total >= self.max_tokens:
+        limit = self.max_tokens
+        for m in reversed(history):
+            tokens = m.tokens
+            total += _DEFAULT_COUNTER.count(m) if tokens is None else tokens
+            if total >= limit:
                 return False
         return True
 

@@ -429,6 +429,8 @@ async def test_bad_stage_arguments() -> None:
     with pytest.raises(ValidationError):
         SaveState(timeout=0)
     with pytest.raises(ValidationError):
+        SaveState(timeout="1")
+    with pytest.raises(ValidationError):
         TokenBudget(0)
 
 

@@ -25,6 +25,7 @@ from promptstate import (
     ValidationError,
 )
 from promptstate.locks import LeaseLostError, local_locks
+from promptstate.stages import CallProvider, LoadState, SaveState
 from tests.pipeline_support import (
     STORE_KINDS,
     LeaseTable,
@@ -345,3 +346,18 @@ async def test_append_turn_rejects_bad_arguments(kwargs: dict[str, object]) -> N
 async def test_memory_store_has_no_lease_and_the_leasing_store_has() -> None:
     assert not isinstance(MemoryStore(), SupportsLease)
     assert isinstance(LeasingMemoryStore(), SupportsLease)
+
+
+async def test_a_hung_save_gives_up_after_the_save_timeout() -> None:
+    class Hung(MemoryStore):
+        async def append_turn(self, session_id, messages, **kw):  # type: ignore[no-untyped-def]
+            await anyio.sleep(10)
+            raise AssertionError("unreachable")
+
+    stages = [LoadState(), CallProvider(), SaveState(timeout=0.1, retries=0)]
+    async with Pipeline(MockProvider(["x"]), store=Hung(), middleware=stages) as pipe:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="may or may not be stored"):
+            await pipe.execute("conv", "user", "q")
+        assert time.monotonic() - started < 2
+        assert len(local_locks(pipe.store)) == 0

@@ -25,7 +25,12 @@ from promptstate import (
     truncate_messages,
 )
 from promptstate.stages import CallProvider, LoadState, SaveState
-from promptstate.truncation import SUMMARY_KEY, repair_tool_pairs
+from promptstate.truncation import (
+    SUMMARY_KEY,
+    _truncate_blocks,
+    _truncate_plain,
+    repair_tool_pairs,
+)
 from promptstate.types import utcnow
 from tests.pipeline_support import LoadSpyStore
 
@@ -125,6 +130,22 @@ def test_truncate_messages_properties(messages: list[Message], budget: int) -> N
         and cost(system) + COUNTER.count(newest) <= budget
     ):
         assert rest[-1] is newest
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(Message, st.sampled_from(["system", "user", "assistant"]), _text), max_size=30
+    ),
+    st.integers(0, 300),
+)
+def test_the_fast_path_for_plain_histories_agrees_with_the_general_one(
+    messages: list[Message], budget: int
+) -> None:
+    system = sum(COUNTER.count(m) for m in messages if m.role == "system")
+    plain = _truncate_plain(messages, budget - system, COUNTER)
+    general = _truncate_blocks(messages, budget - system, COUNTER)
+    assert plain == general
 
 
 @settings(max_examples=200, deadline=None)

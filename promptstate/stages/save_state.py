@@ -35,18 +35,23 @@ class SaveState:
 
     Args:
         retries: How many times to retry a write whose outcome is unknown.
-        timeout: Seconds the shielded write may take in all before giving up.
+        timeout: Seconds the shielded write may take in all before giving up with
+            :class:`~promptstate.exceptions.StoreUnavailableError` (the turn may or may not be
+            stored then). ``None`` (the default) relies on the store's own timeouts; set it
+            when your store client has none, since a shielded write cannot be cancelled.
     """
 
     __slots__ = ("retries", "timeout")
 
-    def __init__(self, *, retries: int = 2, timeout: float = 30.0) -> None:
+    def __init__(self, *, retries: int = 2, timeout: float | None = None) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValidationError(f"retries must be an int >= 0, got {retries!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValidationError(f"timeout must be a positive number, got {timeout!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise ValidationError(f"timeout must be None or a positive number, got {timeout!r}")
         self.retries = retries
-        self.timeout = float(timeout)
+        self.timeout = None if timeout is None else float(timeout)
 
     def __repr__(self) -> str:
         return f"SaveState(retries={self.retries}, timeout={self.timeout})"
@@ -68,9 +73,10 @@ class SaveState:
             # a consumer that stops earlier cancels the turn here, before anything is written.
             await ctx.emit(None)
         if ctx.lease is not None:
-            await ctx.lease.ensure(margin=min(self.timeout, ctx.lease.ttl / 2))
+            await ctx.lease.ensure(margin=ctx.lease.ttl / 2)
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self.timeout
+            if self.timeout is not None:
+                scope.deadline = anyio.current_time() + self.timeout
             ctx.message_count = await self._write(ctx, messages)
         if scope.cancelled_caught:
             raise StoreUnavailableError(
