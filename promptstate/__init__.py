@@ -17,6 +17,9 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import SupportsLease
+from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
+from promptstate.providers import Chunk, Completion, MockProvider, Provider
 from promptstate.sdk import (
     Conversation,
     ConversationConfig,
@@ -27,34 +30,54 @@ from promptstate.sdk import (
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import MemoryStore, Store, open_store
-from promptstate.tokens import HeuristicTokenCounter, TokenCounter
+from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
+from promptstate.truncation import (
+    SlidingWindow,
+    Summarize,
+    TimeWindow,
+    TokenBudget,
+    truncate_messages,
+)
 from promptstate.types import Message, State, ToolCall, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chunk",
     "ClosedError",
+    "Completion",
     "ConflictError",
     "Conversation",
     "ConversationConfig",
     "ConversationManager",
     "CorruptStateError",
+    "ExecutionContext",
+    "ExecutionResult",
     "HeuristicTokenCounter",
     "ImportResult",
     "InvalidKeyError",
     "MemoryStore",
     "Message",
+    "MockProvider",
     "NotFoundError",
+    "Pipeline",
     "PromptPack",
     "PromptPackError",
     "PromptStateError",
+    "Provider",
     "ProviderError",
     "Response",
     "SCHEMA_VERSION",
     "SessionBusyError",
+    "SlidingWindow",
     "State",
     "Store",
     "StoreUnavailableError",
+    "Summarize",
+    "SupportsLease",
+    "TiktokenCounter",
+    "TimeWindow",
+    "TokenBudget",
     "TokenCounter",
     "ToolCall",
     "Usage",
@@ -66,4 +89,5 @@ __all__ = [
     "import_states",
     "load_pack",
     "open_store",
+    "truncate_messages",
 ]

@@ -1,0 +1,193 @@
+"""Conversations and backups on the real backends: SQLite, Redis and PostgreSQL.
+
+Each test gets isolated stores (a tmp file, a unique Redis key prefix, a unique PostgreSQL
+table) and removes what it wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from promptstate import (
+    ConversationConfig,
+    ConversationManager,
+    Message,
+    State,
+    Store,
+    export_states,
+    import_states,
+)
+from promptstate.providers.mock import MockProvider
+
+pytestmark = pytest.mark.anyio
+
+Opener = Callable[[], Store]
+
+
+async def _drop_tables(dsn: str, prefix: str) -> None:
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        names = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND starts_with(table_name, $1)",
+            prefix,
+        )
+        for row in names:
+            await conn.execute(f'DROP TABLE IF EXISTS "{row["table_name"]}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def opener(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], Store]]:
+    """A function that opens a new store object on the same isolated data, each call."""
+    kind: str = request.param
+    tag = uuid.uuid4().hex[:12]
+    made: list[Store] = []
+    cleanup: Callable[[], Awaitable[None]] | None = None
+    if kind == "sqlite":
+        mod = pytest.importorskip("promptstate.stores.sqlite")
+        path = tmp_path / "sdk.db"
+
+        def make() -> Store:
+            return mod.SQLiteStore(str(path))
+
+    elif kind == "redis":
+        mod = pytest.importorskip("promptstate.stores.redis")
+        url: str = request.getfixturevalue("redis_url")
+        prefix = f"pstest:sdk:{tag}:"
+
+        def make() -> Store:
+            return mod.RedisStore.from_url(url, prefix=prefix)
+
+        async def cleanup() -> None:
+            async with make() as store:
+                await store.delete_by_prefix("")
+
+    else:
+        mod = pytest.importorskip("promptstate.stores.postgres")
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        table = f"ps_sdk_{tag}"
+
+        def make() -> Store:
+            return mod.PostgresStore.from_dsn(dsn, table_name=table)
+
+        async def cleanup() -> None:
+            await _drop_tables(dsn, table)
+
+    def tracked() -> Store:
+        store = make()
+        made.append(store)
+        return store
+
+    try:
+        yield tracked
+    finally:
+        for store in made:
+            await store.aclose()
+        if cleanup is not None:
+            await cleanup()
+
+
+def _reply(messages: list[Message]) -> str:
+    system = messages[0].content if messages and messages[0].role == "system" else "-"
+    users = [m.content for m in messages if m.role == "user"]
+    return f"[{system}] turn {len(users)}: {users[-1]}"
+
+
+async def test_conversation_resumes_on_a_new_store_object(opener: Opener) -> None:
+    async with opener() as store, ConversationManager(MockProvider(_reply), store) as manager:
+        conv = await manager.new_conversation(
+            None,
+            ConversationConfig(
+                conversation_id="u1:c{1}%",  # braces and % are ordinary characters
+                user_id="u1",
+                system_prompt="Be nice.",
+                metadata={"tier": "gold"},
+            ),
+        )
+        await conv.send("one")
+        await conv.send("two")
+    # A new store object (as a new process would have) on the same data.
+    async with opener() as store, ConversationManager(MockProvider(_reply), store) as manager:
+        conv = await manager.get_conversation("u1:c{1}%")
+        assert conv.system_prompt == "Be nice."
+        assert conv.metadata == {"tier": "gold"}
+        resp = await conv.send("three")
+        assert resp.content == "[Be nice.] turn 3: three"
+        state = await conv.state()
+        assert len(state.messages) == 6
+        assert state.user_id == "u1"
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        branch = await conv.fork("u1:c{1}%:b")
+        await branch.send("branch")
+        assert len(await conv.history()) == 6
+        assert [s.conversation_id async for s in manager.list_conversations("u1:c{1}%:")] == [
+            "u1:c{1}%:b"
+        ]
+
+
+async def test_two_store_objects_sending_at_once_lose_nothing(opener: Opener) -> None:
+    async with (
+        opener() as one,
+        opener() as two,
+        ConversationManager(MockProvider(_reply), one) as a,
+        ConversationManager(MockProvider(_reply), two) as b,
+    ):
+        await a.new_conversation(None, ConversationConfig(conversation_id="shared"))
+        ca, cb = await a.get_conversation("shared"), await b.get_conversation("shared")
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(ca.send, f"a{i}")
+                tg.start_soon(cb.send, f"b{i}")
+        history = await ca.history()
+        assert len(history) == 24
+        assert [m.role for m in history] == ["user", "assistant"] * 12
+
+
+async def test_backup_round_trip_between_stores(opener: Opener, tmp_path: Path) -> None:
+    from promptstate import MemoryStore
+
+    source = MemoryStore()
+    for i in range(25):
+        await source.set(
+            f"k{i:02d}",
+            State(
+                conversation_id=f"k{i:02d}",
+                user_id="u",
+                messages=[Message("user", f"hello {i}"), Message("assistant", "hi")],
+                total_cost=0.5,
+                metadata={"n": i},
+            ),
+        )
+    lines = [line async for line in export_states(source)]
+    async with opener() as store:
+        result = await import_states(store, lines)
+        assert (result.imported, result.skipped) == (25, 0)
+        again = await import_states(store, lines)
+        assert (again.imported, again.skipped) == (0, 25)
+        back = [line async for line in export_states(store, "k1")]
+        assert len(back) == 10
+        for key in ("k00", "k24"):
+            a, b = await source.get(key), await store.get(key)
+            assert (b.messages, b.metadata, b.total_cost, b.user_id) == (
+                a.messages,
+                a.metadata,
+                a.total_cost,
+                a.user_id,
+            )
