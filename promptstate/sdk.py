@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Mapping
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -57,15 +57,13 @@ from promptstate.exceptions import (
     PromptPackError,
     ValidationError,
 )
+from promptstate.pipeline import Pipeline
 from promptstate.providers.base import Chunk, Provider
 from promptstate.stores.base import Store, validate_key, validate_prefix
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.url import open_store
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, ToolCall, Usage
-
-if TYPE_CHECKING:
-    from promptstate.pipeline import Pipeline
 
 __all__ = [
     "METADATA_KEY",
@@ -911,8 +909,6 @@ class ConversationManager:
         budget = self._max_tokens if max_tokens is None else max_tokens
         pipe = self._pipelines.pop(budget, None)
         if pipe is None:
-            from promptstate.pipeline import Pipeline
-
             pipe = Pipeline(
                 self._provider,
                 store=self._store,

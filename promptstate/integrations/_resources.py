@@ -7,13 +7,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from promptstate.exceptions import ValidationError
+from promptstate.pipeline import Pipeline
+from promptstate.sdk import ConversationManager
 from promptstate.stores.base import Store
 from promptstate.stores.url import open_store
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import Pipeline
     from promptstate.providers.base import Provider
-    from promptstate.sdk import ConversationManager
 
 __all__ = ["AppResources"]
 
@@ -43,9 +43,6 @@ class AppResources:
         max_tokens: int | None = None,
         close: bool = True,
     ) -> None:
-        from promptstate.pipeline import Pipeline
-        from promptstate.sdk import ConversationManager
-
         if isinstance(store, str):
             self.store: Store = open_store(store)
             self._close_store = True
