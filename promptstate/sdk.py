@@ -41,7 +41,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -57,7 +57,7 @@ from promptstate.exceptions import (
     PromptPackError,
     ValidationError,
 )
-from promptstate.pipeline import Pipeline
+from promptstate.pipeline import Middleware, Pipeline
 from promptstate.providers.base import Chunk, Provider
 from promptstate.stores.base import Store, validate_key, validate_prefix
 from promptstate.stores.memory import MemoryStore
@@ -810,6 +810,12 @@ class ConversationManager:
         max_tokens: The default prompt budget of conversations that set none.
         token_counter: Counts tokens for truncation (default: the store's counter).
         lock_timeout: Seconds a turn waits for its conversation to be free.
+        stages: A function from a prompt budget (``int | None``) to the pipeline stages
+            to use for it, for your own middleware or another truncation strategy, e.g.
+            ``lambda budget: [my_logger, *default_stages(budget)]`` or
+            ``lambda budget: [LoadState(), Summarize(budget or 4000, 6, summarizer=p),
+            CallProvider(), SaveState()]``. Default:
+            :func:`~promptstate.pipeline.default_stages`.
 
     The manager is an async context manager; :meth:`aclose` closes the store if the manager
     opened it. One manager per application is enough: it makes one pipeline per prompt
@@ -824,6 +830,7 @@ class ConversationManager:
         max_tokens: int | None = None,
         token_counter: TokenCounter | None = None,
         lock_timeout: float | None = 30.0,
+        stages: Callable[[int | None], Sequence[Middleware]] | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
@@ -843,6 +850,9 @@ class ConversationManager:
         self._max_tokens = max_tokens
         self._counter = token_counter
         self._lock_timeout = lock_timeout
+        if stages is not None and not callable(stages):
+            raise ValidationError(f"stages must be a function of the budget, got {stages!r}")
+        self._stages = stages
         self._pipelines: dict[int | None, Pipeline] = {}
         self._packs: dict[str, PromptPack] = {}
         self._closed = False
@@ -912,6 +922,7 @@ class ConversationManager:
             pipe = Pipeline(
                 self._provider,
                 store=self._store,
+                middleware=None if self._stages is None else self._stages(budget),
                 max_tokens=budget,
                 token_counter=self._counter,
                 lock_timeout=self._lock_timeout,

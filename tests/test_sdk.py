@@ -9,7 +9,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from promptstate.providers.mock import MockProvider
 
 from promptstate import (
     ClosedError,
@@ -27,6 +26,7 @@ from promptstate import (
     ToolCall,
     ValidationError,
 )
+from promptstate.providers.mock import MockProvider
 from promptstate.sdk import METADATA_KEY, Response
 
 pytestmark = pytest.mark.anyio
@@ -396,3 +396,34 @@ async def test_pipelines_per_budget_are_bounded() -> None:
             await conv.send("hi")
         assert len(manager._pipelines) <= 32
         assert (await convs[0].send("again")).content == "turn 2: again"
+
+
+async def test_custom_stages_per_budget() -> None:
+    from promptstate.pipeline import default_stages
+    from promptstate.truncation import SlidingWindow
+
+    budgets: list[int | None] = []
+    seen: list[str] = []
+
+    async def log(ctx: object, call_next: object) -> None:
+        seen.append("log")
+        await call_next(ctx)  # type: ignore[operator]
+
+    def stages(budget: int | None) -> list[object]:
+        budgets.append(budget)
+        if budget is None:
+            return [log, *default_stages(None)]
+        return [log, *default_stages(None)[:1], SlidingWindow(2), *default_stages(None)[1:]]
+
+    provider = MockProvider(_echo)
+    async with ConversationManager(provider, stages=stages) as manager:  # type: ignore[arg-type]
+        plain = await manager.new_conversation()
+        windowed = await manager.new_conversation(None, ConversationConfig(max_tokens=999))
+        for i in range(4):
+            await plain.send(f"p{i}")
+            await windowed.send(f"w{i}")
+        assert len(provider.last_messages) <= 3  # the sliding window, not the token budget
+        assert seen == ["log"] * 8
+        assert budgets == [None, 999]  # one pipeline per budget, built once
+    with pytest.raises(ValidationError, match="stages"):
+        ConversationManager(provider, stages=[log])  # type: ignore[arg-type]
