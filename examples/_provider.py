@@ -20,13 +20,13 @@ def make_provider() -> Provider:
     """``OpenAIProvider`` when OPENAI_API_KEY or OPENAI_BASE_URL is set, else the mock."""
     base_url = os.environ.get("OPENAI_BASE_URL")
     if os.environ.get("OPENAI_API_KEY") or base_url:
-        try:
-            from promptstate.providers import OpenAIProvider  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            model = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
-            provider: Provider = OpenAIProvider(model, base_url=base_url)
+        import promptstate.providers
+
+        openai = getattr(promptstate.providers, "OpenAIProvider", None)
+        if openai is not None:
+            provider: Provider = openai(
+                os.environ.get("OPENAI_MODEL", "gpt-4o-mini"), base_url=base_url
+            )
             return provider
     from promptstate.providers.mock import MockProvider
 

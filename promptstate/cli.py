@@ -467,16 +467,17 @@ async def _demo_load(args: argparse.Namespace, store: Store, out: TextIO) -> Non
 def _chat_provider(args: argparse.Namespace) -> tuple[Any, str]:
     wants_http = bool(args.base_url or os.environ.get("OPENAI_API_KEY"))
     if wants_http:
-        try:
-            from promptstate.providers import OpenAIProvider  # type: ignore[attr-defined]
-        except ImportError:
+        import promptstate.providers
+
+        openai = getattr(promptstate.providers, "OpenAIProvider", None)
+        if openai is None:
             print(
                 "promptstate: OpenAIProvider is not available in this version; using the mock",
                 file=sys.stderr,
             )
         else:
             model = args.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
-            provider = OpenAIProvider(model, base_url=args.base_url)
+            provider = openai(model, base_url=args.base_url)
             return provider, f"{model} at {args.base_url or 'api.openai.com'}"
     from promptstate.providers.mock import MockProvider
 
