@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -222,3 +225,84 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert info.value.code == 2
     capsys.readouterr()
+
+
+class _OpenAICompatible(http.server.BaseHTTPRequestHandler):
+    """A tiny OpenAI-compatible chat completions server (streaming and not)."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).requests.append(body)
+        users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+        text = f"server saw {len(body['messages'])} messages, {len(users)} from you"
+        if not body.get("stream"):
+            payload = {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            }
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        end = {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
+        self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+
+
+def test_chat_with_an_openai_compatible_server(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import promptstate.providers
+
+    if getattr(promptstate.providers, "OpenAIProvider", None) is None:
+        pytest.skip("OpenAIProvider is not in this build")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenAICompatible)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    _OpenAICompatible.requests = []
+    try:
+        args = ["--base-url", base, "--model", "local-model", "--session", "oa"]
+        assert _chat(monkeypatch, "Hello\nAgain\n", *args) == 0
+        out = capsys.readouterr().out
+        assert "with local-model at http://127.0.0.1" in out
+        assert "bot> server saw 1 messages, 1 from you" in out
+        assert "bot> server saw 3 messages, 2 from you" in out
+        assert _chat(monkeypatch, "Third\n", *args) == 0  # a new run sends the stored history
+        assert "bot> server saw 5 messages, 3 from you" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r["model"] for r in _OpenAICompatible.requests] == ["local-model"] * 3
+    last = _OpenAICompatible.requests[-1]["messages"]
+    assert [m["content"] for m in last] == [
+        "Hello",
+        "server saw 1 messages, 1 from you",
+        "Again",
+        "server saw 3 messages, 2 from you",
+        "Third",
+    ]
