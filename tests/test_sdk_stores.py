@@ -52,43 +52,49 @@ async def _drop_tables(dsn: str, prefix: str) -> None:
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
-async def opener(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Callable[[], Store]]:
-    """A function that opens a new store object on the same isolated data, each call."""
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(kind, where): a SQLite file, a Redis URL or a PostgreSQL DSN (a sync fixture, so the
+    session server fixtures can start their servers)."""
     kind: str = request.param
+    pytest.importorskip(f"promptstate.stores.{kind}")
+    if kind == "sqlite":
+        return kind, str(tmp_path / "sdk.db")
+    if kind == "redis":
+        return kind, str(request.getfixturevalue("redis_url"))
+    return kind, str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+async def opener(backend: tuple[str, str]) -> AsyncIterator[Callable[[], Store]]:
+    """A function that opens a new store object on the same isolated data, each call."""
+    kind, where = backend
     tag = uuid.uuid4().hex[:12]
     made: list[Store] = []
     cleanup: Callable[[], Awaitable[None]] | None = None
     if kind == "sqlite":
-        mod = pytest.importorskip("promptstate.stores.sqlite")
-        path = tmp_path / "sdk.db"
+        from promptstate.stores.sqlite import SQLiteStore
 
         def make() -> Store:
-            return mod.SQLiteStore(str(path))
+            return SQLiteStore(where)
 
     elif kind == "redis":
-        mod = pytest.importorskip("promptstate.stores.redis")
-        url: str = request.getfixturevalue("redis_url")
-        prefix = f"pstest:sdk:{tag}:"
+        from promptstate.stores.redis import RedisStore
 
         def make() -> Store:
-            return mod.RedisStore.from_url(url, prefix=prefix)
+            return RedisStore.from_url(where, prefix=f"pstest:sdk:{tag}:")
 
         async def cleanup() -> None:
             async with make() as store:
                 await store.delete_by_prefix("")
 
     else:
-        mod = pytest.importorskip("promptstate.stores.postgres")
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        table = f"ps_sdk_{tag}"
+        from promptstate.stores.postgres import PostgresStore
 
         def make() -> Store:
-            return mod.PostgresStore.from_dsn(dsn, table_name=table)
+            return PostgresStore.from_dsn(where, table_name=f"ps_sdk_{tag}")
 
         async def cleanup() -> None:
-            await _drop_tables(dsn, table)
+            await _drop_tables(where, f"ps_sdk_{tag}")
 
     def tracked() -> Store:
         store = make()
