@@ -671,7 +671,9 @@ class Conversation:
 
     Get one from :meth:`ConversationManager.new_conversation` or
     :meth:`ConversationManager.get_conversation`. It keeps no history in memory; each call
-    reads or writes the store.
+    reads or writes the store. (A turn does not check that the conversation still exists:
+    sending on a handle after :meth:`delete` starts a new session under the same id, without
+    the stored settings.)
 
     Attributes:
         id: The conversation's key in the store.
