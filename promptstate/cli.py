@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -141,7 +142,7 @@ def _print_state(out: TextIO, state: State, *, last: int | None) -> None:
         if settings.get("system"):
             out.write(f"system        {_one_line(str(settings['system']), 100)}\n")
     if user_meta:
-        out.write(f"metadata      {user_meta}\n")
+        out.write(f"metadata      {json.dumps(user_meta, ensure_ascii=False, default=str)}\n")
     messages = state.messages if last is None else state.messages[-last:] if last else []
     if len(messages) < len(state.messages):
         out.write(f"... {len(state.messages) - len(messages)} older messages not shown\n")
@@ -379,10 +380,17 @@ async def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 f"\n   stored: {len(state.messages)} messages, {state.token_count} tokens, "
                 f"version {state.version}\n"
             )
-            out.write(
-                "   Run `promptstate demo` again: the mock model only sees what the store "
-                "gives it,\n   and the conversation continues where it left off.\n\n"
-            )
+            if url.startswith("memory:"):
+                out.write(
+                    "   (memory:// forgets everything when the process ends: run the demo on\n"
+                    "   the default SQLite file, or on redis:// or postgresql://, to see it "
+                    "remember.)\n\n"
+                )
+            else:
+                out.write(
+                    "   Run `promptstate demo` again: the mock model only sees what the store "
+                    "gives it,\n   and the conversation continues where it left off.\n\n"
+                )
             out.flush()
             if args.sessions > 0 and args.turns > 0:
                 await _demo_load(args, store, out)
