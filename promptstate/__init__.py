@@ -16,15 +16,18 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.providers import AnthropicProvider, OpenAIProvider
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import MemoryStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter
+from promptstate.tools import Tool, tool
 from promptstate.types import Message, State, ToolCall, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AnthropicProvider",
     "ClosedError",
     "ConflictError",
     "CorruptStateError",
@@ -33,6 +36,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "NotFoundError",
+    "OpenAIProvider",
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
@@ -41,6 +45,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "TokenCounter",
+    "Tool",
     "ToolCall",
     "Usage",
     "ValidationError",
@@ -48,4 +53,5 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_store",
+    "tool",
 ]
