@@ -35,7 +35,7 @@ import logging
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import anyio
 import anyio.to_thread
@@ -308,14 +308,29 @@ async def _invoke(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     return result
 
 
+@overload
+def tool(function: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
 def tool(
-    function: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     timeout: float | None = None,
-) -> Any:
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Decorator: turn a function into a :class:`Tool` (``@tool`` or ``@tool(name=...)``)."""
 
     def wrap(fn: Callable[..., Any]) -> Tool:

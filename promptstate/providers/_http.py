@@ -20,7 +20,7 @@ import random
 from collections.abc import AsyncIterator, Generator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -32,6 +32,8 @@ from promptstate.providers.pricing import Price, PriceTable, cost_of, lookup_pri
 __all__ = ["HTTPProvider", "SSEEvent", "Secret", "iter_sse", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
+
+_P = TypeVar("_P", bound="HTTPProvider")
 
 #: HTTP statuses below 500 that are worth sending again.
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -229,7 +231,7 @@ class HTTPProvider:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
-    async def __aenter__(self) -> HTTPProvider:
+    async def __aenter__(self: _P) -> _P:
         self._check_open()
         return self
 
