@@ -26,7 +26,6 @@ from promptstate.types import Message, State, ToolCall, Usage
 __version__ = "0.1.0"
 
 __all__ = [
-    "SCHEMA_VERSION",
     "AnthropicProvider",
     "ClosedError",
     "ConflictError",
@@ -40,6 +39,7 @@ __all__ = [
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
+    "SCHEMA_VERSION",
     "SessionBusyError",
     "State",
     "Store",

@@ -1,4 +1,4 @@
-"""Fixtures for the provider tests: the asyncio backend and a loopback HTTP server."""
+"""Fixtures for the provider tests: a loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.providers.loopback import LoopbackServer
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
