@@ -44,7 +44,7 @@ import msgspec
 from promptstate.exceptions import ValidationError
 from promptstate.types import Message, ToolCall
 
-__all__ = ["Tool", "ToolSpec", "as_tools", "run_tool_calls", "tool"]
+__all__ = ["Tool", "ToolSpec", "as_tools", "pair_tool_messages", "run_tool_calls", "tool"]
 
 logger = logging.getLogger(__name__)
 
@@ -425,3 +425,58 @@ async def run_tool_calls(
         for index, call in enumerate(calls):
             group.start_soon(run, index, call)
     return [m for m in results if m is not None]
+
+
+#: What a call without a recorded result is answered with (see :func:`pair_tool_messages`).
+MISSING_RESULT = "Error: no result was recorded for this tool call (it was interrupted)."
+
+
+def pair_tool_messages(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` made acceptable to the chat APIs' tool-call pairing rules.
+
+    Both OpenAI and Anthropic reject a history where an assistant's tool call has no ``tool``
+    message answering it before the next turn, or where a ``tool`` message answers no call.
+    That happens when a tool loop was interrupted after its call was stored, or when a
+    window cut the history between a call and its result. This inserts an error result for
+    each unanswered call (right after the answers that do exist) and drops results that
+    answer nothing. Stored data is not changed; only what is sent.
+
+    Raises:
+        ValidationError: A ``tool`` message without ``tool_call_id``.
+    """
+    result: list[Message] = []
+    open_calls: dict[str, ToolCall] = {}
+    changed = False
+
+    def close_open() -> None:
+        nonlocal changed
+        for call in open_calls.values():
+            changed = True
+            result.append(
+                Message(
+                    "tool",
+                    MISSING_RESULT,
+                    name=call.name,
+                    tool_call_id=call.id,
+                    metadata={"is_error": True},
+                )
+            )
+        open_calls.clear()
+
+    for message in messages:
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise ValidationError("a tool message needs tool_call_id (the call it answers)")
+            if message.tool_call_id in open_calls:
+                del open_calls[message.tool_call_id]
+                result.append(message)
+            else:
+                changed = True
+                logger.debug("dropping a tool message that answers no call in the history")
+            continue
+        close_open()
+        result.append(message)
+        if message.role == "assistant":
+            open_calls = {call.id: call for call in message.tool_calls}
+    close_open()
+    return result if changed else list(messages)

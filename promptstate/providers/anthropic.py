@@ -21,7 +21,7 @@ from promptstate.exceptions import ProviderError, ValidationError
 from promptstate.providers._http import HTTPProvider, Secret
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import ANTHROPIC_PRICES, Price
-from promptstate.tools import Tool
+from promptstate.tools import Tool, pair_tool_messages
 from promptstate.types import Message, ToolCall, Usage
 
 __all__ = ["AnthropicProvider"]
@@ -194,7 +194,7 @@ class AnthropicProvider(HTTPProvider):
         """The JSON body for ``POST /v1/messages`` (public so it can be inspected)."""
         system: list[str] = []
         turns: list[dict[str, Any]] = []
-        for message in messages:
+        for message in pair_tool_messages(messages):
             if message.role == "system":
                 if message.content:
                     system.append(message.content)

@@ -20,7 +20,7 @@ from promptstate.exceptions import ProviderError, ValidationError
 from promptstate.providers._http import HTTPProvider, Secret
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import OPENAI_PRICES, Price
-from promptstate.tools import Tool
+from promptstate.tools import Tool, pair_tool_messages
 from promptstate.types import Message, ToolCall, Usage
 
 __all__ = ["OpenAIProvider"]
@@ -200,7 +200,7 @@ class OpenAIProvider(HTTPProvider):
         """The JSON body for ``POST /chat/completions`` (public so it can be inspected)."""
         body: dict[str, Any] = {
             "model": options.get("model") or self.model,
-            "messages": [_message_entry(m) for m in messages],
+            "messages": [_message_entry(m) for m in pair_tool_messages(messages)],
         }
         for key, value in options.items():
             if value is None or key == "model":

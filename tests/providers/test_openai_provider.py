@@ -567,3 +567,15 @@ async def test_request_body_is_valid_json_with_unicode(server: LoopbackServer) -
     assert server.requests[0].json()["messages"][0]["content"] == "héllo ☃"
     assert result.message.content == "ünïcødé ✓"
     assert json.loads(server.requests[0].body)  # plain JSON on the wire
+
+
+def test_interrupted_tool_call_in_history_is_answered_in_the_request() -> None:
+    provider = OpenAIProvider("m", base_url="http://127.0.0.1:1/v1")
+    history = [
+        Message("user", "hi"),
+        Message("assistant", "", tool_calls=(ToolCall("c1", "f", "{}"),)),
+        Message("user", "still there?"),
+    ]
+    sent = provider.build_body(history, {}, stream=False)["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
+    assert sent[2]["tool_call_id"] == "c1"

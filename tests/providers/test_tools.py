@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from promptstate import Message, ToolCall, ValidationError
-from promptstate.tools import Tool, as_tools, run_tool_calls, tool
+from promptstate.tools import Tool, as_tools, pair_tool_messages, run_tool_calls, tool
 
 pytestmark = pytest.mark.anyio
 
@@ -262,3 +262,31 @@ async def test_cancellation_propagates() -> None:
 async def test_no_calls_no_results() -> None:
     assert await run_tool_calls([], []) == []
     assert isinstance(Message("tool", "x", tool_call_id="1"), Message)
+
+
+def test_pair_tool_messages_answers_interrupted_calls_and_drops_orphans() -> None:
+    calls = (ToolCall("a", "f", "{}"), ToolCall("b", "g", "{}"))
+    user = Message("user", "hi")
+    asked = Message("assistant", "", tool_calls=calls)
+    answer_a = Message("tool", "A", tool_call_id="a")
+    orphan = Message("tool", "lost", tool_call_id="zzz")
+    later = Message("user", "again")
+    fixed = pair_tool_messages([user, asked, answer_a, orphan, later, asked])
+    assert [(m.role, m.tool_call_id) for m in fixed] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "a"),
+        ("tool", "b"),
+        ("user", None),
+        ("assistant", None),
+        ("tool", "a"),
+        ("tool", "b"),
+    ]
+    synthetic = fixed[3]
+    assert synthetic.metadata == {"is_error": True}
+    assert "no result" in synthetic.content
+    assert synthetic.name == "g"
+    whole = [user, asked, answer_a, Message("tool", "B", tool_call_id="b"), later]
+    assert pair_tool_messages(whole) == whole
+    with pytest.raises(ValidationError, match="tool_call_id"):
+        pair_tool_messages([Message("tool", "x")])
