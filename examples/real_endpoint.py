@@ -19,8 +19,9 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, ProviderError
 from promptstate.pipeline import Pipeline
+
+from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, ProviderError
 from promptstate.providers import Provider
 
 

@@ -85,18 +85,29 @@ def _usage(doc: Any) -> tuple[Usage, int]:
 
 
 class _ToolCallBuilder:
-    """Assembles streamed ``delta.tool_calls`` fragments (keyed by ``index``) into calls."""
+    """Assembles streamed ``delta.tool_calls`` fragments (keyed by ``index``) into calls.
+
+    Some servers (Ollama) send every call of a parallel batch whole at index 0, told apart
+    only by their ids: a new id at an index already in use starts a new call.
+    """
 
     def __init__(self) -> None:
-        self._calls: dict[int, list[Any]] = {}  # index -> [id, name, [argument parts]]
+        self._calls: list[list[Any]] = []  # [id, name, [argument parts]] in arrival order
+        self._slot_of: dict[int, int] = {}  # the server's index -> position in _calls
 
     def add(self, fragment: Mapping[str, Any]) -> None:
         index = fragment.get("index")
         if not isinstance(index, int):
-            index = len(self._calls)
-        slot = self._calls.setdefault(index, ["", "", []])
-        if fragment.get("id"):
-            slot[0] = fragment["id"]
+            index = len(self._slot_of)
+        call_id = fragment.get("id")
+        position = self._slot_of.get(index)
+        if position is None or (call_id and self._calls[position][0] not in ("", call_id)):
+            position = len(self._calls)
+            self._calls.append(["", "", []])
+            self._slot_of[index] = position
+        slot = self._calls[position]
+        if call_id:
+            slot[0] = call_id
         function = fragment.get("function") or {}
         if function.get("name") and not slot[1]:
             slot[1] = function["name"]
@@ -105,8 +116,8 @@ class _ToolCallBuilder:
 
     def calls(self) -> tuple[ToolCall, ...]:
         return tuple(
-            ToolCall(call_id or f"call_{index}", name, "".join(parts))
-            for index, (call_id, name, parts) in sorted(self._calls.items())
+            ToolCall(call_id or f"call_{position}", name, "".join(parts))
+            for position, (call_id, name, parts) in enumerate(self._calls)
         )
 
 

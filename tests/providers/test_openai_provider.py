@@ -579,3 +579,31 @@ def test_interrupted_tool_call_in_history_is_answered_in_the_request() -> None:
     sent = provider.build_body(history, {}, stream=False)["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
     assert sent[2]["tool_call_id"] == "c1"
+
+
+async def test_stream_parallel_calls_at_one_index_told_apart_by_id(server: LoopbackServer) -> None:
+    def whole(call_id: str, city: str) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+        }
+
+    server.queue(
+        sse_reply(
+            openai_sse(
+                [
+                    chunk({"tool_calls": [whole("call_x", "Oslo")]}),
+                    chunk({"tool_calls": [whole("call_y", "Rome")]}),
+                    chunk({}, finish="tool_calls"),
+                ]
+            )
+        )
+    )
+    async with make(server) as provider:
+        chunks = await drain(provider.stream([Message("user", "weather?")]))
+    assert chunks[-1].tool_calls == (
+        ToolCall("call_x", "get_weather", '{"city": "Oslo"}'),
+        ToolCall("call_y", "get_weather", '{"city": "Rome"}'),
+    )
