@@ -536,6 +536,8 @@ class ToolLoop:
 
         if self.tools and ctx.options.get("tools") is None:
             ctx.options = {**ctx.options, "tools": list(self.tools.values())}
+        if self.max_rounds == 0:
+            ctx.options = {**ctx.options, "tool_choice": "none"}
         first_turn_id = ctx.turn_id
         total_cost = 0.0
         rounds = 0

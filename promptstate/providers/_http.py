@@ -338,12 +338,16 @@ class HTTPProvider:
             headers["accept"] = "text/event-stream"
         attempt = 0
         while True:
-            request = self._client.build_request(
-                "POST", url, content=content, headers=headers, timeout=self._timeout
-            )
             retry_after: float | None = None
             try:
-                response = await self._client.send(request, auth=self._auth, stream=True)
+                # No local keeps the request: after the auth flow its headers hold the key.
+                response = await self._client.send(
+                    self._client.build_request(
+                        "POST", url, content=content, headers=headers, timeout=self._timeout
+                    ),
+                    auth=self._auth,
+                    stream=True,
+                )
             except httpx.HTTPError as exc:
                 error = self._transport_error(exc)
                 if not error.retryable or attempt >= self.max_retries:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 import traceback
@@ -607,3 +608,16 @@ async def test_stream_parallel_calls_at_one_index_told_apart_by_id(server: Loopb
         ToolCall("call_x", "get_weather", '{"city": "Oslo"}'),
         ToolCall("call_y", "get_weather", '{"city": "Rome"}'),
     )
+
+
+async def test_logs_never_contain_the_key(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    echo = {"error": {"message": f"bad key {KEY}", "type": "server_error"}}
+    server.queue(json_reply(500, echo), json_reply(401, echo))
+    async with make(server) as provider:
+        with pytest.raises(ProviderError):
+            await provider.complete([Message("user", "hi")])
+    assert "retrying" in caplog.text
+    assert KEY not in caplog.text
