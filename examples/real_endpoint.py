@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from promptstate.pipeline import Pipeline
 
 from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, ProviderError
-from promptstate.providers import Provider
 
 
 def utc_time(city: str) -> str:
@@ -34,7 +33,7 @@ def utc_time(city: str) -> str:
     return f"It is {datetime.now(timezone.utc):%H:%M} UTC (asked for {city})."
 
 
-def choose_provider() -> Provider | None:
+def choose_provider() -> OpenAIProvider | AnthropicProvider | None:
     model = os.environ.get("PROMPTSTATE_MODEL")
     if os.environ.get("OPENAI_BASE_URL"):
         return OpenAIProvider(model or "llama3.1", base_url=os.environ["OPENAI_BASE_URL"])
@@ -56,7 +55,7 @@ async def main() -> int:
     print(f"Using {provider!r}")
     try:
         async with (
-            provider,  # type: ignore[attr-defined]
+            provider,
             MemoryStore() as store,
             Pipeline(provider, store=store, tools=[utc_time], max_tool_rounds=2) as pipe,
         ):

@@ -167,3 +167,14 @@ async def drain(stream: AsyncIterable[Any], into: list[Any] | None = None) -> li
     async for item in stream:
         received.append(item)
     return received
+
+
+def truncated(status: int = 200) -> Reply:
+    """A response whose body stops before its announced length."""
+
+    async def write(writer: asyncio.StreamWriter) -> None:
+        head = {"content-type": "application/json", "content-length": "1000", "connection": "close"}
+        writer.write(_head(status, head) + b'{"id": "chatcmpl-')
+        await writer.drain()
+
+    return write

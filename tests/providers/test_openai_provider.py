@@ -22,6 +22,7 @@ from tests.providers.loopback import (
     json_reply,
     openai_sse,
     sse_reply,
+    truncated,
 )
 
 pytestmark = pytest.mark.anyio
@@ -621,3 +622,28 @@ async def test_logs_never_contain_the_key(
             await provider.complete([Message("user", "hi")])
     assert "retrying" in caplog.text
     assert KEY not in caplog.text
+
+
+async def test_body_cut_short_is_retried(server: LoopbackServer) -> None:
+    server.queue(truncated(), json_reply(200, completion("whole")))
+    async with make(server) as provider:
+        result = await provider.complete([Message("user", "hi")])
+    assert result.message.content == "whole"
+    assert len(server.requests) == 2
+
+
+async def test_body_cut_short_without_retries_is_a_provider_error(server: LoopbackServer) -> None:
+    server.queue(truncated())
+    async with make(server, max_retries=0) as provider:
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message("user", "hi")])
+    assert info.value.retryable is True
+
+
+async def test_borrowed_client_closed_by_its_owner(server: LoopbackServer) -> None:
+    client = httpx.AsyncClient()
+    provider = make(server, http_client=client)
+    await client.aclose()
+    with pytest.raises(ClosedError):
+        await provider.complete([Message("user", "hi")])
+    await provider.aclose()
