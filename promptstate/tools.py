@@ -575,14 +575,16 @@ def with_tool_loop(
         ValidationError: No ``CallProvider`` stage to loop around, or a ``ToolLoop`` is
             already in ``stages``.
     """
-    from promptstate.stages import CallProvider
+    import importlib
+
+    call_provider: Any = importlib.import_module("promptstate.stages").CallProvider
 
     loop = ToolLoop(tools, max_rounds=max_rounds)
     result = list(stages)
     if any(isinstance(s, ToolLoop) for s in result):
         raise ValidationError("give tools to Pipeline(tools=...) or to a ToolLoop stage, not both")
     for index, stage in enumerate(result):
-        if isinstance(stage, CallProvider):
+        if isinstance(stage, call_provider):
             result.insert(index, loop)
             return result
     raise ValidationError("tools= needs a CallProvider stage in the middleware to loop around")
