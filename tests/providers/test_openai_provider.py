@@ -647,3 +647,13 @@ async def test_borrowed_client_closed_by_its_owner(server: LoopbackServer) -> No
     with pytest.raises(ClosedError):
         await provider.complete([Message("user", "hi")])
     await provider.aclose()
+
+
+async def test_stream_stalling_longer_than_the_timeout(server: LoopbackServer) -> None:
+    events = openai_sse([chunk({"content": "a"}), chunk({"content": "b"}, finish="stop")])
+    server.queue(sse_reply(events, pause=2.0))
+    received: list[Chunk] = []
+    async with make(server, timeout=0.3) as provider:
+        with pytest.raises(ProviderError, match="ReadTimeout"):
+            await drain(provider.stream([Message("user", "hi")]), received)
+    assert [c.text for c in received] == ["a"]
