@@ -19,9 +19,8 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from promptstate.pipeline import Pipeline
-
 from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, ProviderError
+from promptstate.pipeline import Pipeline
 
 
 def utc_time(city: str) -> str:

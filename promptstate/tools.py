@@ -35,14 +35,18 @@ import logging
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 import anyio.to_thread
 import msgspec
 
 from promptstate.exceptions import ValidationError
+from promptstate.tokens import with_tokens
 from promptstate.types import Message, ToolCall
+
+if TYPE_CHECKING:
+    from promptstate.pipeline import ExecutionContext, Middleware
 
 __all__ = [
     "Tool",
@@ -531,9 +535,9 @@ class ToolLoop:
     def __repr__(self) -> str:
         return f"ToolLoop(tools={list(self.tools)!r}, max_rounds={self.max_rounds})"
 
-    async def __call__(self, ctx: Any, call_next: Callable[[Any], Awaitable[None]]) -> None:
-        from promptstate.tokens import with_tokens
-
+    async def __call__(
+        self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
+    ) -> None:
         if self.tools and ctx.options.get("tools") is None:
             ctx.options = {**ctx.options, "tools": list(self.tools.values())}
         if self.max_rounds == 0:
@@ -565,26 +569,24 @@ class ToolLoop:
 
 
 def with_tool_loop(
-    stages: Sequence[Any],
+    stages: Sequence[Middleware],
     tools: Iterable[Tool | Callable[..., Any] | ToolSpec],
     max_rounds: int,
-) -> list[Any]:
+) -> list[Middleware]:
     """``stages`` with a :class:`ToolLoop` inserted right before the first ``CallProvider``.
 
     Raises:
         ValidationError: No ``CallProvider`` stage to loop around, or a ``ToolLoop`` is
             already in ``stages``.
     """
-    import importlib
-
-    call_provider: Any = importlib.import_module("promptstate.stages").CallProvider
+    from promptstate.stages import CallProvider
 
     loop = ToolLoop(tools, max_rounds=max_rounds)
-    result = list(stages)
+    result: list[Middleware] = list(stages)
     if any(isinstance(s, ToolLoop) for s in result):
         raise ValidationError("give tools to Pipeline(tools=...) or to a ToolLoop stage, not both")
     for index, stage in enumerate(result):
-        if isinstance(stage, call_provider):
+        if isinstance(stage, CallProvider):
             result.insert(index, loop)
             return result
     raise ValidationError("tools= needs a CallProvider stage in the middleware to loop around")
