@@ -21,7 +21,7 @@ from promptstate import (
     Usage,
     ValidationError,
 )
-from promptstate.pipeline import Pipeline
+from promptstate.pipeline import Middleware, Pipeline
 from promptstate.providers.mock import MockProvider
 from promptstate.stages import CallProvider, LoadState, SaveState
 from promptstate.tools import ToolLoop
@@ -346,7 +346,7 @@ async def test_max_tool_rounds_then_a_final_answer_without_tools(server: Loopbac
 
 
 async def test_tool_loop_with_mock_provider_and_custom_middleware() -> None:
-    replies = [
+    replies: list[str | Message] = [
         Message("assistant", "", tool_calls=(ToolCall("c1", "add", '{"a": 2, "b": 3}'),)),
         "The sum is 5.",
     ]
@@ -355,7 +355,12 @@ async def test_tool_loop_with_mock_provider_and_custom_middleware() -> None:
         return a + b
 
     mock = MockProvider(replies)
-    stages = [LoadState(), ToolLoop([add], max_rounds=1), CallProvider(), SaveState()]
+    stages: list[Middleware] = [
+        LoadState(),
+        ToolLoop([add], max_rounds=1),
+        CallProvider(),
+        SaveState(),
+    ]
     async with MemoryStore() as store, Pipeline(mock, store=store, middleware=stages) as pipe:
         result = await pipe.execute("s1", "user", "2+3?")
         state = await store.get("s1")
