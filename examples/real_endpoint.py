@@ -19,8 +19,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, ProviderError
-from promptstate.pipeline import Pipeline
+from promptstate import AnthropicProvider, MemoryStore, OpenAIProvider, Pipeline, ProviderError
 
 
 def utc_time(city: str) -> str:
