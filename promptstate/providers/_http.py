@@ -332,7 +332,10 @@ class HTTPProvider:
         """
         self._check_open()
         url = f"{self.base_url}{path}"
-        content = _json_encode(body)
+        try:
+            content = _json_encode(body)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"{self.name}: a request option is not JSON: {exc}") from exc
         headers = {"content-type": "application/json", **self._headers}
         if stream:
             headers["accept"] = "text/event-stream"

@@ -657,3 +657,10 @@ async def test_stream_stalling_longer_than_the_timeout(server: LoopbackServer) -
         with pytest.raises(ProviderError, match="ReadTimeout"):
             await drain(provider.stream([Message("user", "hi")]), received)
     assert [c.text for c in received] == ["a"]
+
+
+async def test_an_option_that_is_not_json_is_a_validation_error(server: LoopbackServer) -> None:
+    async with make(server) as provider:
+        with pytest.raises(ValidationError, match="not JSON"):
+            await provider.complete([Message("user", "hi")], metadata={"when": object()})
+    assert server.requests == []
