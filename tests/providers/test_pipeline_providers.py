@@ -391,3 +391,72 @@ async def test_timeout_through_the_pipeline(server: LoopbackServer) -> None:
         with pytest.raises(ProviderError, match="timed out"):
             await pipe.execute("s1", "user", "hi")
         assert await store.load("s1") == []
+
+
+def streamed_tool_call(call_id: str, name: str, arguments: str) -> list[str]:
+    half = len(arguments) // 2
+    return openai_sse(
+        [
+            chunk({"content": "Checking. "}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": arguments[:half]},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}),
+            chunk({}, finish="tool_calls"),
+            usage_chunk(40, 8),
+        ]
+    )
+
+
+async def test_openai_streamed_tool_loop(server: LoopbackServer) -> None:
+    def double(n: int) -> int:
+        return n * 2
+
+    server.queue(
+        sse_reply(streamed_tool_call("c1", "double", '{"n": 21}')),
+        sse_reply(openai_sse([chunk({"content": "It is 42."}, finish="stop"), usage_chunk(60, 5)])),
+    )
+    async with (
+        openai(server) as llm,
+        MemoryStore() as store,
+        Pipeline(llm, store=store, tools=[double]) as pipe,
+    ):
+        chunks = await drain(pipe.stream("s1", "user", "double 21"))
+        state = await store.get("s1")
+    assert "".join(c.text for c in chunks) == "Checking. It is 42."
+    assert chunks[-1].usage == Usage(100, 13)
+    expected = (100 * OPENAI_IN + 13 * OPENAI_OUT) / 1e6
+    assert chunks[-1].cost == pytest.approx(expected)
+    assert state.total_cost == pytest.approx(expected)
+    assert roles(state.messages) == ["user", "assistant", "tool", "assistant"]
+    assert state.messages[1].tool_calls == (ToolCall("c1", "double", '{"n": 21}'),)
+    assert state.messages[2].content == "42"
+
+
+async def test_stream_cut_in_the_second_round_keeps_the_first(server: LoopbackServer) -> None:
+    def double(n: int) -> int:
+        return n * 2
+
+    server.queue(
+        sse_reply(streamed_tool_call("c1", "double", '{"n": 21}')),
+        sse_reply(openai_sse([chunk({"content": "It is"})], done=False), cut=True),
+    )
+    async with (
+        openai(server) as llm,
+        MemoryStore() as store,
+        Pipeline(llm, store=store, tools=[double]) as pipe,
+    ):
+        with pytest.raises(ProviderError):
+            await drain(pipe.stream("s1", "user", "double 21"))
+        kept = await store.load("s1")
+    assert roles(kept) == ["user", "assistant"]
+    assert kept[1].content == "Checking. "
