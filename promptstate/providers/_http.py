@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Generator, Mapping
 from datetime import datetime, timezone
@@ -66,6 +67,25 @@ class Secret:
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a Secret cannot be pickled")
+
+
+def read_key(value: str | None, env: str) -> str | None:
+    """The API key from ``value`` or the ``env`` variable, stripped; ``None`` when unset.
+
+    Raises:
+        ValidationError: The key is not a string of printable ASCII without spaces (the
+            message never shows the key).
+    """
+    key = value if value is not None else os.environ.get(env)
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise ValidationError(f"api_key must be a str, got {type(key).__name__}")
+    key = key.strip()
+    if any(not ("!" <= ch <= "~") for ch in key):
+        source = "api_key" if value is not None else env
+        raise ValidationError(f"{source} holds characters an API key cannot have")
+    return key or None
 
 
 class _KeyAuth(httpx.Auth):

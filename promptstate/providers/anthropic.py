@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from promptstate.exceptions import ProviderError, ValidationError
-from promptstate.providers._http import HTTPProvider, Secret
+from promptstate.providers._http import HTTPProvider, Secret, read_key
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import ANTHROPIC_PRICES, Price
 from promptstate.tools import Tool, pair_tool_messages
@@ -163,7 +163,7 @@ class AnthropicProvider(HTTPProvider):
         backoff: float = 0.5,
         max_backoff: float = 8.0,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+        key = read_key(api_key, "ANTHROPIC_API_KEY")
         url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
         if not key and url.rstrip("/") == DEFAULT_BASE_URL:
             raise ValidationError("no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY")

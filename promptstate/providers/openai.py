@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from promptstate.exceptions import ProviderError, ValidationError
-from promptstate.providers._http import HTTPProvider, Secret
+from promptstate.providers._http import HTTPProvider, Secret, read_key
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import OPENAI_PRICES, Price
 from promptstate.tools import Tool, pair_tool_messages
@@ -172,7 +172,7 @@ class OpenAIProvider(HTTPProvider):
         backoff: float = 0.5,
         max_backoff: float = 8.0,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key = read_key(api_key, "OPENAI_API_KEY")
         explicit_url = base_url or os.environ.get("OPENAI_BASE_URL")
         url = explicit_url or DEFAULT_BASE_URL
         official = url.rstrip("/") == DEFAULT_BASE_URL

@@ -664,3 +664,20 @@ async def test_an_option_that_is_not_json_is_a_validation_error(server: Loopback
         with pytest.raises(ValidationError, match="not JSON"):
             await provider.complete([Message("user", "hi")], metadata={"when": object()})
     assert server.requests == []
+
+
+async def test_key_whitespace_is_stripped_and_bad_keys_refused(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.queue(json_reply(200, completion()))
+    async with make(server, api_key=f"  {KEY}\n") as provider:
+        await provider.complete([Message("user", "hi")])
+    assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+    for bad in (f"{KEY}\nX-Evil: 1", f"{KEY} more", f"{KEY}\x00"):
+        with pytest.raises(ValidationError) as info:
+            make(server, api_key=bad)
+        assert KEY not in str(info.value)
+    monkeypatch.setenv("OPENAI_API_KEY", f"{KEY}\tx")
+    with pytest.raises(ValidationError, match="OPENAI_API_KEY") as info:
+        OpenAIProvider("gpt-4o")
+    assert KEY not in str(info.value)
