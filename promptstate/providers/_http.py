@@ -216,7 +216,7 @@ class HTTPProvider:
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ValidationError("model must be a non-empty string")
-        if not isinstance(max_retries, int) or max_retries < 0:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValidationError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if backoff < 0 or max_backoff < 0:
             raise ValidationError("backoff and max_backoff must be >= 0")
@@ -232,6 +232,8 @@ class HTTPProvider:
         self._headers = dict(headers)
         if isinstance(timeout, httpx.Timeout):
             self._timeout = timeout
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValidationError(f"timeout must be a positive number of seconds, got {timeout!r}")
         else:
             self._timeout = httpx.Timeout(timeout, connect=min(float(timeout), 10.0))
         self._owns_client = http_client is None

@@ -560,6 +560,10 @@ async def test_bad_constructor_arguments() -> None:
         OpenAIProvider("", api_key=KEY)
     with pytest.raises(ValidationError):
         OpenAIProvider("m", api_key=KEY, max_retries=-1)
+    with pytest.raises(ValidationError, match="timeout"):
+        OpenAIProvider("m", api_key=KEY, timeout=0)
+    with pytest.raises(ValidationError, match="timeout"):
+        OpenAIProvider("m", api_key=KEY, timeout="30")  # type: ignore[arg-type]
 
 
 async def test_request_body_is_valid_json_with_unicode(server: LoopbackServer) -> None:
