@@ -74,9 +74,22 @@ ToolSpec = Mapping[str, Any]
 Anthropic's ``{"name", "description", "input_schema"}`` or ``{"name", "parameters"}``."""
 
 
+def _hint_target(fn: Callable[..., Any]) -> Any:
+    """Where ``fn``'s annotations and docstring live (through partials and callable objects)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn):
+        return fn
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - a callable object's method
+    return call if call is not None else fn
+
+
 def _split_docstring(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     """The description (first section) and the ``Args:`` entries of a Google-style docstring."""
-    doc = inspect.getdoc(fn) or ""
+    if isinstance(fn, functools.partial):
+        doc = inspect.getdoc(_hint_target(fn)) or ""
+    else:
+        doc = inspect.getdoc(fn) or inspect.getdoc(_hint_target(fn)) or ""
     description: list[str] = []
     args: dict[str, str] = {}
     section: str | None = None
@@ -127,7 +140,7 @@ def _args_struct(
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"tool {name!r}: cannot read the function's signature") from exc
     try:
-        hints = typing.get_type_hints(fn, include_extras=True)
+        hints = typing.get_type_hints(_hint_target(fn), include_extras=True)
     except Exception as exc:
         raise ValidationError(
             f"tool {name!r}: cannot resolve the type hints ({exc}); pass parameters= explicitly"
@@ -232,7 +245,10 @@ class Tool:
         """
         if not callable(function):
             raise ValidationError(f"a tool must be callable, got {type(function).__name__}")
-        tool_name = name or getattr(function, "__name__", None) or type(function).__name__
+        inner = function
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        tool_name = name or getattr(inner, "__name__", None) or type(inner).__name__
         doc, arg_docs = _split_docstring(function)
         args_type = None
         if parameters is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from typing import Annotated, Any, Literal
@@ -290,3 +291,33 @@ def test_pair_tool_messages_answers_interrupted_calls_and_drops_orphans() -> Non
     assert pair_tool_messages(whole) == whole
     with pytest.raises(ValidationError, match="tool_call_id"):
         pair_tool_messages([Message("tool", "x")])
+
+
+async def test_partials_methods_and_callable_objects() -> None:
+    def scale(value: float, factor: int) -> float:
+        """Scale a value."""
+        return value * factor
+
+    class Counter:
+        """Count things."""
+
+        def __call__(self, n: int, label: str = "x") -> str:
+            return label * n
+
+        def twice(self, n: int) -> int:
+            return 2 * n
+
+    partial = Tool.from_function(functools.partial(scale, factor=3))
+    assert (partial.name, partial.description) == ("scale", "Scale a value.")
+    assert partial.parameters["properties"]["factor"] == {"type": "integer", "default": 3}
+    assert await partial.call('{"value": 2}') == 6.0
+
+    obj = Tool.from_function(Counter())
+    assert (obj.name, obj.description) == ("Counter", "Count things.")
+    assert obj.parameters["properties"]["n"] == {"type": "integer"}
+    assert await obj.call('{"n": 2, "label": "ab"}') == "abab"
+
+    method = Tool.from_function(Counter().twice)
+    assert method.name == "twice"
+    assert method.parameters["required"] == ["n"]
+    assert await method.call('{"n": 4}') == 8
