@@ -17,7 +17,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
+from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter
 from promptstate.types import Message, State, ToolCall, Usage
 
@@ -36,6 +36,7 @@ __all__ = [
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
+    "SQLiteStore",
     "SessionBusyError",
     "State",
     "Store",
