@@ -75,6 +75,8 @@ _EMPTY_DICT = pack({})
 _ALL = 1 << 62
 #: Rows per page when listing; each page is one short read transaction.
 _PAGE = 200
+#: At most this many queued writes share one transaction (group commit).
+_GROUP = 64
 #: Expired sessions removed per opportunistic purge (keeps a write's extra work bounded).
 _PURGE_BATCH = 256
 
@@ -249,6 +251,41 @@ class _Pool:
             conn.close()
 
 
+class _Job:
+    """One queued call: what to run and, once run, its outcome."""
+
+    __slots__ = ("done_in_thread", "error", "event", "finished", "fn", "mode", "result", "taken")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], mode: _Mode) -> None:
+        self.fn = fn
+        self.mode = mode
+        self.event = anyio.Event()
+        self.taken = False  # a flusher has it: it runs (or ran) in a worker thread
+        self.done_in_thread = False
+        self.finished = False  # its outcome is available to the caller
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Lane:
+    """The queued calls of one kind (reads or writes) and how many flushers run them."""
+
+    __slots__ = ("flushers", "limit", "pending")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.flushers = 0
+        self.pending: list[_Job] = []
+
+
+class _BrokenConnection(Exception):
+    """A transaction could not even be rolled back: drop the connection."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 class SQLiteStore(Store):
     """Conversations in one SQLite file: persistent, no server, safe across processes.
 
@@ -312,9 +349,8 @@ class SQLiteStore(Store):
         self._path = str(Path(text).expanduser())
         self._busy_timeout = float(busy_timeout)
         self._pool = _Pool(self._path, self._busy_timeout, sync)
-        self._max_readers = max_readers
-        self._readers: anyio.CapacityLimiter | None = None
-        self._writer: anyio.CapacityLimiter | None = None
+        self._reads = _Lane(max_readers)
+        self._writes = _Lane(1)
         self._ready = False
         self._setup_lock = threading.Lock()
         self._next_purge = 0.0
@@ -394,56 +430,176 @@ class SQLiteStore(Store):
                 raise
             self._ready = True
 
-    # -- running a call in a worker thread ------------------------------------------------
+    # -- running calls in worker threads --------------------------------------------------
 
-    def _in_thread(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode) -> _T:
-        """Run ``fn`` on a pooled connection in one transaction (runs in a worker thread)."""
-        if not self._ready:
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self._pool.acquire()
-        broken = False
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, what: str) -> _T:
+        """Run ``fn`` in a worker thread; translate sqlite3 and OS errors at this boundary.
+
+        Calls are queued per lane (reads, writes). A caller that finds a free flusher slot
+        takes every queued call of its lane and runs them one after another, each in its own
+        transaction, in one trip to a worker thread; the others wait for their result. Under
+        load that turns many thread hops into one. A call still in the queue can be
+        cancelled (it never ran); once taken, its caller waits, shielded, until it committed
+        or rolled back, exactly like ``anyio.to_thread.run_sync`` without abandoning.
+        """
+        lane = self._writes if mode == "write" else self._reads
+        job = _Job(fn, mode)
+        lane.pending.append(job)
         try:
-            if not self._ready:
-                self._setup_sync(conn)
-            if mode == "single":  # one statement: its own implicit transaction
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
+            while not job.finished:
+                if not job.taken and lane.flushers < lane.limit:
+                    await self._flush(lane)
+                else:
+                    await job.event.wait()
+                    if not job.finished:
+                        job.event = anyio.Event()
+        except BaseException:
+            if not job.taken:  # never ran: nothing to undo
+                if job in lane.pending:
+                    lane.pending.remove(job)
+                self._wake(lane)  # hand on a takeover this job may have been given
+                raise
+            with anyio.CancelScope(shield=True):  # it is running: let it finish whole
+                while not job.finished:
+                    await job.event.wait()
+                    if not job.finished:
+                        job.event = anyio.Event()
+            raise
+        error = job.error
+        if error is None:
+            return job.result  # type: ignore[no-any-return]
+        if isinstance(error, PromptStateError):
+            raise error
+        if isinstance(error, sqlite3.Error):
+            raise self._translate(error, what) from error
+        if isinstance(error, OSError):
+            raise StoreUnavailableError(
+                f"SQLite database {self._path!r} cannot be opened ({what}): {error}"
+            ) from error
+        raise error
+
+    async def _flush(self, lane: _Lane) -> None:
+        lane.flushers += 1
+        batch = list(lane.pending)
+        lane.pending.clear()
+        for job in batch:
+            job.taken = True
+        try:
+            await anyio.to_thread.run_sync(self._run_batch, batch)
+        finally:
+            lane.flushers -= 1
+            for job in batch:
+                if not job.done_in_thread and job.error is None:
+                    job.error = StoreUnavailableError(
+                        f"SQLite call on {self._path!r} was interrupted"
+                    )
+                job.finished = True
+                job.event.set()
+            self._wake(lane)
+
+    @staticmethod
+    def _wake(lane: _Lane) -> None:
+        """Let the first queued caller of ``lane`` take over flushing, if a slot is free."""
+        if lane.pending and lane.flushers < lane.limit:
+            lane.pending[0].event.set()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """Run queued calls on one pooled connection (in a worker thread)."""
+        conn: sqlite3.Connection | None = None
+        try:
             try:
-                result = fn(conn)
+                if not self._ready:
+                    Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                conn = self._pool.acquire()
+                if not self._ready:
+                    self._setup_sync(conn)
+            except Exception as exc:
+                for job in batch:
+                    job.error = exc
+                return
+            if batch[0].mode == "write":
+                conn = self._run_writes(conn, batch)
+                if conn is not None and self._ttl is not None:
+                    self._maybe_purge(conn)
+                return
+            for job in batch:
+                try:
+                    job.result = self._transact(conn, job.fn, job.mode)
+                except _BrokenConnection as exc:
+                    job.error = exc.original
+                    self._pool.release(conn, broken=True)
+                    conn = self._pool.acquire()
+                except Exception as exc:
+                    job.error = exc
+        finally:
+            for job in batch:
+                job.done_in_thread = True
+            if conn is not None:
+                self._pool.release(conn)
+
+    def _run_writes(self, conn: sqlite3.Connection, batch: list[_Job]) -> sqlite3.Connection | None:
+        """Group commit: queued writes share one transaction, each in its own savepoint.
+
+        A write that fails rolls back to its savepoint and leaves the others alone. Its
+        caller, like every caller of the group, gets its answer only after the COMMIT; if the
+        COMMIT fails (or SQLite abandons the transaction), every write of the group fails and
+        none is stored. Returns the connection, or ``None`` when it had to be dropped.
+        """
+        for start in range(0, len(batch), _GROUP):
+            group = batch[start : start + _GROUP]
+            done: list[_Job] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in group:
+                    conn.execute("SAVEPOINT promptstate_call")
+                    try:
+                        job.result = job.fn(conn)
+                    except Exception as exc:
+                        job.error = exc
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK TO promptstate_call")
+                            conn.execute("RELEASE promptstate_call")
+                        else:  # SQLite rolled the whole transaction back (disk full, I/O)
+                            for other in done:
+                                other.error = exc
+                            done = []
+                            conn.execute("BEGIN IMMEDIATE")
+                        continue
+                    conn.execute("RELEASE promptstate_call")
+                    done.append(job)
                 conn.execute("COMMIT")
-            except BaseException:
+            except Exception as exc:
+                for job in group:
+                    if job.error is None or job in done:
+                        job.error = exc
                 try:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                 except sqlite3.Error:
-                    broken = True
-                raise
-            if mode == "write" and self._ttl is not None:
-                self._maybe_purge(conn)
-            return result
-        finally:
-            self._pool.release(conn, broken=broken)
+                    self._pool.release(conn, broken=True)
+                    for job in batch[start + _GROUP :]:
+                        job.error = exc
+                    return None
+        return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, what: str) -> _T:
-        """Run ``fn`` in a worker thread; translate sqlite3 and OS errors at this boundary."""
-        if mode == "write":
-            if self._writer is None:
-                self._writer = anyio.CapacityLimiter(1)
-            limiter = self._writer
-        else:
-            if self._readers is None:
-                self._readers = anyio.CapacityLimiter(self._max_readers)
-            limiter = self._readers
+    @staticmethod
+    def _transact(
+        conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], mode: _Mode
+    ) -> Any:
+        if mode == "single":  # one statement: its own implicit transaction
+            return fn(conn)
+        conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
         try:
-            return await anyio.to_thread.run_sync(self._in_thread, fn, mode, limiter=limiter)
-        except PromptStateError:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                raise _BrokenConnection(exc) from exc
             raise
-        except sqlite3.Error as exc:
-            raise self._translate(exc, what) from exc
-        except OSError as exc:
-            raise StoreUnavailableError(
-                f"SQLite database {self._path!r} cannot be opened ({what}): {exc}"
-            ) from exc
+        return result
 
     def _translate(self, exc: sqlite3.Error, what: str) -> PromptStateError:
         text = str(exc)
