@@ -18,16 +18,23 @@ a range ``key >= prefix AND key < successor(prefix)`` on the primary key, and ``
 Threads and connections: ``sqlite3`` blocks, so every call runs in a worker thread
 (``anyio.to_thread.run_sync``). Each store keeps a small pool of connections opened with
 ``check_same_thread=False``; a connection is checked out by exactly one worker thread for one
-call and returned after it, so no connection is ever used by two threads at once (that
-serialization is what makes ``check_same_thread=False`` safe). Writes of one store go through a
-capacity limiter of one: they queue in the event loop (where waiting is cancellable and
-harmless) instead of spinning in SQLite's busy handler, and take the file's write lock with
-``BEGIN IMMEDIATE``. Reads run concurrently (WAL mode lets them proceed beside a writer). Other
-processes sharing the file are kept apart by SQLite's own locking and the busy timeout.
+trip and returned after it, so no connection is ever used by two threads at once (that
+serialization is what makes ``check_same_thread=False`` safe, and a pool avoids one
+connection per anyio worker thread, which nobody could close).
 
-Cancellation: the worker thread is never abandoned (``abandon_on_cancel=False``), so a
-cancelled call waits for its transaction to commit or roll back inside the thread. A write is
-therefore all or nothing.
+Calls are queued in two lanes, reads and writes. A caller that finds its lane with a free slot
+(``max_readers`` for reads, one for writes) takes every call queued in the lane and runs them
+in one trip to a worker thread; the others wait for their answers. Under load this turns many
+thread hops into one, and writes get *group commit*: the queued writes share one ``BEGIN
+IMMEDIATE`` transaction, each inside its own savepoint (a failing write rolls back to its
+savepoint and leaves the others alone), and every caller is answered after the ``COMMIT``.
+Writes of one store therefore never contend with each other for SQLite's write lock; other
+processes sharing the file are kept apart by SQLite's locking and the busy timeout. WAL mode
+lets reads proceed beside a writer.
+
+Cancellation: a call still in the queue can be cancelled (it never ran). Once taken, the
+worker thread is never abandoned (as with ``abandon_on_cancel=False``): the caller waits,
+shielded, until its transaction committed or rolled back. A write is all or nothing.
 """
 
 from __future__ import annotations
@@ -254,13 +261,24 @@ class _Pool:
 class _Job:
     """One queued call: what to run and, once run, its outcome."""
 
-    __slots__ = ("done_in_thread", "error", "event", "finished", "fn", "mode", "result", "taken")
+    __slots__ = (
+        "done_in_thread",
+        "error",
+        "event",
+        "finished",
+        "fn",
+        "mode",
+        "result",
+        "started",
+        "taken",
+    )
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], mode: _Mode) -> None:
         self.fn = fn
         self.mode = mode
         self.event = anyio.Event()
         self.taken = False  # a flusher has it: it runs (or ran) in a worker thread
+        self.started = False  # the worker thread has begun the batch it is in
         self.done_in_thread = False
         self.finished = False  # its outcome is available to the caller
         self.result: Any = None
@@ -322,7 +340,7 @@ class SQLiteStore(Store):
         token_counter: TokenCounter | None = None,
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
-        max_readers: int = 4,
+        max_readers: int = 2,
     ) -> None:
         super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
         if not isinstance(path, (str, os.PathLike)):
@@ -454,16 +472,15 @@ class SQLiteStore(Store):
                     if not job.finished:
                         job.event = anyio.Event()
         except BaseException:
-            if not job.taken:  # never ran: nothing to undo
-                if job in lane.pending:
-                    lane.pending.remove(job)
-                self._wake(lane)  # hand on a takeover this job may have been given
-                raise
             with anyio.CancelScope(shield=True):  # it is running: let it finish whole
-                while not job.finished:
+                while job.taken and not job.finished:
                     await job.event.wait()
                     if not job.finished:
                         job.event = anyio.Event()
+            if not job.finished:  # it never ran: nothing to undo
+                if job in lane.pending:
+                    lane.pending.remove(job)
+                self._wake(lane)  # hand on a takeover this job may have been given
             raise
         error = job.error
         if error is None:
@@ -488,7 +505,16 @@ class SQLiteStore(Store):
             await anyio.to_thread.run_sync(self._run_batch, batch)
         finally:
             lane.flushers -= 1
+            # Cancelled before the worker thread started: nothing ran, so requeue the calls
+            # (this flusher's own call is then dropped by its caller, which is cancelled).
+            unstarted = [job for job in batch if not job.started]
+            for job in unstarted:
+                job.taken = False
+                job.event.set()  # its caller looks again: flush it, or drop it if cancelled
+            lane.pending[:0] = unstarted
             for job in batch:
+                if not job.started:
+                    continue
                 if not job.done_in_thread and job.error is None:
                     job.error = StoreUnavailableError(
                         f"SQLite call on {self._path!r} was interrupted"
@@ -505,6 +531,8 @@ class SQLiteStore(Store):
 
     def _run_batch(self, batch: list[_Job]) -> None:
         """Run queued calls on one pooled connection (in a worker thread)."""
+        for job in batch:
+            job.started = True
         conn: sqlite3.Connection | None = None
         try:
             try:

@@ -15,6 +15,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from promptstate import (
+    ConflictError,
     CorruptStateError,
     Message,
     NotFoundError,
@@ -456,3 +457,105 @@ async def test_writes_purge_expired_sessions_opportunistically(tmp_path: Path) -
         await anyio.sleep(1.1)  # past the TTL and the purge interval (at least 1 s)
         await store.append("fresh", [Message("user", "z")])
     assert _counted(path) == 1
+
+
+# -- batching and group commit ----------------------------------------------------------------
+
+
+async def test_a_failing_write_in_a_group_leaves_the_others(tmp_path: Path) -> None:
+    """Concurrent writes share a transaction; conflicts and errors stay in their savepoint."""
+    async with SQLiteStore(tmp_path / "state.db") as store:
+        await store.set("cas", State(conversation_id="cas"))
+        await store.set("a", State(conversation_id="a"))
+        outcomes: dict[str, object] = {}
+
+        async def cas(i: int) -> None:
+            try:
+                await store.set(
+                    "cas", State(conversation_id="cas", user_id=str(i)), expected_version=1
+                )
+                outcomes[f"cas{i}"] = "ok"
+            except ConflictError:
+                outcomes[f"cas{i}"] = "conflict"
+
+        async def fork_missing(i: int) -> None:
+            try:
+                await store.fork("missing", f"t{i}")
+            except NotFoundError:
+                outcomes[f"fork{i}"] = "not found"
+
+        async def append(i: int) -> None:
+            outcomes[f"append{i}"] = await store.append("a", [Message("user", str(i))])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(cas, i)
+                tg.start_soon(fork_missing, i)
+                tg.start_soon(append, i)
+        assert sorted(v for k, v in outcomes.items() if k.startswith("cas")) == [
+            "conflict"
+        ] * 19 + ["ok"]
+        assert all(outcomes[f"fork{i}"] == "not found" for i in range(20))
+        assert sorted(outcomes[f"append{i}"] for i in range(20)) == list(range(1, 21))  # type: ignore[type-var]
+        state = await store.get("cas")
+        assert state.version == 2
+        assert outcomes[f"cas{state.user_id}"] == "ok"
+        assert sorted(m.content for m in await store.load("a")) == sorted(str(i) for i in range(20))
+        assert [k async for k in store.list_keys("t")] == []
+
+
+async def test_a_failed_commit_fails_every_write_of_its_group(tmp_path: Path) -> None:
+    """When another process holds the write lock, queued writes all fail, and none is stored."""
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path, busy_timeout=0.2) as store:
+        await store.append("k", [Message("user", "before")])
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        errors: list[BaseException] = []
+
+        async def append(i: int) -> None:
+            try:
+                await store.append("k", [Message("user", str(i))])
+            except StoreUnavailableError as exc:
+                errors.append(exc)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(10):
+                    tg.start_soon(append, i)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert len(errors) == 10
+        assert [m.content for m in await store.load("k")] == ["before"]
+        assert await store.append("k", [Message("user", "after")]) == 2
+
+
+async def test_cancelling_queued_calls_under_load(tmp_path: Path) -> None:
+    """Many tasks, random cancellations: every append is whole, the store keeps working."""
+    async with SQLiteStore(tmp_path / "state.db") as store:
+
+        async def worker(w: int) -> None:
+            for r in range(15):
+                with anyio.move_on_after(0.0003 * ((w + r) % 4)):
+                    await store.append(
+                        f"s{w % 4}", [Message("user", f"{w}/{r}/{i}") for i in range(3)]
+                    )
+                with anyio.move_on_after(0.0003 * ((w * r) % 3)):
+                    await store.load(f"s{w % 4}", last=5)
+
+        async with anyio.create_task_group() as tg:
+            for w in range(32):
+                tg.start_soon(worker, w)
+        for s in range(4):
+            state = await store.get(f"s{s}")
+            contents = [m.content for m in state.messages]
+            assert len(contents) % 3 == 0
+            for start in range(0, len(contents), 3):
+                head = contents[start].rsplit("/", 1)[0]
+                assert contents[start : start + 3] == [f"{head}/{i}" for i in range(3)]
+            assert state.version == len(contents) // 3
+            assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        assert await store.append("s0", [Message("user", "x")]) == len(
+            (await store.get("s0")).messages
+        )
