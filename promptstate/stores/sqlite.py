@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -489,6 +490,10 @@ class SQLiteStore(Store):
             raise error
         if isinstance(error, sqlite3.Error):
             raise self._translate(error, what) from error
+        if isinstance(error, OverflowError):
+            raise ValidationError(
+                f"a number is out of SQLite's 64-bit integer range ({what}): {error}"
+            ) from error
         if isinstance(error, OSError):
             raise StoreUnavailableError(
                 f"SQLite database {self._path!r} cannot be opened ({what}): {error}"
@@ -757,6 +762,8 @@ class SQLiteStore(Store):
         return state
 
     async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        if isinstance(state.total_cost, float) and math.isnan(state.total_cost):
+            raise ValidationError(f"total_cost of key {key!r} is NaN; SQLite cannot store it")
         stored = self._prepare(key, state, 0)
         encoded = [pack(m) for m in stored.messages]
         metadata = pack(stored.metadata) if stored.metadata else _EMPTY_DICT
@@ -837,7 +844,7 @@ class SQLiteStore(Store):
                 self._touch(conn, session_id, now)
             if last == 0:
                 return []
-            args = (session_id, _ALL if last is None else last, now)
+            args = (session_id, _ALL if last is None else min(last, _ALL), now)
             return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, args)], key=session_id)
 
         mode: _Mode = "write" if self._touching else "single"
