@@ -83,6 +83,8 @@ _EMPTY_DICT = pack({})
 _ALL = 1 << 62
 #: Rows per page when listing; each page is one short read transaction.
 _PAGE = 200
+#: A page of ``list_by_prefix`` ends once its states hold this many messages.
+_PAGE_MESSAGES = 5_000
 #: At most this many queued writes share one transaction (group commit).
 _GROUP = 64
 #: Expired sessions removed per opportunistic purge (keeps a write's extra work bounded).
@@ -934,12 +936,16 @@ class SQLiteStore(Store):
             now = _now_us()
             rows = conn.execute(sql, (*args, after, now)).fetchall()
             states = []
+            messages = 0
             for row in rows:
                 if touching:
                     self._touch(conn, row[-1], now)
                 state = self._state_sync(conn, row[-1], now, row[:-1])
                 assert state is not None
                 states.append(state)
+                messages += len(state.messages)
+                if messages >= _PAGE_MESSAGES:  # bound the memory a page holds
+                    return states, row[-1]
             return states, (rows[-1][-1] if len(rows) == _PAGE else None)
 
         after: str | None = ""

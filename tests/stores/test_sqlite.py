@@ -576,3 +576,17 @@ async def test_numbers_sqlite_cannot_store_are_validation_errors(tmp_path: Path)
         assert [m.content for m in await store.load("k", last=10**30)] == ["keep"]
         stored = await store.set("inf", State(conversation_id="inf", total_cost=float("inf")))
         assert (await store.get("inf")).total_cost == float("inf") == stored.total_cost
+
+
+async def test_listing_pages_through_large_sessions(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "state.db") as store:
+        for s in range(5):
+            await store.save(f"big:{s}", [Message("user", f"{s}/{i}") for i in range(2_000)])
+        for s in range(450):
+            await store.append(f"small:{s:03d}", [Message("user", str(s))])
+        big = [st async for st in store.list_by_prefix("big:")]
+        assert [st.conversation_id for st in big] == [f"big:{s}" for s in range(5)]
+        assert all(len(st.messages) == 2_000 for st in big)
+        small = [st.conversation_id async for st in store.list_all() if st.user_id is None]
+        assert len(small) == 455
+        assert len([k async for k in store.list_keys("small:")]) == 450
