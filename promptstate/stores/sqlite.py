@@ -542,33 +542,36 @@ class SQLiteStore(Store):
             job.started = True
         conn: sqlite3.Connection | None = None
         try:
-            try:
-                if not self._ready:
-                    Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-                conn = self._pool.acquire()
-                if not self._ready:
-                    self._setup_sync(conn)
-            except Exception as exc:
-                for job in batch:
-                    job.error = exc
-                return
-            if batch[0].mode == "write":
-                conn = self._run_writes(conn, batch)
-                if conn is not None and self._ttl is not None:
-                    self._maybe_purge(conn)
-                return
-            for job in batch:
+            for index, job in enumerate(batch):
+                try:
+                    if conn is None:
+                        if not self._ready:
+                            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                        conn = self._pool.acquire()
+                    if not self._ready:
+                        self._setup_sync(conn)
+                except Exception as exc:  # no connection or no schema: the rest fail alike
+                    for other in batch[index:]:
+                        other.error = exc
+                    break
+                if job.mode == "write":  # a lane holds one kind: all of them are writes
+                    conn = self._run_writes(conn, batch)
+                    if conn is not None and self._ttl is not None:
+                        self._maybe_purge(conn)
+                    break
                 try:
                     job.result = self._transact(conn, job.fn, job.mode)
                 except _BrokenConnection as exc:
                     job.error = exc.original
                     self._pool.release(conn, broken=True)
-                    conn = self._pool.acquire()
+                    conn = None
                 except Exception as exc:
                     job.error = exc
-        finally:
+            # Only now is every outcome recorded; anything escaping above (a BaseException)
+            # leaves the calls unmarked, and the flusher reports them as interrupted.
             for job in batch:
                 job.done_in_thread = True
+        finally:
             if conn is not None:
                 self._pool.release(conn)
 
