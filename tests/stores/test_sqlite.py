@@ -590,3 +590,38 @@ async def test_listing_pages_through_large_sessions(tmp_path: Path) -> None:
         small = [st.conversation_id async for st in store.list_all() if st.user_id is None]
         assert len(small) == 455
         assert len([k async for k in store.list_keys("small:")]) == 450
+
+
+async def test_disk_full_fails_cleanly_and_keeps_data_consistent(tmp_path: Path) -> None:
+    """SQLITE_FULL mid-group (via max_page_count): failed writes store nothing, others stay."""
+    async with SQLiteStore(tmp_path / "state.db") as store:
+        await store.append("warm", [Message("user", "x")])
+        conn = store._pool.acquire()  # the connection the write lane will use
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages + 12}")
+        store._pool.release(conn)
+        ok: dict[str, list[str]] = {}
+        failed: list[BaseException] = []
+
+        async def writer(w: int) -> None:
+            for r in range(6):
+                text = f"{w}/{r}:" + "x" * 3000  # about one page per message
+                try:
+                    await store.append(f"s{w}", [Message("user", text)])
+                except StoreUnavailableError as exc:
+                    failed.append(exc)
+                else:
+                    ok.setdefault(f"s{w}", []).append(text)
+
+        async with anyio.create_task_group() as tg:
+            for w in range(8):
+                tg.start_soon(writer, w)
+        assert failed, "the file never filled up"
+        assert all("full" in str(exc) for exc in failed), failed[0]
+        assert all(isinstance(exc.__cause__, sqlite3.OperationalError) for exc in failed)
+        for w in range(8):
+            messages = await store.load(f"s{w}")
+            assert [m.content for m in messages] == ok.get(f"s{w}", [])
+            if messages:
+                state = await store.get(f"s{w}")  # message_count agrees with the rows
+                assert state.version == len(messages)
