@@ -361,13 +361,13 @@ async def test_load_last_reads_n_rows_by_index(tmp_path: Path) -> None:
         return 0
 
     conn.set_progress_handler(tick, 1)
-    for last, expect in ((20, 20), (10_001, 10_001)):
+
+    def steps_for(n: int) -> int:
         steps["n"] = 0
-        rows = conn.execute(_SQL_LOAD, ("long", last, 0)).fetchall()
-        assert len(rows) == expect
-        if last == 20:
-            small = steps["n"]
-    large = steps["n"]
+        assert len(conn.execute(_SQL_LOAD, ("long", n, 0)).fetchall()) == n
+        return steps["n"]
+
+    small, large = steps_for(20), steps_for(10_001)
     conn.close()
     assert small * 100 < large, (small, large)
 
@@ -467,7 +467,7 @@ async def test_a_failing_write_in_a_group_leaves_the_others(tmp_path: Path) -> N
     async with SQLiteStore(tmp_path / "state.db") as store:
         await store.set("cas", State(conversation_id="cas"))
         await store.set("a", State(conversation_id="a"))
-        outcomes: dict[str, object] = {}
+        outcomes: dict[str, str | int] = {}
 
         async def cas(i: int) -> None:
             try:
@@ -496,7 +496,7 @@ async def test_a_failing_write_in_a_group_leaves_the_others(tmp_path: Path) -> N
             "conflict"
         ] * 19 + ["ok"]
         assert all(outcomes[f"fork{i}"] == "not found" for i in range(20))
-        assert sorted(outcomes[f"append{i}"] for i in range(20)) == list(range(1, 21))  # type: ignore[type-var]
+        assert sorted(outcomes[f"append{i}"] for i in range(20)) == list(range(1, 21))
         state = await store.get("cas")
         assert state.version == 2
         assert outcomes[f"cas{state.user_id}"] == "ok"
