@@ -27,6 +27,7 @@ contender is faster).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import statistics
@@ -186,8 +187,11 @@ async def run(
 
 
 async def main(quick: bool) -> None:
-    turns = 160 if quick else 800
-    print(f"Machine: {machine()}; SQLite {sqlite3.sqlite_version}; {turns} turns per row")
+    turns, repeats = (160, 1) if quick else (800, 3)
+    print(
+        f"Machine: {machine()}; SQLite {sqlite3.sqlite_version}; {turns} turns per run, "
+        f"best of {repeats} runs"
+    )
     print()
     print(
         "| history | tasks | implementation | median µs/turn | p99 µs/turn | turns/s "
@@ -199,15 +203,23 @@ async def main(quick: bool) -> None:
             seed = Path(tmp) / f"seed-{history}.db"
             await prepare(seed, history)
             for concurrency in CONCURRENCY:
-                rows = []
-                for kind in (PromptState, RawThread, RawBlocking):
-                    path = Path(tmp) / f"{kind.__name__}-{history}-{concurrency}.db"
-                    shutil.copyfile(seed, path)
-                    contender = kind(path)
-                    try:
-                        rows.append((kind.name, *await run(contender, concurrency, turns)))
-                    finally:
-                        await contender.aclose()
+                kinds = (PromptState, RawThread, RawBlocking)
+                best: dict[str, tuple[float, float, float]] = {}
+                for attempt in range(repeats):  # interleaved, best of `repeats` per contender
+                    for kind in kinds:
+                        path = Path(tmp) / f"{kind.__name__}-{history}-{concurrency}-{attempt}.db"
+                        shutil.copyfile(seed, path)
+                        with path.open("rb+") as copy:  # flush the copy now, not in a checkpoint
+                            os.fsync(copy.fileno())
+                        contender = kind(path)
+                        try:
+                            result = await run(contender, concurrency, turns)
+                        finally:
+                            await contender.aclose()
+                        path.unlink()
+                        if kind.name not in best or result[2] > best[kind.name][2]:
+                            best[kind.name] = result
+                rows = [(kind.name, *best[kind.name]) for kind in kinds]
                 base = 1e6 / rows[0][3]  # promptstate's wall time per turn
                 for name, median, p99, rate in rows:
                     ratio = (1e6 / rate) / base
