@@ -6,7 +6,8 @@ A *turn* is what a chat server does per request: ``load(last=50)`` then ``append
 messages (user + assistant), on a session that already holds ``history`` messages. Every
 contender starts from a byte-identical copy of the same database file (16 sessions of
 ``history`` messages each, written by SQLiteStore) and runs the same number of turns with 1 and
-16 concurrent tasks (task *i* uses session *i*).
+16 concurrent tasks (task *i* uses session *i*). Contenders run interleaved, three times
+each on fresh fsynced copies, and each one's best run is reported (shared machines are noisy).
 
 Contenders:
 

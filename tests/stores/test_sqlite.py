@@ -625,3 +625,15 @@ async def test_disk_full_fails_cleanly_and_keeps_data_consistent(tmp_path: Path)
             if messages:
                 state = await store.get(f"s{w}")  # message_count agrees with the rows
                 assert state.version == len(messages)
+
+
+async def test_touch_on_read_covers_every_read(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "state.db", ttl=0.3, touch_on_read=True) as store:
+        for key in ("get", "many", "list"):
+            await store.append(key, [Message("user", key)])
+        for _ in range(3):
+            await anyio.sleep(0.18)
+            await store.get("get")
+            await store.get_many(["many"])
+            assert [s.conversation_id async for s in store.list_by_prefix("list")] == ["list"]
+        assert [k async for k in store.list_keys("")] == ["get", "list", "many"]
