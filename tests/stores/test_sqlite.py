@@ -637,3 +637,16 @@ async def test_touch_on_read_covers_every_read(tmp_path: Path) -> None:
             await store.get_many(["many"])
             assert [s.conversation_id async for s in store.list_by_prefix("list")] == ["list"]
         assert [k async for k in store.list_keys("")] == ["get", "list", "many"]
+
+
+async def test_file_that_cannot_be_opened(tmp_path: Path) -> None:
+    """A symlink loop cannot be opened even by root: a clear StoreUnavailableError."""
+    path = tmp_path / "loop.db"
+    path.symlink_to(path)
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.append("k", [Message("user", "x")])
+    assert str(path) in str(info.value)
+    assert "'k'" in str(info.value)
+    assert isinstance(info.value.__cause__, (sqlite3.Error, OSError))
+    await store.aclose()
