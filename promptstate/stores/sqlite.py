@@ -63,8 +63,8 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import Store
+from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
+from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.stores.url import register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
@@ -120,6 +120,17 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "turn leases shared by processes",
+        (
+            """CREATE TABLE promptstate_leases (
+                key        TEXT PRIMARY KEY NOT NULL,
+                owner      TEXT NOT NULL,
+                expires_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -149,8 +160,10 @@ _SQL_UPDATE_SESSION = (
 )
 _SQL_APPEND_SESSION = (
     "UPDATE promptstate_sessions SET version = version + 1, token_count = token_count + ?, "
-    "message_count = ?, updated_at = ?, expires_at = ? WHERE key = ?"
+    "total_cost = total_cost + ?, message_count = ?, updated_at = ?, expires_at = ? "
+    "WHERE key = ?"
 )
+_SQL_MESSAGE_AT = "SELECT data FROM promptstate_messages WHERE session_key = ? AND seq = ?"
 _SQL_SAVE_SESSION = (
     "UPDATE promptstate_sessions SET version = version + 1, token_count = ?, "
     "message_count = ?, updated_at = ?, expires_at = ? WHERE key = ?"
@@ -169,6 +182,15 @@ _SQL_FORK_MESSAGES = (
     "SELECT ?, seq, data FROM promptstate_messages WHERE session_key = ?"
 )
 _SQL_EXPIRED = "SELECT key FROM promptstate_sessions WHERE expires_at <= ? LIMIT ?"
+_SQL_LEASE_ACQUIRE = (
+    "INSERT INTO promptstate_leases (key, owner, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE promptstate_leases.expires_at <= ?"
+)
+_SQL_LEASE_RENEW = (
+    "UPDATE promptstate_leases SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?"
+)
+_SQL_LEASE_RELEASE = "DELETE FROM promptstate_leases WHERE key = ? AND owner = ?"
 
 
 def _to_us(moment: datetime) -> int:
@@ -665,6 +687,8 @@ class SQLiteStore(Store):
         return None if self._ttl is None else now + int(self._ttl * 1_000_000)
 
     def _purge_batch(self, conn: sqlite3.Connection, now: int) -> int:
+        # Leases of holders that died long ago (a live holder renews well before this).
+        conn.execute("DELETE FROM promptstate_leases WHERE expires_at <= ?", (now - 3_600_000_000,))
         keys = [row[0] for row in conn.execute(_SQL_EXPIRED, (now, _PURGE_BATCH))]
         for key in keys:
             conn.execute(_SQL_DELETE_MESSAGES, (key,))
@@ -869,22 +893,67 @@ class SQLiteStore(Store):
         def work(conn: sqlite3.Connection) -> int:
             now = _now_us()
             head = self._head_sync(conn, session_id, now)
-            start = 0 if head is None else head[1]
-            total = start + len(encoded)
-            if head is None:
-                values = (None, 1, tokens, 0.0, _EMPTY_DICT, now, now, self._expires(now), total)
-                conn.execute(_SQL_INSERT_SESSION, (session_id, *values))
-            else:
-                conn.execute(
-                    _SQL_APPEND_SESSION, (tokens, total, now, self._expires(now), session_id)
-                )
-            conn.executemany(
-                _SQL_INSERT_MESSAGE,
-                [(session_id, start + i, data) for i, data in enumerate(encoded)],
-            )
-            return total
+            return self._append_sync(conn, session_id, head, encoded, tokens, 0.0, now)
 
         return await self._run(work, "write", f"append to {session_id!r}")
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        counted, tokens = self._count_new(messages)
+        encoded = [pack(m) for m in counted]
+        size = len(encoded)
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = _now_us()
+            head = self._head_sync(conn, session_id, now)
+            count = 0 if head is None else head[1]
+            if turn_id is not None and size and count >= size:
+                # A retried turn: the session already ends with it (one row read by index).
+                row = conn.execute(_SQL_MESSAGE_AT, (session_id, count - size)).fetchone()
+                if row is not None:
+                    first = unpack_message(row[0], key=session_id)
+                    if first.metadata.get(TURN_ID_KEY) == turn_id:
+                        return count
+            if expected_count is not None and expected_count != count:
+                raise ConflictError(
+                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
+                )
+            if not size:
+                return count
+            return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+
+        return await self._run(work, "write", f"append a turn to {session_id!r}")
+
+    def _append_sync(
+        self,
+        conn: sqlite3.Connection,
+        key: str,
+        head: tuple[int, int] | None,
+        encoded: list[bytes],
+        tokens: int,
+        cost: float,
+        now: int,
+    ) -> int:
+        """Insert the new rows and bump the session's counters; cost follows ``encoded``."""
+        start = 0 if head is None else head[1]
+        total = start + len(encoded)
+        expires = self._expires(now)
+        if head is None:
+            values = (None, 1, tokens, float(cost), _EMPTY_DICT, now, now, expires, total)
+            conn.execute(_SQL_INSERT_SESSION, (key, *values))
+        else:
+            conn.execute(_SQL_APPEND_SESSION, (tokens, float(cost), total, now, expires, key))
+        conn.executemany(
+            _SQL_INSERT_MESSAGE, [(key, start + i, data) for i, data in enumerate(encoded)]
+        )
+        return total
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
@@ -991,6 +1060,41 @@ class SQLiteStore(Store):
             return found
 
         return await self._run(work, "write" if self._touching else "read", "get_many")
+
+    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+
+        Leases live in ``promptstate_leases`` (wall-clock expiry, so every process sharing
+        the file agrees); they keep pipelines in different processes from interleaving turns.
+        """
+        self._check_open()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            now = _now_us()
+            args = (key, owner, now + int(ttl * 1_000_000), now)
+            return bool(conn.execute(_SQL_LEASE_ACQUIRE, args).rowcount == 1)
+
+        return await self._run(work, "write", f"take the lease on {key!r}")
+
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            now = _now_us()
+            args = (now + int(ttl * 1_000_000), key, owner, now)
+            return bool(conn.execute(_SQL_LEASE_RENEW, args).rowcount == 1)
+
+        return await self._run(work, "write", f"renew the lease on {key!r}")
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Delete the lease on ``key`` if ``owner`` holds it."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(_SQL_LEASE_RELEASE, (key, owner)).rowcount == 1)
+
+        return await self._run(work, "write", f"release the lease on {key!r}")
 
 
 # -- URLs ------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from promptstate import (
     ConflictError,
     CorruptStateError,
     Message,
+    MockProvider,
     NotFoundError,
+    Pipeline,
     PromptStateError,
     SQLiteStore,
     State,
@@ -167,7 +169,7 @@ async def test_setup_is_idempotent_and_recorded(tmp_path: Path) -> None:
         rows = conn.execute("SELECT version FROM promptstate_migrations").fetchall()
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert rows == [(SCHEMA_VERSION,)]
+    assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     assert mode == "wal"
 
 
@@ -650,3 +652,84 @@ async def test_file_that_cannot_be_opened(tmp_path: Path) -> None:
     assert "'k'" in str(info.value)
     assert isinstance(info.value.__cause__, (sqlite3.Error, OSError))
     await store.aclose()
+
+
+async def test_migration_2_is_applied_to_a_version_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path) as store:
+        await store.append("k", [Message("user", "kept")])
+    conn = sqlite3.connect(path)
+    with conn:  # make it a file as release 1 of the schema left it
+        conn.execute("DROP TABLE promptstate_leases")
+        conn.execute("DELETE FROM promptstate_migrations WHERE version = 2")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        assert [m.content for m in await store.load("k")] == ["kept"]
+        assert await store.acquire_lease("k", "me", 5)
+    conn = sqlite3.connect(path)
+    versions = [row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")]
+    conn.close()
+    assert versions == [1, 2]
+
+
+# -- append_turn and leases (what the pipeline uses) ------------------------------------------
+
+
+async def test_append_turn_is_idempotent_checks_count_and_adds_cost(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "state.db") as store:
+        turn = [Message("user", "q"), Message("assistant", "a")]
+        assert await store.append_turn("s", turn, cost=0.25, turn_id="t1", expected_count=0) == 2
+        # The reply was lost and the turn is retried: nothing is written twice.
+        assert await store.append_turn("s", turn, cost=0.25, turn_id="t1", expected_count=0) == 2
+        with pytest.raises(ConflictError, match="holds 2 messages, expected 0"):
+            await store.append_turn("s", turn, turn_id="t2", expected_count=0)
+        assert await store.append_turn("s", turn, cost=0.5, turn_id="t2", expected_count=2) == 4
+        state = await store.get("s")
+        assert [m.content for m in state.messages] == ["q", "a", "q", "a"]
+        assert [m.metadata.get("turn_id") for m in state.messages] == ["t1", None, "t2", None]
+        assert state.total_cost == 0.75
+        assert state.version == 2
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+
+
+async def test_leases(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path) as one, SQLiteStore(path) as two:
+        assert await one.acquire_lease("conv", "p1", 0.3)
+        assert not await two.acquire_lease("conv", "p2", 5)
+        assert not await one.acquire_lease("conv", "p1", 5)  # held, even by the same owner
+        assert await one.renew_lease("conv", "p1", 0.3)
+        assert not await two.renew_lease("conv", "p2", 5)
+        assert not await two.release_lease("conv", "p2")
+        await anyio.sleep(0.4)  # p1 died: its lease expires
+        assert not await one.renew_lease("conv", "p1", 5)
+        assert await two.acquire_lease("conv", "p2", 5)
+        assert not await one.release_lease("conv", "p1")  # never releases someone else's
+        assert await two.release_lease("conv", "p2")
+        assert await one.acquire_lease("conv", "p1", 5)
+
+
+async def test_pipelines_on_separate_store_objects_share_one_file_safely(tmp_path: Path) -> None:
+    """Two SQLiteStore objects on one file have separate in-process locks, like two
+    processes; the lease in the file keeps their turns on one session apart."""
+    path = tmp_path / "state.db"
+
+    async def answer(messages: list[Message]) -> str:
+        await anyio.sleep(0.001)
+        return f"a:{messages[-1].content}"
+
+    async with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        pipes = [Pipeline(MockProvider(answer), store=s, lease_ttl=5) for s in (first, second)]
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(pipes[i % 2].execute, "conv", "user", f"q{i}")
+        messages = await first.load("conv")
+        for pipe in pipes:
+            await pipe.aclose()
+    assert len(messages) == 32
+    for user, reply in zip(messages[::2], messages[1::2], strict=True):
+        assert (user.role, reply.role, reply.content) == ("user", "assistant", f"a:{user.content}")
+    assert sorted(m.content for m in messages[::2]) == sorted(f"q{i}" for i in range(16))
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM promptstate_leases").fetchone() == (0,)
+    conn.close()
