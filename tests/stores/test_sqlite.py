@@ -733,3 +733,59 @@ async def test_pipelines_on_separate_store_objects_share_one_file_safely(tmp_pat
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM promptstate_leases").fetchone() == (0,)
     conn.close()
+
+
+_TURNS = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from promptstate import MockProvider, Pipeline, SQLiteStore
+
+    async def answer(messages):
+        await anyio.sleep(0.001)
+        return "a:" + messages[-1].content
+
+    async def main(path, tag, turns):
+        async with SQLiteStore(path, busy_timeout=30) as store:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            async with Pipeline(MockProvider(answer), store=store, lock_timeout=60) as pipe:
+                for i in range(turns):
+                    await pipe.execute("conv", "user", f"{tag}/{i}")
+
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    """
+)
+
+
+async def test_pipelines_in_two_processes_share_one_session(tmp_path: Path) -> None:
+    path, turns = tmp_path / "shared.db", 15
+    async with SQLiteStore(path) as store:
+        await store.setup()
+        procs = [
+            await anyio.open_process(
+                [sys.executable, "-c", _TURNS, str(path), tag, str(turns)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stderr=None,
+            )
+            for tag in ("p1", "p2")
+        ]
+        with anyio.fail_after(60):
+            for proc in procs:
+                assert proc.stdout is not None
+                line = await BufferedByteReceiveStream(proc.stdout).receive_until(b"\n", 100)
+                assert line == b"ready"
+            for proc in procs:
+                assert proc.stdin is not None
+                await proc.stdin.send(b"go\n")
+            for proc in procs:
+                assert await proc.wait() == 0
+                await proc.aclose()
+        messages = await store.load("conv")
+    assert len(messages) == 4 * turns
+    for user, reply in zip(messages[::2], messages[1::2], strict=True):
+        assert (user.role, reply.content) == ("user", f"a:{user.content}")
+    questions = [m.content for m in messages[::2]]
+    for tag in ("p1", "p2"):
+        assert [q for q in questions if q.startswith(tag)] == [f"{tag}/{i}" for i in range(turns)]
