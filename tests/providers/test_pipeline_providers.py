@@ -6,6 +6,7 @@ The model is a real HTTP server on 127.0.0.1 (see loopback.py); the store is a M
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,6 +18,7 @@ from promptstate import (
     Message,
     OpenAIProvider,
     ProviderError,
+    SQLiteStore,
     ToolCall,
     Usage,
     ValidationError,
@@ -460,3 +462,29 @@ async def test_stream_cut_in_the_second_round_keeps_the_first(server: LoopbackSe
         kept = await store.load("s1")
     assert roles(kept) == ["user", "assistant"]
     assert kept[1].content == "Checking. "
+
+
+async def test_finished_rounds_survive_in_a_durable_store(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    def lookup(order_id: str) -> str:
+        return f"order {order_id} shipped"
+
+    path = tmp_path / "state.db"
+    server.queue(
+        json_reply(200, tool_call_completion(("c1", "lookup", {"order_id": "7"}))),
+        json_reply(200, tool_call_completion(("c2", "lookup", {"order_id": "8"}))),
+        json_reply(500, {"error": {"message": "gone", "type": "server_error"}}),
+    )
+    async with (
+        openai(server, max_retries=0) as llm,
+        SQLiteStore(path) as store,
+        Pipeline(llm, store=store, tools=[lookup]) as pipe,
+    ):
+        with pytest.raises(ProviderError):
+            await pipe.execute("s1", "user", "Where are 7 and 8?")
+    async with SQLiteStore(path) as reopened:
+        state = await reopened.get("s1")
+    assert roles(state.messages) == ["user", "assistant", "tool", "assistant"]
+    assert state.messages[2].content == "order 7 shipped"
+    assert state.total_cost == pytest.approx(2 * (50 * OPENAI_IN + 10 * OPENAI_OUT) / 1e6)
