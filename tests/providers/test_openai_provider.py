@@ -9,6 +9,7 @@ import time
 import traceback
 from typing import Any, Literal
 
+import anyio
 import httpx
 import pytest
 
@@ -685,3 +686,22 @@ async def test_key_whitespace_is_stripped_and_bad_keys_refused(
     with pytest.raises(ValidationError, match="OPENAI_API_KEY") as info:
         OpenAIProvider("gpt-4o")
     assert KEY not in str(info.value)
+
+
+async def test_concurrent_requests_share_one_client(server: LoopbackServer) -> None:
+    for i in range(20):
+        server.queue(json_reply(200, completion(f"answer {i}")))
+    answers: list[str] = []
+    async with make(server) as provider:
+        client = provider._client
+
+        async def ask(i: int) -> None:
+            result = await provider.complete([Message("user", f"q{i}")])
+            answers.append(result.message.content)
+
+        async with anyio.create_task_group() as group:
+            for i in range(20):
+                group.start_soon(ask, i)
+        assert provider._client is client
+    assert sorted(answers) == sorted(f"answer {i}" for i in range(20))
+    assert len(server.requests) == 20
