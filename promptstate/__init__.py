@@ -19,7 +19,14 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import SupportsLease
 from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
-from promptstate.providers import Chunk, Completion, MockProvider, Provider
+from promptstate.providers import (
+    AnthropicProvider,
+    Chunk,
+    Completion,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+)
 from promptstate.sdk import (
     Conversation,
     ConversationConfig,
@@ -29,8 +36,9 @@ from promptstate.sdk import (
     load_pack,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
+from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
+from promptstate.tools import Tool, tool
 from promptstate.truncation import (
     SlidingWindow,
     Summarize,
@@ -43,6 +51,7 @@ from promptstate.types import Message, State, ToolCall, Usage
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnthropicProvider",
     "Chunk",
     "ClosedError",
     "Completion",
@@ -60,6 +69,7 @@ __all__ = [
     "Message",
     "MockProvider",
     "NotFoundError",
+    "OpenAIProvider",
     "Pipeline",
     "PromptPack",
     "PromptPackError",
@@ -68,6 +78,7 @@ __all__ = [
     "ProviderError",
     "Response",
     "SCHEMA_VERSION",
+    "SQLiteStore",
     "SessionBusyError",
     "SlidingWindow",
     "State",
@@ -79,6 +90,7 @@ __all__ = [
     "TimeWindow",
     "TokenBudget",
     "TokenCounter",
+    "Tool",
     "ToolCall",
     "Usage",
     "ValidationError",
@@ -89,5 +101,6 @@ __all__ = [
     "import_states",
     "load_pack",
     "open_store",
+    "tool",
     "truncate_messages",
 ]
