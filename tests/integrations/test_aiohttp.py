@@ -12,8 +12,6 @@ import pytest
 pytest.importorskip("aiohttp")
 
 from aiohttp import web
-from promptstate.pipeline import Pipeline
-from promptstate.providers.mock import MockProvider
 
 from examples._provider import remembering_mock
 from examples.aiohttp_app import create_app
@@ -26,6 +24,8 @@ from promptstate.integrations.aiohttp import (
     promptstate_context,
     setup,
 )
+from promptstate.pipeline import Pipeline
+from promptstate.providers.mock import MockProvider
 from tests.integrations.support import CountingStore, loopback_socket, many_sessions
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,6 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 from fastapi import FastAPI  # noqa: E402
-from promptstate.providers.mock import MockProvider  # noqa: E402
 
 from examples._provider import remembering_mock  # noqa: E402
 from examples.fastapi_app import create_app  # noqa: E402
@@ -27,6 +26,7 @@ from promptstate.integrations.fastapi import (  # noqa: E402
     StoreDep,
     promptstate_lifespan,
 )
+from promptstate.providers.mock import MockProvider  # noqa: E402
 from tests.integrations.support import CountingStore, loopback_socket, many_sessions  # noqa: E402
 
 pytestmark = pytest.mark.anyio
