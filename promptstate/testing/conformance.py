@@ -1,0 +1,555 @@
+"""The store conformance suite: every row of the store contract, on any store.
+
+Subclass :class:`StoreConformance` in a pytest module and give it a ``store_factory`` fixture.
+The tests are async and run under anyio's pytest plugin (``anyio_backend`` defaults to
+asyncio here; override the fixture to run on trio too).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from promptstate.exceptions import (
+    ClosedError,
+    ConflictError,
+    InvalidKeyError,
+    NotFoundError,
+    ValidationError,
+)
+from promptstate.stores.base import MAX_KEY_LENGTH, Store
+from promptstate.types import Message, State, ToolCall
+
+__all__ = ["StoreConformance", "StoreFactory"]
+
+#: ``await make(**options)`` returns a new, empty, isolated store; options are constructor
+#: keywords such as ``ttl`` and ``touch_on_read``.
+StoreFactory = Callable[..., Awaitable[Store]]
+
+pytestmark = pytest.mark.anyio
+
+
+def _plain(message: Message) -> Message:
+    """The message without the token count a store fills in."""
+    return msgspec.structs.replace(message, tokens=None)
+
+
+def _plain_all(messages: list[Message]) -> list[Message]:
+    return [_plain(m) for m in messages]
+
+
+def _sample_messages() -> list[Message]:
+    t0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    return [
+        Message("system", "You are terse.", timestamp=t0),
+        Message(
+            "user",
+            "Wie spät ist es in 東京? 🕐 «quotes» \"double\" 'single' \\ back\nnew line\ttab",
+            name="alice",
+            timestamp=t0 + timedelta(seconds=1),
+            metadata={"lang": "de", "nested": {"list": [1, 2.5, None, True, "x"]}},
+        ),
+        Message(
+            "assistant",
+            "",
+            tool_calls=(
+                ToolCall("call_1", "get_time", '{"city": "Tokyo"}'),
+                ToolCall("call_2", "get_weather", '{"city": "東京", "units": "c"}'),
+            ),
+            timestamp=t0 + timedelta(seconds=2),
+        ),
+        Message("tool", "14:05", tool_call_id="call_1", name="get_time"),
+        Message("tool", '{"temp": 21}', tool_call_id="call_2", name="get_weather"),
+        Message("assistant", "It is 14:05 and 21 °C.", metadata={"model": "m-1"}),
+    ]
+
+
+def _batch(tag: str, size: int) -> list[Message]:
+    return [Message("user", f"{tag}/{i}", metadata={"batch": tag, "i": i}) for i in range(size)]
+
+
+def _assert_whole_batches(messages: list[Message], size: int) -> list[str]:
+    """Every batch in ``messages`` is whole and contiguous; returns the batch tags in order."""
+    assert len(messages) % size == 0, f"{len(messages)} messages is not whole batches of {size}"
+    tags = []
+    for start in range(0, len(messages), size):
+        chunk = messages[start : start + size]
+        tag = chunk[0].metadata["batch"]
+        assert [m.metadata for m in chunk] == [{"batch": tag, "i": i} for i in range(size)], (
+            f"batch {tag} is split or interleaved"
+        )
+        tags.append(tag)
+    assert len(set(tags)) == len(tags), "a batch was stored twice"
+    return tags
+
+
+class StoreConformance:
+    """The store contract as tests. Subclass it and define the ``store_factory`` fixture."""
+
+    #: Seconds used as the TTL in expiry tests; raise it for slow backends.
+    ttl_seconds: float = 1.0
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        raise NotImplementedError(
+            "define a store_factory fixture in your StoreConformance subclass"
+        )
+
+    @pytest.fixture
+    async def store(self, store_factory: StoreFactory) -> Store:
+        return await store_factory()
+
+    # -- get / set / delete ---------------------------------------------------------------
+
+    async def test_get_missing_raises_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFoundError) as info:
+            await store.get("no-such-session")
+        assert isinstance(info.value, LookupError)
+        assert "no-such-session" in str(info.value)
+
+    async def test_round_trip_of_every_field(self, store: Store) -> None:
+        created = datetime(2025, 12, 31, 23, 59, 59, 123456, tzinfo=timezone.utc)
+        state = State(
+            conversation_id="ignored: the key wins",
+            user_id="user-ß-1",
+            messages=_sample_messages(),
+            total_cost=0.125,
+            metadata={"prompt": "assistant", "vars": {"name": "Zoë"}, "n": 3, "f": 1.5},
+            created_at=created,
+        )
+        stored = await store.set("conv:1", state)
+        got = await store.get("conv:1")
+        assert got.conversation_id == "conv:1" == stored.conversation_id
+        assert got.user_id == "user-ß-1"
+        assert _plain_all(got.messages) == state.messages
+        assert got.total_cost == 0.125
+        assert got.metadata == state.metadata
+        assert got.created_at == created
+        assert got.version == 1 == stored.version
+        assert got.updated_at == stored.updated_at
+        assert got.token_count == stored.token_count > 0
+        assert all(m.tokens is not None and m.tokens > 0 for m in got.messages)
+        assert got.token_count == sum(m.tokens or 0 for m in got.messages)
+        assert got.messages[2].tool_calls[1] == ToolCall(
+            "call_2", "get_weather", '{"city": "東京", "units": "c"}'
+        )
+        assert got.messages[3].tool_call_id == "call_1"
+
+    async def test_set_bumps_version_and_updated_at(self, store: Store) -> None:
+        first = await store.set("k", State(conversation_id="k"))
+        await anyio.sleep(0.002)
+        second = await store.set("k", State(conversation_id="k", user_id="u"))
+        assert (first.version, second.version) == (1, 2)
+        assert second.updated_at > first.updated_at
+        assert (await store.get("k")).version == 2
+
+    async def test_expected_version_compare_and_set(self, store: Store) -> None:
+        s = await store.set("cas", State(conversation_id="cas"), expected_version=0)
+        assert s.version == 1
+        with pytest.raises(ConflictError):
+            await store.set("cas", State(conversation_id="cas", user_id="x"), expected_version=0)
+        with pytest.raises(ConflictError):
+            await store.set("cas", State(conversation_id="cas", user_id="x"), expected_version=7)
+        got = await store.get("cas")
+        assert got.version == 1, "a refused write changed the state"
+        assert got.user_id is None, "a refused write changed the state"
+        s2 = await store.set("cas", State(conversation_id="cas", user_id="y"), expected_version=1)
+        assert s2.version == 2
+        with pytest.raises(ConflictError):
+            await store.set("absent", State(conversation_id="absent"), expected_version=1)
+        with pytest.raises(NotFoundError):
+            await store.get("absent")
+
+    async def test_stored_state_is_isolated_from_caller_objects(self, store: Store) -> None:
+        meta: dict[str, Any] = {"k": [1]}
+        msg_meta: dict[str, Any] = {"x": 1}
+        state = State(
+            conversation_id="iso",
+            messages=[Message("user", "a", metadata=msg_meta)],
+            metadata=meta,
+        )
+        returned = await store.set("iso", state)
+        meta["k"].append(2)
+        msg_meta["x"] = 2
+        state.messages.append(Message("user", "b"))
+        returned.messages.append(Message("user", "c"))
+        returned.metadata["new"] = True
+        got = await store.get("iso")
+        got.messages[0].metadata["x"] = 3
+        got.metadata["k"] = "changed"
+        again = await store.get("iso")
+        assert [m.content for m in again.messages] == ["a"]
+        assert again.messages[0].metadata == {"x": 1}
+        assert again.metadata == {"k": [1]}
+        loaded = await store.load("iso")
+        loaded[0].metadata["y"] = 1
+        loaded.append(Message("user", "d"))
+        reloaded = await store.load("iso")
+        assert [(m.content, m.metadata) for m in reloaded] == [("a", {"x": 1})]
+
+    async def test_delete(self, store: Store) -> None:
+        await store.set("d", State(conversation_id="d"))
+        assert await store.delete("d") is True
+        assert await store.delete("d") is False
+        with pytest.raises(NotFoundError):
+            await store.get("d")
+        assert await store.load("d") == []
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def test_load(self, store: Store) -> None:
+        assert await store.load("unknown") == []
+        assert await store.load("unknown", last=3) == []
+        messages = _sample_messages()
+        await store.set("l", State(conversation_id="l", messages=messages))
+        assert _plain_all(await store.load("l")) == messages
+        assert _plain_all(await store.load("l", last=2)) == messages[-2:]
+        assert _plain_all(await store.load("l", last=1)) == messages[-1:]
+        assert await store.load("l", last=0) == []
+        assert _plain_all(await store.load("l", last=100)) == messages
+
+    async def test_append(self, store: Store) -> None:
+        assert await store.append("a", []) == 0
+        with pytest.raises(NotFoundError):
+            await store.get("a")
+        assert await store.append("a", [Message("user", "1")]) == 1
+        assert await store.append("a", [Message("assistant", "2"), Message("user", "3")]) == 3
+        assert await store.append("a", []) == 3
+        state = await store.get("a")
+        assert [m.content for m in state.messages] == ["1", "2", "3"]
+        assert state.version == 2  # append([]) writes nothing
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages) > 0
+        assert [m.content for m in await store.load("a", last=2)] == ["2", "3"]
+        pre_set = await store.set(
+            "b", State(conversation_id="b", user_id="u", total_cost=1.5, metadata={"m": 1})
+        )
+        await store.append("b", [Message("user", "x")])
+        b = await store.get("b")
+        assert (b.user_id, b.total_cost, b.metadata) == ("u", 1.5, {"m": 1})
+        assert b.version == pre_set.version + 1
+        assert b.created_at == pre_set.created_at
+
+    async def test_append_keeps_given_token_counts(self, store: Store) -> None:
+        await store.append("t", [Message("user", "hello", tokens=42)])
+        state = await store.get("t")
+        assert state.messages[0].tokens == 42
+        assert state.token_count == 42
+
+    async def test_save_replaces_messages(self, store: Store) -> None:
+        await store.save("s", [Message("user", "old")])
+        await store.set("s", msgspec.structs.replace(await store.get("s"), user_id="keep"))
+        await store.save("s", [Message("user", "new1"), Message("assistant", "new2")])
+        state = await store.get("s")
+        assert [m.content for m in state.messages] == ["new1", "new2"]
+        assert state.user_id == "keep"
+        assert state.version == 3
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        await store.save("s", [])
+        assert await store.load("s") == []
+
+    async def test_concurrent_appends_lose_nothing(self, store: Store) -> None:
+        tasks, size = 40, 3
+
+        async def add(i: int) -> None:
+            await store.append("busy", _batch(f"t{i}", size))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(tasks):
+                tg.start_soon(add, i)
+        messages = await store.load("busy")
+        tags = _assert_whole_batches(messages, size)
+        assert sorted(tags) == sorted(f"t{i}" for i in range(tasks))
+        assert (await store.get("busy")).version == tasks
+
+    async def test_cancelled_append_leaves_all_or_nothing(self, store: Store) -> None:
+        size, rounds = 5, 40
+        rng = random.Random(1234)
+        for i in range(rounds):
+            with anyio.move_on_after(rng.choice([0, 0.0001, 0.0005, 0.001, 0.003])):
+                await store.append("cancel", _batch(f"r{i}", size))
+        tags = _assert_whole_batches(await store.load("cancel"), size)
+        # The store still works after all those cancellations.
+        n = await store.append("cancel", _batch("final", size))
+        assert n == (len(tags) + 1) * size
+
+    # -- fork -----------------------------------------------------------------------------
+
+    async def test_fork_copies_and_stays_independent(self, store: Store) -> None:
+        await store.set(
+            "src",
+            State(
+                conversation_id="src",
+                user_id="u",
+                messages=_sample_messages(),
+                total_cost=0.5,
+                metadata={"a": 1},
+            ),
+        )
+        forked = await store.fork("src", "dst")
+        assert forked.conversation_id == "dst"
+        assert forked.version == 1
+        dst = await store.get("dst")
+        src = await store.get("src")
+        assert _plain_all(dst.messages) == _plain_all(src.messages)
+        assert (dst.user_id, dst.total_cost, dst.metadata) == ("u", 0.5, {"a": 1})
+        assert dst.token_count == src.token_count
+        await store.append("dst", [Message("user", "only in dst")])
+        await store.append("src", [Message("user", "only in src")])
+        assert (await store.load("src", last=1))[0].content == "only in src"
+        assert (await store.load("dst", last=1))[0].content == "only in dst"
+        assert len(await store.load("src")) == len(await store.load("dst"))
+
+    async def test_fork_errors(self, store: Store) -> None:
+        with pytest.raises(NotFoundError):
+            await store.fork("missing", "dst")
+        await store.set("a", State(conversation_id="a", messages=[Message("user", "a")]))
+        await store.set("b", State(conversation_id="b", messages=[Message("user", "b")]))
+        with pytest.raises(ConflictError):
+            await store.fork("a", "b")
+        assert [m.content for m in await store.load("b")] == ["b"], "a refused fork wrote"
+        forked = await store.fork("a", "b", overwrite=True)
+        assert forked.version == 2
+        assert [m.content for m in await store.load("b")] == ["a"]
+        with pytest.raises(ValidationError):
+            await store.fork("a", "a")
+
+    # -- listing --------------------------------------------------------------------------
+
+    SPECIAL_KEYS = (
+        "a*b:1",
+        "a*bc",
+        "axb:1",
+        "a?:1",
+        "ab:1",
+        "a_:1",
+        "aZ:1",
+        "a%:1",
+        "a%%",
+        "a\\:1",
+        "a\\\\",
+        "[a]:1",
+        "a[b]:1",
+        "ab]:1",
+        "a:1",
+        "b:1",
+        "a{x}:1",
+        "a}{",
+        "a^:1",
+        "a.:1",
+    )
+
+    async def test_list_by_prefix_is_literal(self, store: Store) -> None:
+        for key in self.SPECIAL_KEYS:
+            await store.set(key, State(conversation_id=key))
+        for prefix in ("a*", "a?", "a_", "a%", "a\\", "[a]", "a[", "a{", "a}", "a^", "a.", "a", ""):
+            expected = sorted(k for k in self.SPECIAL_KEYS if k.startswith(prefix))
+            got = sorted([s.conversation_id async for s in store.list_by_prefix(prefix)])
+            assert got == expected, f"prefix {prefix!r}"
+            keys = sorted([k async for k in store.list_keys(prefix)])
+            assert keys == expected, f"list_keys prefix {prefix!r}"
+
+    async def test_list_all_sees_only_this_store(self, store_factory: StoreFactory) -> None:
+        one, two = await store_factory(), await store_factory()
+        await one.set("x:1", State(conversation_id="x:1"))
+        await one.set("x:2", State(conversation_id="x:2"))
+        await two.set("x:3", State(conversation_id="x:3"))
+        assert sorted([s.conversation_id async for s in one.list_all()]) == ["x:1", "x:2"]
+        assert [s.conversation_id async for s in two.list_all()] == ["x:3"]
+        with pytest.raises(NotFoundError):
+            await one.get("x:3")
+
+    async def test_delete_by_prefix_is_literal(self, store: Store) -> None:
+        for key in self.SPECIAL_KEYS:
+            await store.set(key, State(conversation_id=key))
+        assert await store.delete_by_prefix("a_") == 1
+        assert await store.delete_by_prefix("a%") == 2
+        assert await store.delete_by_prefix("a*") == 2
+        assert await store.delete_by_prefix("zzz") == 0
+        left = sorted([s.conversation_id async for s in store.list_all()])
+        gone = {"a_:1", "a%:1", "a%%", "a*b:1", "a*bc"}
+        assert left == sorted(set(self.SPECIAL_KEYS) - gone)
+
+    async def test_many_sessions_list_and_delete(self, store: Store) -> None:
+        for i in range(120):
+            await store.append(f"bulk:{i:03d}", [Message("user", str(i))])
+        await store.append("other:1", [Message("user", "x")])
+        listed = [s async for s in store.list_by_prefix("bulk:")]
+        assert sorted(s.conversation_id for s in listed) == [f"bulk:{i:03d}" for i in range(120)]
+        assert all(len(s.messages) == 1 for s in listed)
+        assert await store.delete_by_prefix("bulk:") == 120
+        assert [s.conversation_id async for s in store.list_all()] == ["other:1"]
+
+    async def test_get_many(self, store: Store) -> None:
+        await store.set("g1", State(conversation_id="g1", user_id="1"))
+        await store.set("g2", State(conversation_id="g2", user_id="2"))
+        got = await store.get_many(["g2", "missing", "g1", "g2"])
+        assert [s.user_id if s else None for s in got] == ["2", None, "1", "2"]
+        assert await store.get_many([]) == []
+
+    # -- keys -----------------------------------------------------------------------------
+
+    BAD_KEYS: tuple[object, ...] = (
+        "",
+        "a\x00b",
+        "a\nb",
+        "tab\there",
+        "\x7f",
+        "\x85",
+        "x" * (MAX_KEY_LENGTH + 1),
+        "\ud800",
+        123,
+        None,
+        b"bytes",
+    )
+
+    async def test_invalid_keys_are_refused_before_io(self, store: Store) -> None:
+        await store.set("good", State(conversation_id="good"))
+        for bad in self.BAD_KEYS:
+            calls: list[tuple[str, tuple[object, ...]]] = [
+                ("get", (bad,)),
+                ("set", (bad, State(conversation_id="x"))),
+                ("delete", (bad,)),
+                ("load", (bad,)),
+                ("append", (bad, [Message("user", "x")])),
+                ("save", (bad, [])),
+                ("fork", ("good", bad)),
+                ("fork", (bad, "good2")),
+                ("get_many", (["good", bad],)),
+            ]
+            for method, args in calls:
+                with pytest.raises(InvalidKeyError):
+                    await getattr(store, method)(*args)
+        with pytest.raises(InvalidKeyError):
+            store.list_by_prefix("a\x00")
+        with pytest.raises(InvalidKeyError):
+            await store.delete_by_prefix(None)  # type: ignore[arg-type]
+        assert [s.conversation_id async for s in store.list_all()] == ["good"]
+
+    ODD_KEYS = (
+        "{",
+        "}",
+        "{a}",
+        "}{",
+        "{{x}}",
+        "a b",
+        "  lead",
+        "trail ",
+        "'\"`",
+        "日本語/会話",
+        "emoji 🧠",
+        "user:1/conv#2?x=y&z",
+        "%25%7B",
+        "x" * MAX_KEY_LENGTH,
+    )
+
+    async def test_odd_but_valid_keys_work(self, store: Store) -> None:
+        for key in self.ODD_KEYS:
+            await store.append(key, [Message("user", key[:20])])
+            assert (await store.get(key)).conversation_id == key
+            assert [m.content for m in await store.load(key, last=1)] == [key[:20]]
+        listed = sorted([s.conversation_id async for s in store.list_all()])
+        assert listed == sorted(self.ODD_KEYS)
+        for key in self.ODD_KEYS:
+            expected = sorted(k for k in self.ODD_KEYS if k.startswith(key))
+            assert sorted([k async for k in store.list_keys(key)]) == expected, key
+            assert await store.delete(key) is True
+        assert [k async for k in store.list_keys("")] == []
+
+    # -- bad input ------------------------------------------------------------------------
+
+    async def test_bad_arguments_raise_validation_error(self, store: Store) -> None:
+        await store.append("v", [Message("user", "keep")])
+        bad_calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.set("v", {"messages": []}),  # type: ignore[arg-type]
+            lambda: store.set("v", State(conversation_id="v"), expected_version=-1),
+            lambda: store.set("v", State(conversation_id="v", messages=[{"role": "user"}])),  # type: ignore[list-item]
+            lambda: store.append("v", [{"role": "user", "content": "x"}]),  # type: ignore[list-item]
+            lambda: store.append("v", Message("user", "not a list")),  # type: ignore[arg-type]
+            lambda: store.append("v", "text"),  # type: ignore[arg-type]
+            lambda: store.save("v", [None]),  # type: ignore[list-item]
+            lambda: store.load("v", last=-1),
+            lambda: store.load("v", last=1.5),  # type: ignore[arg-type]
+            lambda: store.get_many("v"),
+        ]
+        for call in bad_calls:
+            with pytest.raises(ValidationError):
+                await call()
+        state = await store.get("v")
+        assert [m.content for m in state.messages] == ["keep"]
+        assert state.version == 1
+
+    # -- TTL ------------------------------------------------------------------------------
+
+    async def test_ttl_expires_whole_session(self, store_factory: StoreFactory) -> None:
+        store = await store_factory(ttl=self.ttl_seconds)
+        await store.append("ttl:1", [Message("user", "a"), Message("assistant", "b")])
+        await store.set("ttl:2", State(conversation_id="ttl:2"))
+        assert len(await store.load("ttl:1")) == 2
+        await anyio.sleep(self.ttl_seconds * 1.5)
+        with pytest.raises(NotFoundError):
+            await store.get("ttl:1")
+        assert await store.load("ttl:1") == []
+        assert await store.get_many(["ttl:1", "ttl:2"]) == [None, None]
+        assert [s async for s in store.list_by_prefix("ttl:")] == []
+        assert [k async for k in store.list_keys("")] == []
+        with pytest.raises(NotFoundError):
+            await store.fork("ttl:1", "ttl:3")
+        # An expired session starts afresh when written again.
+        assert await store.append("ttl:1", [Message("user", "c")]) == 1
+
+    async def test_ttl_is_refreshed_by_writes(self, store_factory: StoreFactory) -> None:
+        store = await store_factory(ttl=timedelta(seconds=self.ttl_seconds))
+        await store.append("ttl", [Message("user", "a")])
+        for i in range(3):
+            await anyio.sleep(self.ttl_seconds * 0.6)
+            await store.append("ttl", [Message("user", str(i))])
+        assert len(await store.load("ttl")) == 4
+
+    async def test_ttl_is_refreshed_by_reads_when_asked(self, store_factory: StoreFactory) -> None:
+        plain = await store_factory(ttl=self.ttl_seconds)
+        touching = await store_factory(ttl=self.ttl_seconds, touch_on_read=True)
+        for store in (plain, touching):
+            await store.append("r", [Message("user", "a")])
+        for _ in range(3):
+            await anyio.sleep(self.ttl_seconds * 0.6)
+            await touching.load("r", last=1)
+            await plain.load("r", last=1)
+        assert len(await touching.load("r")) == 1
+        assert await plain.load("r") == []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def test_use_after_close_raises(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        async with store:
+            await store.append("c", [Message("user", "x")])
+        await store.aclose()  # idempotent
+        assert store.closed
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.get("c"),
+            lambda: store.set("c", State(conversation_id="c")),
+            lambda: store.delete("c"),
+            lambda: store.load("c"),
+            lambda: store.append("c", [Message("user", "y")]),
+            lambda: store.fork("c", "d"),
+            lambda: store.delete_by_prefix(""),
+            lambda: store.get_many(["c"]),
+        ]
+        for call in calls:
+            with pytest.raises(ClosedError):
+                await call()
+        with pytest.raises(ClosedError):
+            store.list_all()
+        with pytest.raises(ClosedError):
+            async with store:
+                pass

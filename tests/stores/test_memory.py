@@ -1,0 +1,66 @@
+"""MemoryStore: the conformance suite plus what only an in-process store has (LRU)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from promptstate import MemoryStore, Message, State, ValidationError
+from promptstate.stores.base import Store
+from promptstate.testing import StoreConformance, StoreFactory
+
+pytestmark = pytest.mark.anyio
+
+
+class TestMemoryStoreConformance(StoreConformance):
+    ttl_seconds = 0.3
+
+    @pytest.fixture
+    async def store_factory(self) -> AsyncIterator[StoreFactory]:
+        made: list[Store] = []
+
+        async def make(**options: object) -> Store:
+            store = MemoryStore(**options)  # type: ignore[arg-type]
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            await store.aclose()
+
+
+async def test_lru_evicts_least_recently_used() -> None:
+    store = MemoryStore(max_sessions=3)
+    for key in ("a", "b", "c"):
+        await store.append(key, [Message("user", key)])
+    await store.get("a")  # a is now the most recently used
+    await store.append("d", [Message("user", "d")])
+    assert len(store) == 3
+    assert await store.load("b") == []  # b was least recently used
+    assert [m.content for m in await store.load("a")] == ["a"]
+    await store.set("e", State(conversation_id="e"))
+    assert sorted([k async for k in store.list_keys("")]) == ["a", "d", "e"]
+
+
+async def test_expired_sessions_are_swept_on_writes() -> None:
+    import anyio
+
+    store = MemoryStore(ttl=0.05)
+    for i in range(50):
+        await store.append(f"s{i}", [Message("user", "x")])
+    await anyio.sleep(0.1)
+    await store.append("fresh", [Message("user", "x")])
+    assert len(store) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_max_sessions_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ValidationError, match="max_sessions"):
+        MemoryStore(max_sessions=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("inf"), float("nan"), "10", True])
+def test_ttl_must_be_positive(bad: object) -> None:
+    with pytest.raises(ValidationError, match="ttl"):
+        MemoryStore(ttl=bad)  # type: ignore[arg-type]
