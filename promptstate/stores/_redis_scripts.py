@@ -48,6 +48,18 @@ class Script:
 
 # Shared Lua helpers, prepended to every script that writes.
 _HELPERS = """
+local function guard(h, m)
+  local th = redis.call('TYPE', h)['ok']
+  local tm = redis.call('TYPE', m)['ok']
+  if (th ~= 'hash' and th ~= 'none') or (tm ~= 'list' and tm ~= 'none') then
+    return redis.error_reply('WRONGTYPE a key of this session holds a value of another type')
+  end
+  local v = redis.call('HGET', h, 'v')
+  if v and not tonumber(v) then
+    return redis.error_reply('WRONGTYPE the session header has a version that is not a number')
+  end
+  return false
+end
 local function expire(ttl, a, b)
   if ttl == '0' then
     redis.call('PERSIST', a)
@@ -110,6 +122,8 @@ return m
 APPEND = Script(
     _HELPERS
     + """
+local bad = guard(KEYS[1], KEYS[2])
+if bad then return bad end
 local h = KEYS[1]
 redis.call('HSETNX', h, 'ca', ARGV[2])
 redis.call('HINCRBY', h, 'v', 1)
@@ -126,6 +140,8 @@ return n
 SAVE = Script(
     _HELPERS
     + """
+local bad = guard(KEYS[1], KEYS[2])
+if bad then return bad end
 local h = KEYS[1]
 redis.call('HSETNX', h, 'ca', ARGV[2])
 redis.call('HINCRBY', h, 'v', 1)
@@ -144,6 +160,8 @@ return 1
 SET = Script(
     _HELPERS
     + """
+local bad = guard(KEYS[1], KEYS[2])
+if bad then return bad end
 local h = KEYS[1]
 local cur = tonumber(redis.call('HGET', h, 'v') or '0')
 if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= cur then return {0, cur} end
@@ -190,8 +208,11 @@ return n
 #: KEYS: src h, src m, dst h, dst m[, idx, exp]; ARGV: overwrite, ttl, now_us, member.
 #: Returns {0} missing source, {1} target exists, {2, header pairs, messages}.
 FORK = Script(
-    """
+    _HELPERS
+    + """
 local sh, sm, th, tm = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local bad = guard(sh, sm) or guard(th, tm)
+if bad then return bad end
 if redis.call('EXISTS', sh) == 0 then return {0} end
 local tv = redis.call('HGET', th, 'v')
 if tv and ARGV[1] == '0' then return {1} end
