@@ -197,6 +197,8 @@ class RedisStore(Store):
                 self._client = _make_single(url, options, max_connections, pool_timeout)
             self._owns_client = True
         self._cluster = isinstance(self._client, RedisCluster)
+        self._pending_init = self._cluster
+        self._init_lock = asyncio.Lock()
         self._prefix = prefix
         self._pkey = prefix.encode()
         shards = index_shards if index_shards is not None else (8 if self._cluster else 1)
@@ -289,8 +291,8 @@ class RedisStore(Store):
 
     async def _open(self) -> None:
         with self._errors("connecting"):
-            if isinstance(self._client, RedisCluster):
-                await self._client.initialize()
+            if self._cluster:
+                await self._ready()
             else:
                 await self._client.ping()
 
@@ -343,19 +345,42 @@ class RedisStore(Store):
     async def _eval(
         self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
     ) -> Any:
+        if self._pending_init:
+            await self._ready()
         client = self._client
         try:
             return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
             return await client.execute_command("EVAL", script.lua, len(keys), *keys, *args)
 
-    def _pipeline(self) -> Pipeline | ClusterPipeline:
+    async def _ready(self) -> None:
+        """Initialise a cluster client once, before any concurrent use.
+
+        redis-py's async ``RedisCluster`` breaks connections when many commands race through
+        its first, lazy initialisation (some of them fail after they were executed), so the
+        store initialises it alone, under a lock, before the first command.
+        """
+        if self._pending_init:
+            async with self._init_lock:
+                if self._pending_init:
+                    assert isinstance(self._client, RedisCluster)
+                    await self._client.initialize()
+                    self._pending_init = False
+
+    async def _cmd(self, *args: Any) -> Any:
+        if self._pending_init:
+            await self._ready()
+        return await self._client.execute_command(*args)
+
+    async def _pipeline(self) -> Pipeline | ClusterPipeline:
+        if self._pending_init:
+            await self._ready()
         return self._client.pipeline(transaction=False)
 
     async def _run_read_pipeline(self, build: Any, used: Sequence[scripts.Script]) -> list[Any]:
         """Run a read-only pipeline built by ``build(pipe)``, loading scripts on NOSCRIPT."""
         for attempt in range(2):
-            pipe = self._pipeline()
+            pipe = await self._pipeline()
             build(pipe)
             results: list[Any] = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, redis_errors.NoScriptError) for r in results) or attempt:
@@ -418,9 +443,7 @@ class RedisStore(Store):
                     scripts.LOAD_TOUCH, (h, m), (self._ttl_ms, -1 if last is None else last)
                 )
             else:
-                items = await self._client.execute_command(
-                    "LRANGE", m, 0 if last is None else -last, -1
-                )
+                items = await self._cmd("LRANGE", m, 0 if last is None else -last, -1)
         return unpack_messages(items, key=session_id) if items else []
 
     async def get_many(self, keys: Iterable[str]) -> list[State | None]:
@@ -497,7 +520,7 @@ class RedisStore(Store):
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             with self._errors(f"counting messages of key {session_id!r}"):
-                return int(await self._client.execute_command("LLEN", self._keys(session_id)[1]))
+                return int(await self._cmd("LLEN", self._keys(session_id)[1]))
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
         args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
@@ -520,7 +543,7 @@ class RedisStore(Store):
             existed = await self._eval(scripts.DELETE, keys, (member,))
             if self._cluster:
                 idx, exp = self._index_keys(self._shard(member))
-                pipe = self._pipeline()
+                pipe = await self._pipeline()
                 pipe.zrem(idx, member)
                 pipe.zrem(exp, member)
                 await pipe.execute()
@@ -560,7 +583,7 @@ class RedisStore(Store):
             start = low
             while True:
                 with self._errors(f"listing keys starting with {prefix!r}"):
-                    batch: list[bytes] = await self._client.execute_command(
+                    batch: list[bytes] = await self._cmd(
                         "ZRANGEBYLEX", idx, start, high, "LIMIT", 0, _BATCH
                     )
                 if batch:
@@ -614,12 +637,12 @@ class RedisStore(Store):
                 for member in batch:
                     keys.extend(self._keys(member.decode()))
                 return int(await self._eval(scripts.DELETE_MANY, keys, batch))
-            pipe = self._pipeline()
+            pipe = await self._pipeline()
             for member in batch:
                 h, m = self._keys(member.decode())
                 pipe.execute_command("EVAL", scripts.DELETE.lua, 2, h, m, member)
             found = await pipe.execute()
-            pipe = self._pipeline()
+            pipe = await self._pipeline()
             pipe.zrem(idx, *batch)
             pipe.zrem(exp, *batch)
             await pipe.execute()
@@ -635,11 +658,11 @@ class RedisStore(Store):
                 keys = [idx, exp, *(self._keys(m.decode())[0] for m in members)]
                 await self._eval(scripts.INDEX_PRUNE_CHECKED, keys, members)
                 return
-            pipe = self._pipeline()
+            pipe = await self._pipeline()
             for member in members:
                 pipe.zscore(exp, member)
             scores = await pipe.execute()
-            pipe = self._pipeline()
+            pipe = await self._pipeline()
             for member in members:
                 pipe.pttl(self._keys(member.decode())[0])
             ttls = await pipe.execute()
@@ -663,7 +686,7 @@ class RedisStore(Store):
         for shard in range(self._shards):
             _, exp = self._index_keys(shard)
             with self._errors("pruning the listing index"):
-                due: list[bytes] = await self._client.execute_command(
+                due: list[bytes] = await self._cmd(
                     "ZRANGEBYSCORE", exp, "-inf", now_ms, "LIMIT", 0, _BATCH
                 )
             if due:
