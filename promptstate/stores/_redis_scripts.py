@@ -119,19 +119,28 @@ return m
 )
 
 #: Append. ARGV: ttl, now_us, tokens, member, messages... Returns the new count.
+#: Every call that can fail on a foreign value (HGET, the first RPUSH) comes before the first
+#: write, so an error leaves the session as it was. The index entry is written only when the
+#: session is created: the entry of a live session is never removed, and its expiry hint is
+#: corrected by the pruning pass (INDEX_PRUNE_CHECKED) rather than on every write.
 APPEND = Script(
     _HELPERS
     + """
-local bad = guard(KEYS[1], KEYS[2])
-if bad then return bad end
 local h = KEYS[1]
-redis.call('HSETNX', h, 'ca', ARGV[2])
-redis.call('HINCRBY', h, 'v', 1)
-redis.call('HINCRBY', h, 't', ARGV[3])
-redis.call('HSET', h, 'ua', ARGV[2])
+local v = redis.call('HGET', h, 'v')
+if v and not tonumber(v) then
+  return redis.error_reply('WRONGTYPE the session header has a version that is not a number')
+end
 local n = push(KEYS[2], 5)
+if v then
+  redis.call('HINCRBY', h, 'v', 1)
+  redis.call('HINCRBY', h, 't', ARGV[3])
+  redis.call('HSET', h, 'ua', ARGV[2])
+else
+  redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'ca', ARGV[2], 'ua', ARGV[2])
+  index(ARGV[4], ARGV[1])
+end
 expire(ARGV[1], h, KEYS[2])
-index(ARGV[4], ARGV[1])
 return n
 """
 )

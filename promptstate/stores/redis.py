@@ -467,7 +467,7 @@ class RedisStore(Store):
     # -- writes ---------------------------------------------------------------------------
 
     async def _index_add(self, member: bytes) -> None:
-        """Cluster only: record a session in its index shard (after or beside the write)."""
+        """Cluster only: record a session in its index shard (just before each write)."""
         await self._eval(
             scripts.INDEX_ADD, self._index_keys(self._shard(member)), (member, self._ttl_ms)
         )
@@ -477,11 +477,11 @@ class RedisStore(Store):
     ) -> Any:
         with self._errors(what):
             if self._cluster:
-                result, _ = await asyncio.gather(
-                    self._eval(script, keys, args), self._index_add(member)
-                )
-            else:
-                result = await self._eval(script, keys, args)
+                # Index first: if the write then fails or is cancelled, the entry points at
+                # nothing and listing prunes it; the other order could leave a session that
+                # no listing finds.
+                await self._index_add(member)
+            result = await self._eval(script, keys, args)
         if self._ttl is not None:
             await self._maybe_prune()
         return result
