@@ -127,15 +127,15 @@ APPEND = Script(
     _HELPERS
     + """
 local h = KEYS[1]
-local v = redis.call('HGET', h, 'v')
-if v and not tonumber(v) then
-  return redis.error_reply('WRONGTYPE the session header has a version that is not a number')
+local head = redis.call('HMGET', h, 'v', 't')
+local v, t = head[1], head[2]
+if v and not (tonumber(v) and tonumber(t or '0')) then
+  return redis.error_reply('WRONGTYPE the session header holds a count that is not a number')
 end
 local n = push(KEYS[2], 5)
 if v then
-  redis.call('HINCRBY', h, 'v', 1)
-  redis.call('HINCRBY', h, 't', ARGV[3])
-  redis.call('HSET', h, 'ua', ARGV[2])
+  redis.call('HSET', h, 'v', string.format('%d', tonumber(v) + 1),
+    't', string.format('%d', tonumber(t or '0') + tonumber(ARGV[3])), 'ua', ARGV[2])
 else
   redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'ca', ARGV[2], 'ua', ARGV[2])
   index(ARGV[4], ARGV[1])
@@ -176,7 +176,7 @@ local cur = tonumber(redis.call('HGET', h, 'v') or '0')
 if ARGV[1] ~= '-1' and tonumber(ARGV[1]) ~= cur then return {0, cur} end
 local nf = tonumber(ARGV[4])
 redis.call('UNLINK', h, KEYS[2])
-redis.call('HSET', h, 'v', cur + 1, unpack(ARGV, 5, 4 + 2 * nf))
+redis.call('HSET', h, 'v', string.format('%d', cur + 1), unpack(ARGV, 5, 4 + 2 * nf))
 push(KEYS[2], 5 + 2 * nf)
 expire(ARGV[2], h, KEYS[2])
 index(ARGV[3], ARGV[2])
@@ -232,7 +232,7 @@ if redis.call('EXISTS', sm) == 1 then
 else
   redis.call('UNLINK', tm)
 end
-redis.call('HSET', th, 'v', tv + 1, 'ua', ARGV[3])
+redis.call('HSET', th, 'v', string.format('%d', tv + 1), 'ua', ARGV[3])
 local ttl = ARGV[2]
 if ttl == '0' then
   redis.call('PERSIST', th)
