@@ -15,6 +15,11 @@ turns rotate over 64 sessions so each grows by only a few dozen messages):
   rounds so that both see the same server load;
 * throughput with 64 sessions driven concurrently by 64 tasks (turns/s).
 
+Ratios are promptstate / raw, computed per interleaved round and reported as the median of
+those paired ratios (the machine this was written on is shared, so absolute numbers drift
+from round to round; pairing cancels most of the drift). ``--spawn`` runs against a private
+``redis-server`` on a free port instead of ``--url``.
+
 Everything is written under a unique key prefix and deleted at the end.
 """
 
@@ -22,10 +27,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
+import socket
 import statistics
+import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -138,15 +149,20 @@ async def main(url: str, quick: bool) -> None:
             await _fill(client, store, raw, length)
             lat: dict[str, list[float]] = {"raw": [], "ps": []}
             tput: dict[str, list[float]] = {"raw": [], "ps": []}
+            lat_ratios: list[float] = []
             await _latency(raw, 50, 0)  # warm-up: connections, script cache
             await _latency(ps, 50, 0)
             for r in range(rounds):
                 first, second = (
                     ((raw, "raw"), (ps, "ps")) if r % 2 == 0 else ((ps, "ps"), (raw, "raw"))
                 )
+                medians = {}
                 for contender, name in (first, second):
-                    lat[name] += await _latency(contender, turns, (r + 1) * 10_000)
-            for r in range(max(2, rounds // 2)):
+                    samples = await _latency(contender, turns, (r + 1) * 10_000)
+                    lat[name] += samples
+                    medians[name] = statistics.median(samples)
+                lat_ratios.append(medians["ps"] / medians["raw"])
+            for r in range(rounds):
                 first, second = (
                     ((raw, "raw"), (ps, "ps")) if r % 2 == 0 else ((ps, "ps"), (raw, "raw"))
                 )
@@ -161,6 +177,8 @@ async def main(url: str, quick: bool) -> None:
                     _p99(lat["ps"]),
                     statistics.median(tput["raw"]),
                     statistics.median(tput["ps"]),
+                    statistics.median(lat_ratios),
+                    statistics.median(p / r for p, r in zip(tput["ps"], tput["raw"], strict=True)),
                 )
             )
     finally:
@@ -178,19 +196,51 @@ async def main(url: str, quick: bool) -> None:
         "| latency ratio | raw turns/s (64) | promptstate turns/s (64) | throughput ratio |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for length, rmed, rp99, pmed, pp99, rt, pt in rows:
+    for length, rmed, rp99, pmed, pp99, rt, pt, lratio, tratio in rows:
         print(
             f"| {length:,} | {rmed * 1e6:,.0f} | {rp99 * 1e6:,.0f} | {pmed * 1e6:,.0f} "
-            f"| {pp99 * 1e6:,.0f} | {pmed / rmed:.2f}x | {rt:,.0f} | {pt:,.0f} | {pt / rt:.2f}x |"
+            f"| {pp99 * 1e6:,.0f} | {lratio:.2f}x | {rt:,.0f} | {pt:,.0f} | {tratio:.2f}x |"
         )
     flat = rows[-1][3] / rows[0][3]
     print()
     print(f"promptstate turn at {LENGTHS[-1]:,} messages / at {LENGTHS[0]}: {flat:.2f}x")
 
 
+@contextlib.contextmanager
+def _private_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--spawn needs redis-server on PATH")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    workdir = tempfile.mkdtemp(prefix="promptstate-bench-")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [binary, *args, "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--spawn", action="store_true", help="use a private redis-server")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.quick))
+    if args.spawn:
+        with _private_server() as url:
+            asyncio.run(main(url, args.quick))
+    else:
+        asyncio.run(main(args.url, args.quick))

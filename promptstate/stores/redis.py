@@ -23,11 +23,10 @@ session exists and prunes what it finds gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -326,21 +325,10 @@ class RedisStore(Store):
             keys.extend(self._index_keys(self._shard(member)))
         return keys, member
 
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Translate redis-py and socket errors at the boundary."""
-        try:
-            yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            _raise_response_error(exc, what)
-        except redis_errors.RedisError as exc:
-            # ClusterDownError, TryAgainError, MaxConnectionsError, ... : the cluster or the
-            # pool can't serve the call right now.
-            raise StoreUnavailableError(
-                f"Redis could not serve the call while {what}: {type(exc).__name__}: {exc}"
-            ) from exc
+    @staticmethod
+    def _errors(what: str, key: object = None) -> _Errors:
+        """Translate redis-py and socket errors at the boundary (``what`` + ``key`` name it)."""
+        return _Errors(what, key)
 
     async def _eval(
         self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
@@ -424,7 +412,7 @@ class RedisStore(Store):
     # -- reads ----------------------------------------------------------------------------
 
     async def get(self, key: str) -> State:
-        with self._errors(f"reading key {key!r}"):
+        with self._errors("reading key", key):
             found = await self._eval(scripts.GET, self._keys(key), (self._read_ttl(),))
         if not found:
             raise NotFoundError(f"no conversation state under key {key!r}")
@@ -437,7 +425,7 @@ class RedisStore(Store):
         if last == 0:
             return []
         h, m = self._keys(session_id)
-        with self._errors(f"loading key {session_id!r}"):
+        with self._errors("loading key", session_id):
             if self._touch_on_read and self._ttl is not None:
                 items = await self._eval(
                     scripts.LOAD_TOUCH, (h, m), (self._ttl_ms, -1 if last is None else last)
@@ -457,7 +445,7 @@ class RedisStore(Store):
                 h, m = self._keys(key)
                 pipe.execute_command("EVALSHA", scripts.GET.sha, 2, h, m, ttl)
 
-        with self._errors(f"reading {len(keys)} keys starting with {keys[0]!r}"):
+        with self._errors(f"reading {len(keys)} keys, the first", keys[0]):
             results = await self._run_read_pipeline(build, (scripts.GET,))
         return [
             None if not found else self._state(key, found[0], found[1])
@@ -473,9 +461,15 @@ class RedisStore(Store):
         )
 
     async def _write(
-        self, what: str, script: scripts.Script, keys: list[bytes], member: bytes, args: list[Any]
+        self,
+        what: str,
+        key: str,
+        script: scripts.Script,
+        keys: list[bytes],
+        member: bytes,
+        args: list[Any],
     ) -> Any:
-        with self._errors(what):
+        with self._errors(what, key):
             if self._cluster:
                 # Index first: if the write then fails or is cancelled, the entry points at
                 # nothing and listing prunes it; the other order could leave a session that
@@ -509,7 +503,7 @@ class RedisStore(Store):
             *fields,
             *(pack(m) for m in stored.messages),
         ]
-        ok, version = await self._write(f"writing key {key!r}", scripts.SET, keys, member, args)
+        ok, version = await self._write("writing key", key, scripts.SET, keys, member, args)
         if not ok:
             raise ConflictError(
                 f"version conflict on key {key!r}: expected {expected_version}, stored {version}"
@@ -519,14 +513,14 @@ class RedisStore(Store):
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
-            with self._errors(f"counting messages of key {session_id!r}"):
+            with self._errors("counting messages of key", session_id):
                 return int(await self._cmd("LLEN", self._keys(session_id)[1]))
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
         args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
         args.extend(pack(m) for m in counted)
         count = await self._write(
-            f"appending to key {session_id!r}", scripts.APPEND, keys, member, args
+            "appending to key", session_id, scripts.APPEND, keys, member, args
         )
         return int(count)
 
@@ -535,11 +529,11 @@ class RedisStore(Store):
         keys, member = self._write_keys(session_id)
         args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
         args.extend(pack(m) for m in counted)
-        await self._write(f"saving key {session_id!r}", scripts.SAVE, keys, member, args)
+        await self._write("saving key", session_id, scripts.SAVE, keys, member, args)
 
     async def delete(self, key: str) -> bool:
         keys, member = self._write_keys(key)
-        with self._errors(f"deleting key {key!r}"):
+        with self._errors("deleting key", key):
             existed = await self._eval(scripts.DELETE, keys, (member,))
             if self._cluster:
                 idx, exp = self._index_keys(self._shard(member))
@@ -563,7 +557,7 @@ class RedisStore(Store):
         keys.extend(self._index_keys(self._shard(member)))
         args = (1 if overwrite else 0, self._ttl_ms, _now_us(), member)
         result = await self._write(
-            f"forking {source!r} to {target!r}", scripts.FORK, keys, member, list(args)
+            f"forking {source!r} to key", target, scripts.FORK, keys, member, list(args)
         )
         if result[0] == 0:
             raise NotFoundError(f"fork source {source!r} does not exist")
@@ -582,7 +576,7 @@ class RedisStore(Store):
             idx, _ = self._index_keys(shard)
             start = low
             while True:
-                with self._errors(f"listing keys starting with {prefix!r}"):
+                with self._errors("listing keys starting with", prefix):
                     batch: list[bytes] = await self._cmd(
                         "ZRANGEBYLEX", idx, start, high, "LIMIT", 0, _BATCH
                     )
@@ -599,7 +593,7 @@ class RedisStore(Store):
                 for member in batch:
                     pipe.execute_command("EXISTS", self._keys(member.decode())[0])
 
-            with self._errors(f"listing keys starting with {prefix!r}"):
+            with self._errors("listing keys starting with", prefix):
                 found = await self._run_read_pipeline(build, ())
             gone = [m for m, e in zip(batch, found, strict=True) if not e]
             if gone:
@@ -630,8 +624,7 @@ class RedisStore(Store):
 
     async def _delete_batch(self, shard: int, batch: list[bytes], prefix: str) -> int:
         idx, exp = self._index_keys(shard)
-        what = f"deleting keys starting with {prefix!r}"
-        with self._errors(what):
+        with self._errors("deleting keys starting with", prefix):
             if not self._cluster:
                 keys: list[bytes] = [idx, exp]
                 for member in batch:
@@ -705,6 +698,38 @@ async def _first_batches(
         if shard not in seen:
             seen.add(shard)
             yield shard, batch
+
+
+class _Errors:
+    """The boundary where redis-py and socket errors become promptstate errors.
+
+    A small class rather than a generator-based context manager: it is on every call's path.
+    """
+
+    __slots__ = ("key", "what")
+
+    def __init__(self, what: str, key: object) -> None:
+        self.what = what
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or not isinstance(exc, (redis_errors.RedisError, OSError)):
+            return
+        what = self.what if self.key is None else f"{self.what} {self.key!r}"
+        if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
+            raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
+        if isinstance(exc, redis_errors.ResponseError):
+            _raise_response_error(exc, what)
+        # ClusterDownError, TryAgainError, MaxConnectionsError, ...: the cluster or the pool
+        # can't serve the call right now.
+        raise StoreUnavailableError(
+            f"Redis could not serve the call while {what}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _raise_response_error(exc: redis_errors.ResponseError, what: str) -> NoReturn:
