@@ -21,6 +21,10 @@ from promptstate.stores import MemoryStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter
 from promptstate.types import Message, State, ToolCall, Usage
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from promptstate.stores.redis import RedisStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
+    "RedisStore",
     "SCHEMA_VERSION",
     "SessionBusyError",
     "State",
@@ -49,3 +54,13 @@ __all__ = [
     "encode_state",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Stores whose driver is an optional extra are imported on first use (PEP 562), so that
+    # ``import promptstate`` works without them.
+    if name == "RedisStore":
+        from promptstate.stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'promptstate' has no attribute {name!r}")

@@ -324,3 +324,22 @@ async def test_missing_session_after_delete(make: StoreFactory) -> None:
     assert not await store.delete("d")
     with pytest.raises(NotFoundError):
         await store.get("d")
+
+
+def test_import_promptstate_without_redis_installed() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import promptstate\n"
+        "try:\n"
+        "    promptstate.RedisStore\n"
+        "except ImportError as exc:\n"
+        "    assert \"pip install 'promptstate[redis]'\" in str(exc), exc\n"
+        "    print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="."
+    )
+    assert done.stdout.strip() == "ok", done.stderr
