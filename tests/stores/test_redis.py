@@ -343,3 +343,34 @@ def test_import_promptstate_without_redis_installed() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="."
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_tls_and_password_urls_build_the_right_client() -> None:
+    store = RedisStore.from_url("rediss://:pa55@127.0.0.1:6380/2?ssl_cert_reqs=none")
+    client = store.client
+    assert isinstance(client, Redis)
+    pool = client.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["password"] == "pa55"
+    assert pool.connection_kwargs["db"] == 2
+    assert "pa55" not in repr(store)
+    kw = RedisStore(address="127.0.0.1:6390", password="pw", db=3, ssl=True)
+    kw_pool = kw.client.connection_pool  # type: ignore[union-attr]
+    assert kw_pool.connection_class.__name__ == "SSLConnection"
+    assert (kw_pool.connection_kwargs["password"], kw_pool.connection_kwargs["db"]) == ("pw", 3)
+
+
+async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
+    prefix = _prefix()
+    store = RedisStore.from_url(redis_url, prefix=prefix, max_connections=1, pool_timeout=0.05)
+    client = store.client
+    assert isinstance(client, Redis)
+    held = await client.connection_pool.get_connection()  # the only connection, held
+    try:
+        with pytest.raises(StoreUnavailableError) as info:
+            await store.load("x")
+        assert info.value.__cause__ is not None
+    finally:
+        await client.connection_pool.release(held)
+    assert await store.load("x") == []
+    await store.aclose()

@@ -138,3 +138,13 @@ async def test_open_store_cluster_url(redis_cluster_url: str, raw: RedisCluster)
         assert await store.append("x", [Message("user", "hi")]) == 1
         assert await store.delete("x")
     assert await _all_keys(raw, prefix) == []
+
+
+async def test_borrowed_cluster_client_is_not_closed(raw: RedisCluster) -> None:
+    prefix = _prefix()
+    async with RedisStore(raw, prefix=prefix) as store:
+        await store.append("b", [Message("user", "x")])
+    assert await raw.exists(*store._keys("b")) == 2
+    assert await raw.unlink(*store._keys("b")) == 2
+    for shard in range(store._shards):
+        await raw.unlink(*store._index_keys(shard))
