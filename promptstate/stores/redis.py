@@ -476,8 +476,13 @@ class RedisStore(Store):
                 # no listing finds.
                 await self._index_add(member)
             result = await self._eval(script, keys, args)
-        if self._ttl is not None:
-            await self._maybe_prune()
+        if self._ttl is not None and time.monotonic() >= self._next_prune:
+            try:
+                await self._maybe_prune()
+            except (StoreUnavailableError, CorruptStateError):
+                # The write succeeded: reporting a failure now would invite a retry that
+                # stores it twice. The next pass prunes what this one could not.
+                logger.debug("pruning the listing index failed", exc_info=True)
         return result
 
     async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
