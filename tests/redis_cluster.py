@@ -153,12 +153,31 @@ class RedisClusterProcess:
         self.stop()
 
 
+_shared: RedisClusterProcess | None = None
+_users = 0
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
-    """The ``redis+cluster://`` URL of a three-node cluster started for this test session."""
+    """The ``redis+cluster://`` URL of a three-node cluster started once for the test session.
+
+    Test modules import this fixture; pytest then holds one session-scoped fixture per
+    importing module, so the cluster itself is shared through a module-level reference count
+    and stopped when the last of them is torn down.
+    """
+    global _shared, _users
     try:
         import redis  # noqa: F401
     except ImportError:
         missing("redis-py is not installed: pip install 'promptstate[redis]'")
-    with RedisClusterProcess() as cluster:
+    if _shared is None:
+        _shared = RedisClusterProcess().__enter__()
+    cluster = _shared
+    _users += 1
+    try:
         yield cluster.url
+    finally:
+        _users -= 1
+        if _users == 0:
+            cluster.stop()
+            _shared = None

@@ -215,7 +215,7 @@ async def test_get_many_is_one_round_trip(make: StoreFactory) -> None:
         calls += 1
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    store._client.pipeline = counting  # type: ignore[method-assign]
+    store._client.pipeline = counting  # type: ignore[method-assign,assignment]
     found = await store.get_many([f"g{i}" for i in range(5)] + ["none"])
     assert calls == 1
     assert [s.messages[0].content if s else None for s in found] == ["0", "1", "2", "3", "4", None]
@@ -365,7 +365,7 @@ async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, prefix=prefix, max_connections=1, pool_timeout=0.05)
     client = store.client
     assert isinstance(client, Redis)
-    held = await client.connection_pool.get_connection()  # the only connection, held
+    held = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(StoreUnavailableError) as info:
             await store.load("x")
