@@ -62,29 +62,37 @@ async def test_server_killed_and_restarted_mid_run() -> None:
         server.url, prefix="faults:", socket_timeout=2, socket_connect_timeout=1, pool_timeout=2
     )
     errors: list[BaseException] = []
+    done = [0] * 16
+    all_busy = anyio.Event()
     try:
 
         async def writer(session_id: str, n: int) -> None:
-            for i in range(10_000):
+            for i in range(100_000):
                 try:
                     await store.append(session_id, _batch(f"w{n}.{i}"))
-                except StoreUnavailableError as exc:
+                except Exception as exc:  # anything but StoreUnavailableError fails below
                     errors.append(exc)
                     return
+                done[n] += 1
+                if min(done) >= 3:
+                    all_busy.set()
 
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 for n in range(8):
                     tg.start_soon(writer, f"own{n}", n)
-                    tg.start_soon(writer, "shared", 100 + n)
-                await anyio.sleep(0.3)
+                    tg.start_soon(writer, "shared", 8 + n)
+                await all_busy.wait()  # kill it while every writer is busy
+                await anyio.sleep(0.05)
                 assert server.proc is not None
                 server.proc.kill()  # SIGKILL: no graceful shutdown
                 server.proc.wait()
                 server.proc = None
 
-            assert len(errors) == 16  # every writer stopped on StoreUnavailableError
-            assert all(isinstance(e.__cause__, Exception) for e in errors)
+            assert len(errors) == 16, errors  # every writer stopped on StoreUnavailableError
+            for error in errors:
+                assert isinstance(error, StoreUnavailableError), repr(error)
+                assert isinstance(error.__cause__, Exception)
 
             # While it is down, every call fails the same way, with the cause chained.
             calls: list[Any] = [
