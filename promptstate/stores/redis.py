@@ -39,7 +39,7 @@ from promptstate.exceptions import (
 )
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores import _redis_scripts as scripts
-from promptstate.stores.base import Store
+from promptstate.stores.base import Store, normalize_ttl
 from promptstate.stores.url import _redact
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
@@ -247,7 +247,13 @@ class RedisStore(Store):
         if scheme.endswith("+cluster"):
             cluster = True
             url = scheme.split("+", 1)[0] + url[len(scheme) :]
+        # Check the other arguments before a client exists that would then need closing.
         _check_positive("max_connections", max_connections)
+        normalize_ttl(ttl)
+        if not isinstance(prefix, str):
+            raise ValidationError(f"prefix must be a str, got {type(prefix).__name__}")
+        if index_shards is not None:
+            _check_positive("index_shards", index_shards)
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,

@@ -148,3 +148,18 @@ async def test_borrowed_cluster_client_is_not_closed(raw: RedisCluster) -> None:
     assert await raw.unlink(*store._keys("b")) == 2
     for shard in range(store._shards):
         await raw.unlink(*store._index_keys(shard))
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    make: StoreFactory, raw: RedisCluster
+) -> None:
+    store = await make()
+    ids = [f"f{i}" for i in range(12)]
+    for sid in ids:
+        await store.append(sid, [Message("user", sid)])
+    await raw.script_flush()  # our own throwaway cluster: every primary forgets its scripts
+    found = await store.get_many(ids)  # pipelined EVALSHA per node: NOSCRIPT, load, again
+    assert [s.messages[0].content if s else None for s in found] == ids
+    await raw.script_flush()
+    assert await store.append("f0", [Message("user", "more")]) == 2
+    assert (await store.get("f1")).version == 1

@@ -113,6 +113,8 @@ async def test_server_killed_and_restarted_mid_run() -> None:
 
             server.start()  # same port, same data directory
             sessions = [f"own{n}" for n in range(8)] + ["shared"]
+            # The restarted server has no scripts cached: the pipelined read loads them.
+            assert None not in await store.get_many(sessions)
             total = 0
             for session_id in sessions:
                 total += await _assert_whole(store, session_id)
