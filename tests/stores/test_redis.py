@@ -374,3 +374,14 @@ async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
         await client.connection_pool.release(held)
     assert await store.load("x") == []
     await store.aclose()
+
+
+async def test_batches_larger_than_one_lua_unpack(make: StoreFactory) -> None:
+    store = await make()
+    many = [Message("user", str(i)) for i in range(9_000)]
+    assert await store.append("big", many) == 9_000
+    await store.save("big", many[:8_500])
+    assert len(await store.load("big")) == 8_500
+    assert [m.content for m in await store.load("big", last=2)] == ["8498", "8499"]
+    stored = await store.set("big2", State(conversation_id="big2", messages=many))
+    assert len((await store.get("big2")).messages) == 9_000 == len(stored.messages)
