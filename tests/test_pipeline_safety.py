@@ -34,14 +34,21 @@ from tests.pipeline_support import (
     SlowStore,
     close_kind,
     open_kind,
+    server_for,
 )
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=STORE_KINDS)
-async def turn_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store = await open_kind(request.param, request, tmp_path)
+def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    kind: str = request.param
+    return kind, server_for(kind, request)
+
+
+@pytest.fixture
+async def turn_store(store_kind: tuple[str, str | None], tmp_path: Path) -> AsyncIterator[Store]:
+    store = await open_kind(*store_kind, tmp_path)
     try:
         yield store
     finally:
