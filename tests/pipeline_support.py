@@ -22,7 +22,7 @@ import pytest
 from promptstate import MemoryStore, Message, Store, StoreUnavailableError
 
 #: The store kinds the turn-safety tests run on. Server stores are skipped until they exist.
-STORE_KINDS = ["memory", "memory-leased", "sqlite", "redis", "postgres"]
+STORE_KINDS = ["memory", "memory-leased", "custom", "sqlite", "redis", "postgres"]
 
 
 class LeaseTable:
@@ -170,6 +170,10 @@ async def open_kind(kind: str, url: str | None, tmp_path: Path) -> Store:
         return MemoryStore()
     if kind == "memory-leased":
         return LeasingMemoryStore()
+    if kind == "custom":  # only the four abstract methods: the base class's defaults
+        from tests.stores.test_custom_store import DictStore
+
+        return DictStore()
     tag = uuid.uuid4().hex[:12]
     if kind == "sqlite":
         from promptstate.stores.sqlite import SQLiteStore

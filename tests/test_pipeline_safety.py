@@ -329,6 +329,12 @@ async def test_append_turn_contract(turn_store: Store) -> None:
     assert await turn_store.append_turn("s", [], cost=1.0) == 4
     assert (await turn_store.get("s")).total_cost == 0.5
     assert await turn_store.append_turn("new", [Message("user", "x")], expected_count=0) == 1
+    # Without cost or expected_count (the pipeline's common case), retries are no-ops too.
+    assert await turn_store.append_turn("s", turn, turn_id="t3") == 6
+    assert await turn_store.append_turn("s", turn, turn_id="t3") == 6
+    assert await turn_store.append_turn("s", turn, turn_id="t4") == 8
+    stored = await turn_store.load("s")
+    assert [m.metadata.get("turn_id") for m in stored[::2]] == ["t1", "t2", "t3", "t4"]
 
 
 @pytest.mark.parametrize(
