@@ -497,3 +497,18 @@ async def test_closing_the_pipeline_cancels_a_running_stream() -> None:
         await pipe.aclose()
     assert len(errors) == 1
     assert await store.load("s") == []
+
+
+async def test_an_output_guardrail_between_provider_and_save_stores_nothing() -> None:
+    async def no_passwords_out(ctx: ExecutionContext, call_next: CallNext) -> None:
+        if ctx.response is not None and "password" in ctx.response.content.lower():
+            raise ValidationError("the answer looks like it leaks a password")
+        await call_next(ctx)
+
+    stages = [LoadState(), TokenBudget(4000), CallProvider(), no_passwords_out, SaveState()]
+    provider = MockProvider(["the password is hunter2", "fine"])
+    async with Pipeline(provider, middleware=stages) as pipe:
+        with pytest.raises(ValidationError, match="leaks"):
+            await pipe.execute("s", "user", "tell me")
+        assert await pipe.store.load("s") == []
+        assert (await pipe.execute("s", "user", "again")).response.content == "fine"
