@@ -42,7 +42,7 @@ from promptstate.locks import (
 )
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, LoadState, SaveState
-from promptstate.stores.base import Store, validate_key
+from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
 from promptstate.truncation import TokenBudget, TruncationStrategy
@@ -131,6 +131,7 @@ class ExecutionContext:
         options: dict[str, Any],
         strategies: tuple[TruncationStrategy, ...] = (),
         emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
+        turn_id: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.input = input
@@ -150,7 +151,7 @@ class ExecutionContext:
         self.summary_usage = Usage()
         self.cost = 0.0
         self.message_count: int | None = None
-        self.turn_id = new_id()
+        self.turn_id = turn_id or new_id()
         self.lease: TurnLease | None = None
         self.data: dict[str, Any] = {}
 
@@ -390,14 +391,22 @@ class Pipeline:
             if not isinstance(role, str):
                 raise ValidationError(f"role must be a str or a Message, got {role!r}")
             message = Message(role, content, metadata=dict(metadata) if metadata else {})
+        turn_id = new_id()
         if message.role == "assistant" or message.role == "system":
             raise ValidationError(
                 f"a turn starts with a user or tool message, not {message.role!r}"
             )
         counter = self._counter
+        # The turn id rides in the new message's metadata (see Store.append_turn).
+        message = msgspec.structs.replace(
+            message,
+            metadata={**message.metadata, TURN_ID_KEY: turn_id},
+            tokens=counter.count(message) if message.tokens is None else message.tokens,
+        )
         return ExecutionContext(
             session_id=session_id,
-            input=with_tokens(message, counter),
+            turn_id=turn_id,
+            input=message,
             store=self._store,
             provider=self._provider,
             counter=counter,

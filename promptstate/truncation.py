@@ -133,15 +133,21 @@ def truncate_messages(
     _positive_int(max_tokens, "max_tokens", allow_zero=True)
     counter = counter or _DEFAULT_COUNTER
     budget = max_tokens
+    total = 0
     plain = True
     for m in messages:
+        tokens = m.tokens
+        if tokens is None:
+            tokens = counter.count(m)
+        total += tokens
         role = m.role
         if role == "system":
-            tokens = m.tokens
-            budget -= counter.count(m) if tokens is None else tokens
+            budget -= tokens
         elif role == "tool" or m.tool_calls:
             plain = False
     if plain:
+        if total <= max_tokens:  # everything fits: the common case, decided in one pass
+            return list(messages)
         return _truncate_plain(messages, budget, counter)
     return _truncate_blocks(messages, budget, counter)
 
