@@ -328,7 +328,7 @@ class TokenBudget(TruncationStrategy):
     def apply(self, messages: Sequence[Message], counter: TokenCounter) -> list[Message]:
         kept = truncate_messages(messages, self.max_tokens, counter=counter)
         # Start the next load near what this one needed (the estimate is shared by sessions).
-        self._window = max(16, len(kept) + len(kept) // 4 + 4)
+        self._window = max(16, len(kept) + len(kept) // 8 + 4)
         return kept
 
 
