@@ -20,7 +20,7 @@ from promptstate.locks import SupportsLease
 from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
 from promptstate.providers import Chunk, Completion, MockProvider, Provider
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
+from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
 from promptstate.truncation import (
     SlidingWindow,
@@ -53,6 +53,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "SCHEMA_VERSION",
+    "SQLiteStore",
     "SessionBusyError",
     "SlidingWindow",
     "State",
