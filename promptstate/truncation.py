@@ -450,6 +450,11 @@ class Summarize(TruncationStrategy):
         messages = [*ctx.system, *context, ctx.input]
         if sum(_tokens(m, counter) for m in messages) > self.max_tokens:
             messages = await self._fold(ctx, history, counter)
+        if not messages or messages[-1] is not ctx.input:
+            raise ValidationError(
+                f"the new {ctx.input.role} message alone does not fit the context window of "
+                f"{self!r} for session {ctx.session_id!r}"
+            )
         ctx.messages = messages
         self._window = max(16, 2 * (len(context) + 1))
         await call_next(ctx)
