@@ -45,6 +45,7 @@ from promptstate.stages import CallProvider, LoadState, SaveState
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
+from promptstate.tools import Tool, ToolSpec, with_tool_loop
 from promptstate.truncation import TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 
@@ -242,6 +243,10 @@ class Pipeline:
             while the turn runs), for stores with leases. A dead holder blocks the session for
             at most this long.
         system: A system prompt (or system messages) sent first on every turn, never stored.
+        tools: Functions (plain or async), :class:`~promptstate.tools.Tool` s or JSON tool
+            objects the model may call. A :class:`~promptstate.tools.ToolLoop` is put right
+            before the chain's :class:`~promptstate.stages.CallProvider` to run them.
+        max_tool_rounds: How many rounds of tool calls one turn may run.
     """
 
     def __init__(
@@ -255,6 +260,8 @@ class Pipeline:
         lock_timeout: float | None = 30.0,
         lease_ttl: float = 30.0,
         system: str | Sequence[Message] | None = None,
+        tools: Sequence[Tool | Callable[..., Any] | ToolSpec] | None = None,
+        max_tool_rounds: int = 8,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
@@ -264,6 +271,8 @@ class Pipeline:
         self._owns_store = store is None
         self._store: Store = MemoryStore() if store is None else store
         stages = default_stages(max_tokens) if middleware is None else list(middleware)
+        if tools:
+            stages = with_tool_loop(stages, tools, max_tool_rounds)
         for stage in stages:
             if not callable(stage):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
