@@ -16,9 +16,27 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import SupportsLease
+from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
+from promptstate.providers import (
+    AnthropicProvider,
+    Chunk,
+    Completion,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+)
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
-from promptstate.tokens import HeuristicTokenCounter, TokenCounter
+from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
+from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
+from promptstate.tools import Tool, tool
+from promptstate.truncation import (
+    SlidingWindow,
+    Summarize,
+    TimeWindow,
+    TokenBudget,
+    truncate_messages,
+)
 from promptstate.types import Message, State, ToolCall, Usage
 
 TYPE_CHECKING = False
@@ -28,24 +46,41 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnthropicProvider",
+    "Chunk",
     "ClosedError",
+    "Completion",
     "ConflictError",
     "CorruptStateError",
+    "ExecutionContext",
+    "ExecutionResult",
     "HeuristicTokenCounter",
     "InvalidKeyError",
     "MemoryStore",
     "Message",
+    "MockProvider",
     "NotFoundError",
+    "OpenAIProvider",
+    "Pipeline",
     "PromptPackError",
     "PromptStateError",
+    "Provider",
     "ProviderError",
     "RedisStore",
     "SCHEMA_VERSION",
+    "SQLiteStore",
     "SessionBusyError",
+    "SlidingWindow",
     "State",
     "Store",
     "StoreUnavailableError",
+    "Summarize",
+    "SupportsLease",
+    "TiktokenCounter",
+    "TimeWindow",
+    "TokenBudget",
     "TokenCounter",
+    "Tool",
     "ToolCall",
     "Usage",
     "ValidationError",
@@ -53,6 +88,8 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_store",
+    "tool",
+    "truncate_messages",
 ]
 
 
