@@ -22,6 +22,7 @@ import hashlib
 
 __all__ = [
     "APPEND",
+    "APPEND_TURN",
     "DELETE",
     "DELETE_MANY",
     "FORK",
@@ -29,6 +30,8 @@ __all__ = [
     "INDEX_ADD",
     "INDEX_PRUNE",
     "INDEX_PRUNE_CHECKED",
+    "LEASE_RELEASE",
+    "LEASE_RENEW",
     "LOAD_TOUCH",
     "SAVE",
     "SET",
@@ -142,6 +145,67 @@ else
 end
 expire(ARGV[1], h, KEYS[2])
 return n
+"""
+)
+
+#: Append one pipeline turn. ARGV: ttl, now_us, tokens, member, cost, turn id pattern ('' none),
+#: expected count ('-1' none), messages... Returns {1, new count} when written,
+#: {0, count} when the turn is stored already (or there is nothing to write), {-1, count}
+#: when the session does not hold the expected count.
+APPEND_TURN = Script(
+    _HELPERS
+    + """
+local h, m = KEYS[1], KEYS[2]
+local head = redis.call('HMGET', h, 'v', 't', 'c')
+local v, t, c = head[1], head[2], head[3]
+if v and not (tonumber(v) and tonumber(t or '0') and tonumber(c or '0')) then
+  return redis.error_reply('WRONGTYPE the session header holds a count that is not a number')
+end
+local count = redis.call('LLEN', m)
+local k = #ARGV - 7
+if ARGV[6] ~= '' and k > 0 and count >= k then
+  -- ARGV[6] is the MessagePack of "turn_id" followed by that of the id, as it appears in
+  -- the metadata of the turn's first message (cmsgpack can't decode msgspec's timestamps).
+  if string.find(redis.call('LINDEX', m, count - k), ARGV[6], 1, true) then
+    return {0, count}
+  end
+end
+if ARGV[7] ~= '-1' and tonumber(ARGV[7]) ~= count then return {-1, count} end
+if k == 0 then return {0, count} end
+local n = push(m, 8)
+local cost = string.format('%.17g', tonumber(c or '0') + tonumber(ARGV[5]))
+if v then
+  redis.call('HSET', h, 'v', string.format('%d', tonumber(v) + 1),
+    't', string.format('%d', tonumber(t or '0') + tonumber(ARGV[3])), 'c', cost,
+    'ua', ARGV[2])
+else
+  redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'c', cost, 'ca', ARGV[2], 'ua', ARGV[2])
+  index(ARGV[4], ARGV[1])
+end
+expire(ARGV[1], h, m)
+return {1, n}
+"""
+)
+
+#: Renew a lease if ``owner`` (ARGV[1]) holds it, for ARGV[2] ms. 1 when renewed.
+LEASE_RENEW = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+)
+
+#: Delete a lease if ``owner`` (ARGV[1]) holds it. 1 when released.
+LEASE_RELEASE = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 )
 

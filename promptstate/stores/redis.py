@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -39,7 +40,7 @@ from promptstate.exceptions import (
 )
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores import _redis_scripts as scripts
-from promptstate.stores.base import Store, normalize_ttl
+from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
 from promptstate.stores.url import _redact
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
@@ -535,6 +536,41 @@ class RedisStore(Store):
         )
         return int(count)
 
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        """One pipeline turn in one script: turn id and count checks, append, cost, TTL.
+
+        Its cost follows the turn's messages, never the history: the turn id is looked up in
+        the single stored message where the turn would start.
+        """
+        counted, tokens = self._count_new(messages)
+        keys, member = self._write_keys(session_id)
+        args: list[Any] = [
+            self._ttl_ms,
+            _now_us(),
+            tokens,
+            member,
+            repr(float(cost)),
+            b"" if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
+            -1 if expected_count is None else expected_count,
+        ]
+        args.extend(pack(m) for m in counted)
+        status, count = await self._write(
+            "appending a turn to key", session_id, scripts.APPEND_TURN, keys, member, args
+        )
+        if status == -1:
+            raise ConflictError(
+                f"session {session_id!r} holds {count} messages, expected {expected_count}"
+            )
+        return int(count)
+
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
@@ -698,6 +734,42 @@ class RedisStore(Store):
                 full = full or len(due) == _BATCH
         if full:
             self._next_prune = 0.0
+
+    # -- turn leases (promptstate.locks.SupportsLease) ----------------------------------------
+
+    def _lease_key(self, key: str) -> bytes:
+        # In the session's slot, apart from its state keys (listing never sees it).
+        return self._pkey + b"{" + _tag(key).encode() + b"}:l"
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired (``SET NX PX``).
+
+        Leases keep pipelines in different processes from interleaving turns on one session;
+        Redis expires a lease whose holder died.
+        """
+        self._check_open()
+        with self._errors("taking the turn lease on key", key):
+            done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
+        return bool(done)
+
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""
+        self._check_open()
+        with self._errors("renewing the turn lease on key", key):
+            done = await self._eval(scripts.LEASE_RENEW, (self._lease_key(key),), (owner, _ms(ttl)))
+        return bool(done)
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete)."""
+        self._check_open()
+        with self._errors("releasing the turn lease on key", key):
+            done = await self._eval(scripts.LEASE_RELEASE, (self._lease_key(key),), (owner,))
+        return bool(done)
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 async def _first_batches(

@@ -148,6 +148,10 @@ async def test_no_session_key_is_ever_left_without_a_ttl(make: StoreFactory, raw
     await check()
     await store.set("t", State(conversation_id="t"), expected_version=1)
     await check()
+    await store.append_turn("turn", [Message("user", "q")], cost=0.5, turn_id="id-1")
+    await check()
+    assert await store.acquire_lease("turn", "me", 10.0)  # type: ignore[attr-defined]
+    await check()
 
 
 async def test_ttl_is_milliseconds_and_slides_on_reads_when_asked(
@@ -385,3 +389,24 @@ async def test_batches_larger_than_one_lua_unpack(make: StoreFactory) -> None:
     assert [m.content for m in await store.load("big", last=2)] == ["8498", "8499"]
     stored = await store.set("big2", State(conversation_id="big2", messages=many))
     assert len((await store.get("big2")).messages) == 9_000 == len(stored.messages)
+
+
+async def test_append_turn_matches_only_its_own_turn_id(make: StoreFactory) -> None:
+    store = await make()
+    tricky = [Message("user", "my turn_id is turn-9", metadata={"note": "turn_id turn-9"})]
+    assert await store.append_turn("s", tricky, turn_id="turn-8") == 1
+    assert await store.append_turn("s", tricky, turn_id="turn-9") == 2  # not a retry
+    assert await store.append_turn("s", tricky, turn_id="turn-9") == 2  # a retry
+    state = await store.get("s")
+    assert [m.metadata.get("turn_id") for m in state.messages] == ["turn-8", "turn-9"]
+    assert state.version == 2
+
+
+async def test_lease_lives_apart_from_the_state(make: StoreFactory, raw: Redis) -> None:
+    store = await make()
+    assert isinstance(store, RedisStore)
+    assert await store.acquire_lease("s", "owner-1", 5.0)
+    assert [k async for k in store.list_keys("")] == []
+    assert await store.load("s") == []
+    assert 0 < await raw.pttl(store._lease_key("s")) <= 5000
+    assert await store.release_lease("s", "owner-1")
