@@ -306,7 +306,7 @@ class RedisStore(Store):
         if not self._closed and self._owns_client:
             try:
                 await self._client.aclose()
-            except (redis_errors.RedisError, OSError):  # pragma: no cover - best effort
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
                 logger.debug("closing the Redis client failed", exc_info=True)
         await super().aclose()
 
@@ -801,15 +801,17 @@ class _Errors:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if exc is None or not isinstance(exc, (redis_errors.RedisError, OSError)):
+        if exc is None or not isinstance(
+            exc, (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
+        ):
             return
         what = self.what if self.key is None else f"{self.what} {self.key!r}"
         if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
             raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
         if isinstance(exc, redis_errors.ResponseError):
             _raise_response_error(exc, what)
-        # ClusterDownError, TryAgainError, MaxConnectionsError, ...: the cluster or the pool
-        # can't serve the call right now.
+        # RedisClusterException (no node reachable, slot not covered), ClusterDownError,
+        # TryAgainError, ...: the cluster can't serve the call right now.
         raise StoreUnavailableError(
             f"Redis could not serve the call while {what}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -817,7 +819,10 @@ class _Errors:
 
 def _raise_response_error(exc: redis_errors.ResponseError, what: str) -> NoReturn:
     text = str(exc)
-    if text.startswith("WRONGTYPE") or "script" in text.lower():
+    # A key holding another type, or a script that stopped on a stored value it could not
+    # use. Everything else (BUSY, OOM, READONLY, LOADING, CLUSTERDOWN, ...) is the server
+    # refusing service for now.
+    if text.startswith(("WRONGTYPE", "ERR user_script", "ERR Error running script")):
         raise CorruptStateError(
             f"Redis refused the data while {what}: {text} (a key of this session holds "
             "something promptstate did not write)"

@@ -14,7 +14,7 @@ pytest.importorskip("redis")
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
-from promptstate import Message, State, open_store
+from promptstate import Message, State, StoreUnavailableError, open_store
 from promptstate.stores.base import Store
 from promptstate.stores.redis import RedisStore
 from promptstate.testing import StoreConformance, StoreFactory
@@ -163,3 +163,18 @@ async def test_scripts_are_reloaded_after_script_flush(
     await raw.script_flush()
     assert await store.append("f0", [Message("user", "more")]) == 2
     assert (await store.get("f1")).version == 1
+
+
+async def test_unreachable_cluster_is_store_unavailable() -> None:
+    from tests.servers import free_port
+
+    store = RedisStore.from_url(
+        f"redis+cluster://127.0.0.1:{free_port()}", socket_connect_timeout=1
+    )
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.append("x", [Message("user", "x")])
+    assert info.value.__cause__ is not None
+    with pytest.raises(StoreUnavailableError):
+        async with store:
+            pass
+    await store.aclose()
