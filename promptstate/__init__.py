@@ -17,7 +17,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
+from promptstate.stores import MemoryStore, PostgresStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter
 from promptstate.types import Message, State, ToolCall, Usage
 
@@ -33,6 +33,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "NotFoundError",
+    "PostgresStore",
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
