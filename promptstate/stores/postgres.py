@@ -117,8 +117,8 @@ class _Names:
     def __init__(self, table_name: object) -> None:
         if not isinstance(table_name, str):
             raise ValidationError(f"table_name must be a str, got {type(table_name).__name__}")
-        schema, _, table = table_name.rpartition(".")
-        if not _TABLE_RE.fullmatch(table) or (schema and not _SCHEMA_RE.fullmatch(schema)):
+        schema, dot, table = table_name.rpartition(".")
+        if not _TABLE_RE.fullmatch(table) or (dot and not _SCHEMA_RE.fullmatch(schema)):
             raise ValidationError(
                 "table_name must be a letter or underscore followed by up to 47 letters, digits "
                 "or underscores, optionally after 'schema.'; got "
