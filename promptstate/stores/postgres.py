@@ -28,8 +28,8 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -574,34 +574,19 @@ class PostgresStore(Store):
                 pool.terminate()
         await super().aclose()
 
-    @asynccontextmanager
-    async def _connection(self, what: str) -> AsyncIterator[Any]:
-        """A pool connection for one operation, with every driver error translated."""
-        pool = await self._get_pool()
-        try:
-            conn = await pool.acquire(timeout=self._acquire_timeout)
-            try:
-                yield conn
-            finally:
-                await _release(pool, conn)
-        except BaseException as exc:
-            if isinstance(exc, (PromptStateError, asyncio.CancelledError)):
-                raise
-            if _is_undefined_table(exc):
-                self._ready = False
-            if isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
-                raise StoreUnavailableError(
-                    f"no PostgreSQL connection became free within {self._acquire_timeout} s "
-                    f"({what})"
-                ) from exc
-            _reraise(exc, what)
+    def _connection(self, what: str, key: str | None = None) -> _Op:
+        """A pool connection for one operation, without the first-use setup."""
+        return _Op(self, what, key, ensure_ready=False)
 
-    @asynccontextmanager
-    async def _conn(self, what: str) -> AsyncIterator[Any]:
-        if not self._ready:
-            await self._start()
-        async with self._connection(what) as conn:
-            yield conn
+    def _conn(self, what: str, key: str | None = None) -> _Op:
+        """A pool connection for one operation (``async with``), every driver error translated
+        into a promptstate error naming ``what`` and ``key``."""
+        return _Op(self, what, key, ensure_ready=True)
+
+    def _unavailable_timeout(self, what: str, exc: BaseException) -> NoReturn:
+        raise StoreUnavailableError(
+            f"no PostgreSQL connection became free within {self._acquire_timeout} s ({what})"
+        ) from exc
 
     def _maybe_purge_due(self) -> bool:
         if self._ttl is None:
@@ -653,7 +638,7 @@ class PostgresStore(Store):
 
     async def get(self, key: str) -> State:
         sql = self._sql.get_touch if self._touch_on_read and self._sql.touching else self._sql.get
-        async with self._conn(f"get {key!r}") as conn:
+        async with self._conn("get", key) as conn:
             row = await conn.fetchrow(sql, key)
         if row is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
@@ -683,7 +668,7 @@ class PostgresStore(Store):
     async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         sql = self._sql
         touch = self._touch_on_read and sql.touching
-        async with self._conn(f"load {session_id!r}") as conn:
+        async with self._conn("load", session_id) as conn:
             if last is None:
                 rows = await conn.fetch(sql.load_all_touch if touch else sql.load_all, session_id)
                 return unpack_messages([r[0] for r in rows], key=session_id)
@@ -700,7 +685,7 @@ class PostgresStore(Store):
                 f"SELECT s.key FROM {self._sql.sessions} s WHERE {where}"
                 f" AND {self._sql.live_s} ORDER BY s.key LIMIT {_PAGE}"
             )
-            async with self._conn(f"list_keys {prefix!r}") as conn:
+            async with self._conn("list_keys with prefix", prefix) as conn:
                 rows = await conn.fetch(sql, *args)
             for row in rows:
                 yield row[0]
@@ -723,7 +708,7 @@ class PostgresStore(Store):
                     f" SET expires_at = {sql.exp} FROM page WHERE s.key = page.key"
                     f" AND {sql.live_s}) SELECT * FROM page"
                 )
-            async with self._conn(f"list_by_prefix {prefix!r}") as conn:
+            async with self._conn("list_by_prefix with prefix", prefix) as conn:
                 rows = await conn.fetch(page, *args)
             for row in rows:
                 yield self._state(row[0], row, 1)
@@ -743,21 +728,21 @@ class PostgresStore(Store):
             raise ValidationError(f"a message for key {key!r} cannot be stored: {exc}") from exc
         return counted, encoded, tokens
 
-    async def _write(self, what: str, sql: str, *args: Any) -> Any:
-        async with self._conn(what) as conn:
-            value = await conn.fetchval(sql, *args)
+    async def _write(self, what: str, sql: str, key: str, *args: Any) -> Any:
+        async with self._conn(what, key) as conn:
+            value = await conn.fetchval(sql, key, *args)
             if self._maybe_purge_due():
                 await self._opportunistic_purge(conn)
         return value
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
-            async with self._conn(f"append to {session_id!r}") as conn:
+            async with self._conn("append to", session_id) as conn:
                 count = await conn.fetchval(self._sql.count, session_id)
             return int(count or 0)
         _, encoded, tokens = self._encode(messages, session_id)
         count = await self._write(
-            f"append to {session_id!r}",
+            "append to",
             self._sql.append,
             session_id,
             encoded,
@@ -770,7 +755,7 @@ class PostgresStore(Store):
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         _, encoded, tokens = self._encode(messages, session_id)
         await self._write(
-            f"save {session_id!r}",
+            "save",
             self._sql.save,
             session_id,
             encoded,
@@ -798,7 +783,7 @@ class PostgresStore(Store):
         else:
             sql = self._sql.set_cas
             args.append(expected_version)
-        async with self._conn(f"set {key!r}") as conn:
+        async with self._conn("set", key) as conn:
             version = await conn.fetchval(sql, *args)
             if version is None:
                 stored = await conn.fetchval(self._sql.version, key)
@@ -820,7 +805,7 @@ class PostgresStore(Store):
         )
 
     async def delete(self, key: str) -> bool:
-        async with self._conn(f"delete {key!r}") as conn:
+        async with self._conn("delete", key) as conn:
             live = await conn.fetchval(self._sql.delete, key)
         return bool(live)
 
@@ -830,7 +815,7 @@ class PostgresStore(Store):
             f"WITH d AS (DELETE FROM {self._sql.sessions} s WHERE {where}"
             f" RETURNING {self._sql.live_s} AS live) SELECT count(*) FILTER (WHERE live) FROM d"
         )
-        async with self._conn(f"delete_by_prefix {prefix!r}") as conn:
+        async with self._conn("delete_by_prefix with prefix", prefix) as conn:
             return int(await conn.fetchval(sql, *args))
 
     async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
@@ -839,7 +824,7 @@ class PostgresStore(Store):
         for attempt in range(5):
             now = utcnow()
             try:
-                async with self._conn(f"fork {source!r} to {target!r}") as conn:
+                async with self._conn(f"fork {source!r} to", target) as conn:
                     async with conn.transaction():
                         src = await conn.fetchrow(self._sql.fork_source, source)
                         if src is None:
@@ -882,10 +867,79 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _Op:
+    """``async with store._conn(...) as conn``: acquire, release, translate errors.
+
+    A class rather than an ``asynccontextmanager``: it runs twice per chat turn, so it is kept
+    to the fewest awaits and objects.
+    """
+
+    __slots__ = ("_conn", "_ensure_ready", "_key", "_pool", "_store", "_what")
+
+    def __init__(
+        self, store: PostgresStore, what: str, key: str | None, *, ensure_ready: bool
+    ) -> None:
+        self._store = store
+        self._what = what
+        self._key = key
+        self._ensure_ready = ensure_ready
+        self._pool: Any = None
+        self._conn: Any = None
+
+    def _describe(self) -> str:
+        return self._what if self._key is None else f"{self._what} {self._key!r}"
+
+    async def __aenter__(self) -> Any:
+        store = self._store
+        if self._ensure_ready and not store._ready:
+            await store._start()
+        try:
+            pool = store._pool
+            if pool is None:
+                pool = await store._get_pool()
+            self._conn = await pool.acquire(timeout=store._acquire_timeout)
+            self._pool = pool
+        except BaseException as exc:
+            self._translate(exc, acquiring=True)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        pool, conn = self._pool, self._conn
+        self._conn = None
+        if exc is None:
+            try:
+                await pool.release(conn)
+            except BaseException as error:
+                self._translate(error)
+            return False
+        # On the way out of a failure or a cancellation, anyio may cancel every await again:
+        # release in the background, so the connection is neither lost nor terminated.
+        await _release_shielded(pool, conn)
+        self._translate(exc)
+        return False  # pragma: no cover - _translate always raises
+
+    def _translate(self, exc: BaseException, *, acquiring: bool = False) -> NoReturn:
+        if isinstance(exc, (PromptStateError, asyncio.CancelledError)) or not isinstance(
+            exc, Exception
+        ):
+            raise exc
+        store = self._store
+        if _is_undefined_table(exc):
+            store._ready = False
+        if acquiring and isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
+            store._unavailable_timeout(self._describe(), exc)
+        _reraise(exc, self._describe())
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
-async def _release(pool: Any, conn: Any) -> None:
+async def _release_shielded(pool: Any, conn: Any) -> None:
     """Give ``conn`` back to ``pool``, even when the caller is being cancelled.
 
     asyncpg terminates a connection whose release is interrupted, so a cancelled call would

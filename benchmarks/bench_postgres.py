@@ -1,0 +1,165 @@
+"""PostgresStore against raw asyncpg running the same statements, in the same run.
+
+One turn is what a chat server does per request: ``load(last=50)`` and then ``append`` of two
+messages (the user's and the assistant's). The raw floor sends the very same SQL through an
+asyncpg pool of the same size and settings, with the messages already encoded and the rows
+left undecoded, so the difference is everything promptstate adds: validation, token
+counting, MessagePack encoding and decoding, building ``Message`` objects, error translation.
+
+Run (against the server in POSTGRES_DSN, default postgresql://postgres@127.0.0.1:5432/test)::
+
+    python -m benchmarks.bench_postgres [--turns 400] [--pool-size 16] [--repeat 3]
+
+It creates tables named ``ps_bench_<random>`` and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+
+from promptstate import Message, PostgresStore
+from promptstate.serialization import pack
+from promptstate.stores.postgres import _no_reset
+
+DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+HISTORIES = (10, 1_000, 10_000)
+CONCURRENCY = (1, 64)
+
+
+def _turn_messages(i: int) -> list[Message]:
+    return [
+        Message("user", f"Question {i}: what did we decide about the schema?"),
+        Message("assistant", f"Answer {i}: one row per message, keyed by session and seq."),
+    ]
+
+
+async def _populate(store: PostgresStore, keys: list[str], history: int) -> None:
+    filler = [
+        Message("user" if i % 2 == 0 else "assistant", f"history message number {i} " * 3)
+        for i in range(min(history, 2_000))
+    ]
+
+    async def fill(key: str) -> None:
+        left = history
+        while left > 0:
+            batch = filler[: min(left, len(filler))]
+            await store.append(key, batch)
+            left -= len(batch)
+
+    sem = asyncio.Semaphore(8)
+
+    async def guarded(key: str) -> None:
+        async with sem:
+            await fill(key)
+
+    await asyncio.gather(*(guarded(k) for k in keys))
+
+
+async def _run(turn: Callable[[str, int], Awaitable[None]], keys: list[str], turns: int) -> float:
+    """Run ``turns`` turns spread over ``keys`` (one task per key); returns seconds taken."""
+    per_key = max(1, turns // len(keys))
+
+    async def worker(key: str) -> None:
+        for i in range(per_key):
+            await turn(key, i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in keys))
+    return time.perf_counter() - start
+
+
+async def main(turns: int, pool_size: int, repeat: int) -> None:
+    table = f"ps_bench_{uuid.uuid4().hex[:10]}"
+    store = PostgresStore.from_dsn(DSN, table_name=table, min_size=pool_size, max_size=pool_size)
+    raw = await asyncpg.create_pool(DSN, min_size=pool_size, max_size=pool_size, reset=_no_reset)
+    await store.setup()
+    load_sql, append_sql = store._sql.load_last, store._sql.append
+    counter = store._counter
+    rows: list[tuple[Any, ...]] = []
+    try:
+        for history in HISTORIES:
+            for conc in CONCURRENCY:
+                store_keys = [f"store:{history}:{conc}:{i}" for i in range(conc)]
+                raw_keys = [f"raw:{history}:{conc}:{i}" for i in range(conc)]
+                await _populate(store, store_keys + raw_keys, history)
+                n = turns if conc == 1 else max(turns, conc * 10)
+
+                async def store_turn(key: str, i: int) -> None:
+                    await store.load(key, last=50)
+                    await store.append(key, _turn_messages(i))
+
+                async def raw_turn(key: str, i: int) -> None:
+                    async with raw.acquire() as conn:
+                        await conn.fetch(load_sql, key, 50)
+                    msgs = _turn_messages(i)
+                    tokens = sum(counter.count(m) for m in msgs)
+                    data = [pack(m) for m in msgs]
+                    async with raw.acquire() as conn:
+                        await conn.fetchval(
+                            append_sql, key, data, 2, tokens, datetime.now(timezone.utc)
+                        )
+
+                # Warm both up (statement caches, buffers), then alternate timed rounds.
+                await _run(store_turn, store_keys, conc * 2)
+                await _run(raw_turn, raw_keys, conc * 2)
+                store_times, raw_times = [], []
+                for _ in range(repeat):
+                    raw_times.append(await _run(raw_turn, raw_keys, n))
+                    store_times.append(await _run(store_turn, store_keys, n))
+                done = max(1, n // conc) * conc
+                raw_s, store_s = statistics.median(raw_times), statistics.median(store_times)
+                row = (history, conc, raw_s / done, store_s / done, done / raw_s, done / store_s)
+                rows.append(row)
+                print(
+                    f"history {history:>6}  concurrency {conc:>3}: raw {row[2] * 1e6:8.0f} us/turn"
+                    f"  store {row[3] * 1e6:8.0f} us/turn  ({row[3] / row[2]:.2f}x)",
+                    flush=True,
+                )
+    finally:
+        await raw.close()
+        await store.aclose()
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(
+                f'DROP TABLE IF EXISTS "{table}_messages", "{table}", "{table}_migrations"'
+            )
+        finally:
+            await conn.close()
+
+    print()
+    print(
+        "| history | sessions | raw asyncpg µs/turn | PostgresStore µs/turn | time ratio "
+        "| raw turns/s | store turns/s | throughput ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for history, conc, raw_t, store_t, raw_tp, store_tp in rows:
+        print(
+            f"| {history:,} | {conc} | {raw_t * 1e6:,.0f} | {store_t * 1e6:,.0f} "
+            f"| {store_t / raw_t:.2f}x | {raw_tp:,.0f} | {store_tp:,.0f} "
+            f"| {store_tp / raw_tp:.2f}x |"
+        )
+    by = {(h, c): s for h, c, _, s, _, _ in rows}
+    for conc in CONCURRENCY:
+        print(
+            f"\nstore turn at history 10,000 vs 10, {conc} session(s): "
+            f"{by[(10_000, conc)] / by[(10, conc)]:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=400, help="turns per timed round")
+    parser.add_argument("--pool-size", type=int, default=16, help="connections per pool")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median is shown)")
+    args = parser.parse_args()
+    asyncio.run(main(args.turns, args.pool_size, args.repeat))
