@@ -24,7 +24,6 @@ from promptstate.types import Message, State, ToolCall, Usage
 __version__ = "0.1.0"
 
 __all__ = [
-    "SCHEMA_VERSION",
     "ClosedError",
     "ConflictError",
     "CorruptStateError",
@@ -37,6 +36,7 @@ __all__ = [
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
+    "SCHEMA_VERSION",
     "SessionBusyError",
     "State",
     "Store",

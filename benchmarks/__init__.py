@@ -1,0 +1,1 @@
+"""promptstate's benchmarks: each ``bench_*.py`` runs on its own (``python -m benchmarks.X``)."""

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+import pytest
+
+from promptstate import Message, State, ToolCall, Usage, ValidationError
+
+
+def test_message_positional_role_and_content() -> None:
+    m = Message("user", "hi")
+    assert (m.role, m.content) == ("user", "hi")
+    assert m.timestamp.tzinfo is not None
+    assert m.timestamp.utcoffset() == timezone.utc.utcoffset(None)
+    assert Message(role="assistant").content == ""
+
+
+def test_message_other_fields_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        Message("user", "hi", "name")  # type: ignore[misc]
+
+
+def test_message_is_frozen() -> None:
+    m = Message("user", "hi")
+    with pytest.raises(AttributeError):
+        m.content = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("role", ["", "User", "bot", "function"])
+def test_message_rejects_unknown_roles(role: str) -> None:
+    with pytest.raises(ValidationError, match="role"):
+        Message(role, "x")
+
+
+def test_message_defaults_are_not_shared() -> None:
+    a, b = Message("user"), Message("user")
+    a.metadata["x"] = 1
+    assert b.metadata == {}
+
+
+def test_usage_adds_up() -> None:
+    total = Usage(1, 2) + Usage(10, 20)
+    assert total == Usage(11, 22)
+    assert total.total_tokens == 33
+
+
+def test_state_defaults() -> None:
+    s = State(conversation_id="c")
+    assert s.version == 0
+    assert s.messages == []
+    assert s.created_at <= s.updated_at
+    assert s.schema_version == 1
+    t = State(conversation_id="d")
+    s.messages.append(Message("user"))
+    assert t.messages == []
+
+
+def test_tool_call_round_trip() -> None:
+    call = ToolCall("id1", "f", '{"a": 1}')
+    m = Message("assistant", tool_calls=(call,))
+    assert msgspec.json.decode(msgspec.json.encode(m), type=Message) == m
+
+
+def test_message_timestamp_keeps_microseconds() -> None:
+    ts = datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
+    m = Message("user", "x", timestamp=ts)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(m), type=Message).timestamp == ts
