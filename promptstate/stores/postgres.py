@@ -908,7 +908,7 @@ class _Op:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         pool, conn = self._pool, self._conn
         self._conn = None
         if exc is None:
@@ -916,12 +916,11 @@ class _Op:
                 await pool.release(conn)
             except BaseException as error:
                 self._translate(error)
-            return False
+            return
         # On the way out of a failure or a cancellation, anyio may cancel every await again:
         # release in the background, so the connection is neither lost nor terminated.
         await _release_shielded(pool, conn)
         self._translate(exc)
-        return False  # pragma: no cover - _translate always raises
 
     def _translate(self, exc: BaseException, *, acquiring: bool = False) -> NoReturn:
         if isinstance(exc, (PromptStateError, asyncio.CancelledError)) or not isinstance(
