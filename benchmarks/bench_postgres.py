@@ -2,13 +2,14 @@
 
 One turn is what a chat server does per request: ``load(last=50)`` and then ``append`` of two
 messages (the user's and the assistant's). The raw floor sends the very same SQL through an
-asyncpg pool of the same size and settings, with the messages already encoded and the rows
-left undecoded, so the difference is everything promptstate adds: validation, token
-counting, MessagePack encoding and decoding, building ``Message`` objects, error translation.
+asyncpg pool of the same size and settings; it encodes the two new messages and counts their
+tokens as any code storing them must, but leaves the 50 loaded rows as undecoded bytes. So the
+difference is what promptstate adds: argument validation, decoding rows into ``Message``
+objects, connection handling and error translation.
 
 Run (against the server in POSTGRES_DSN, default postgresql://postgres@127.0.0.1:5432/test)::
 
-    python -m benchmarks.bench_postgres [--turns 400] [--pool-size 16] [--repeat 3]
+    python -m benchmarks.bench_postgres [--turns 200] [--pool-size 16] [--repeat 5]
 
 It creates tables named ``ps_bench_<random>`` and drops them at the end.
 """
@@ -87,44 +88,54 @@ async def main(turns: int, pool_size: int, repeat: int) -> None:
     counter = store._counter
     rows: list[tuple[Any, ...]] = []
     try:
-        for history in HISTORIES:
-            for conc in CONCURRENCY:
-                store_keys = [f"store:{history}:{conc}:{i}" for i in range(conc)]
-                raw_keys = [f"raw:{history}:{conc}:{i}" for i in range(conc)]
-                await _populate(store, store_keys + raw_keys, history)
-                n = turns if conc == 1 else max(turns, conc * 10)
+        cases = [(h, c) for h in HISTORIES for c in CONCURRENCY]
+        keys = {
+            (h, c, side): [f"{side}:{h}:{c}:{i}" for i in range(c)]
+            for h, c in cases
+            for side in ("store", "raw")
+        }
+        started = time.perf_counter()
+        for h, c in cases:
+            await _populate(store, keys[h, c, "store"] + keys[h, c, "raw"], h)
+        async with raw.acquire() as conn:  # settle the tables before timing anything
+            await conn.execute(f'VACUUM ANALYZE "{table}", "{table}_messages"')
+        print(f"populated in {time.perf_counter() - started:.1f} s", flush=True)
 
-                async def store_turn(key: str, i: int) -> None:
-                    await store.load(key, last=50)
-                    await store.append(key, _turn_messages(i))
+        for history, conc in cases:
+            store_keys, raw_keys = keys[history, conc, "store"], keys[history, conc, "raw"]
+            n = turns if conc == 1 else max(turns, conc * 10)
 
-                async def raw_turn(key: str, i: int) -> None:
-                    async with raw.acquire() as conn:
-                        await conn.fetch(load_sql, key, 50)
-                    msgs = _turn_messages(i)
-                    tokens = sum(counter.count(m) for m in msgs)
-                    data = [pack(m) for m in msgs]
-                    async with raw.acquire() as conn:
-                        await conn.fetchval(
-                            append_sql, key, data, 2, tokens, datetime.now(timezone.utc)
-                        )
+            async def store_turn(key: str, i: int) -> None:
+                await store.load(key, last=50)
+                await store.append(key, _turn_messages(i))
 
-                # Warm both up (statement caches, buffers), then alternate timed rounds.
-                await _run(store_turn, store_keys, conc * 2)
-                await _run(raw_turn, raw_keys, conc * 2)
-                store_times, raw_times = [], []
-                for _ in range(repeat):
-                    raw_times.append(await _run(raw_turn, raw_keys, n))
-                    store_times.append(await _run(store_turn, store_keys, n))
-                done = max(1, n // conc) * conc
-                raw_s, store_s = statistics.median(raw_times), statistics.median(store_times)
-                row = (history, conc, raw_s / done, store_s / done, done / raw_s, done / store_s)
-                rows.append(row)
-                print(
-                    f"history {history:>6}  concurrency {conc:>3}: raw {row[2] * 1e6:8.0f} us/turn"
-                    f"  store {row[3] * 1e6:8.0f} us/turn  ({row[3] / row[2]:.2f}x)",
-                    flush=True,
-                )
+            async def raw_turn(key: str, i: int) -> None:
+                async with raw.acquire() as conn:
+                    await conn.fetch(load_sql, key, 50)
+                msgs = _turn_messages(i)
+                tokens = sum(counter.count(m) for m in msgs)
+                data = [pack(m) for m in msgs]
+                async with raw.acquire() as conn:
+                    await conn.fetchval(
+                        append_sql, key, data, 2, tokens, datetime.now(timezone.utc)
+                    )
+
+            # Warm both up (statement caches, buffers), then alternate timed rounds.
+            await _run(store_turn, store_keys, conc * 5)
+            await _run(raw_turn, raw_keys, conc * 5)
+            store_times, raw_times = [], []
+            for _ in range(repeat):
+                raw_times.append(await _run(raw_turn, raw_keys, n))
+                store_times.append(await _run(store_turn, store_keys, n))
+            done = max(1, n // conc) * conc
+            raw_s, store_s = statistics.median(raw_times), statistics.median(store_times)
+            row = (history, conc, raw_s / done, store_s / done, done / raw_s, done / store_s)
+            rows.append(row)
+            print(
+                f"history {history:>6}  concurrency {conc:>3}: raw {row[2] * 1e6:8.0f} us/turn"
+                f"  store {row[3] * 1e6:8.0f} us/turn  ({row[3] / row[2]:.2f}x)",
+                flush=True,
+            )
     finally:
         await raw.close()
         await store.aclose()
@@ -158,8 +169,8 @@ async def main(turns: int, pool_size: int, repeat: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=400, help="turns per timed round")
+    parser.add_argument("--turns", type=int, default=200, help="turns per timed round")
     parser.add_argument("--pool-size", type=int, default=16, help="connections per pool")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds each (median is shown)")
     args = parser.parse_args()
     asyncio.run(main(args.turns, args.pool_size, args.repeat))

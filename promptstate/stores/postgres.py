@@ -897,7 +897,12 @@ class _Op:
             pool = store._pool
             if pool is None:
                 pool = await store._get_pool()
-            self._conn = await pool.acquire(timeout=store._acquire_timeout)
+            timeout = store._acquire_timeout
+            if timeout is not None and pool.get_idle_size():
+                # A connection is free, so nothing to wait for: skip asyncpg's wait_for,
+                # which costs a task per call. (A reconnect is bounded by connect_timeout.)
+                timeout = None
+            self._conn = await pool.acquire(timeout=timeout)
             self._pool = pool
         except BaseException as exc:
             self._translate(exc, acquiring=True)
