@@ -120,15 +120,33 @@ async def main(turns: int, pool_size: int, repeat: int) -> None:
                         append_sql, key, data, 2, tokens, datetime.now(timezone.utc)
                     )
 
-            # Warm both up (statement caches, buffers), then alternate timed rounds.
+            # Warm both up (statement caches, buffers), then alternate between the two, so
+            # that load from elsewhere on the machine hits both alike.
             await _run(store_turn, store_keys, conc * 5)
             await _run(raw_turn, raw_keys, conc * 5)
-            store_times, raw_times = [], []
-            for _ in range(repeat):
-                raw_times.append(await _run(raw_turn, raw_keys, n))
-                store_times.append(await _run(store_turn, store_keys, n))
-            done = max(1, n // conc) * conc
-            raw_s, store_s = statistics.median(raw_times), statistics.median(store_times)
+            if conc == 1:
+                raw_samples, store_samples = [], []
+                for i in range(n * repeat):
+                    for side in ("raw", "store") if i % 2 else ("store", "raw"):
+                        start = time.perf_counter()
+                        if side == "raw":
+                            await raw_turn(raw_keys[0], i)
+                            raw_samples.append(time.perf_counter() - start)
+                        else:
+                            await store_turn(store_keys[0], i)
+                            store_samples.append(time.perf_counter() - start)
+                raw_s, store_s, done = (
+                    statistics.median(raw_samples),
+                    statistics.median(store_samples),
+                    1,
+                )
+            else:
+                store_times, raw_times = [], []
+                for _ in range(repeat):
+                    raw_times.append(await _run(raw_turn, raw_keys, n))
+                    store_times.append(await _run(store_turn, store_keys, n))
+                done = max(1, n // conc) * conc
+                raw_s, store_s = statistics.median(raw_times), statistics.median(store_times)
             row = (history, conc, raw_s / done, store_s / done, done / raw_s, done / store_s)
             rows.append(row)
             print(

@@ -653,16 +653,12 @@ class PostgresStore(Store):
         unique = list(dict.fromkeys(wanted))
         async with self._conn(f"get_many of {len(unique)} keys") as conn:
             rows = await conn.fetch(sql, unique)
-        found = {row[0]: self._state(row[0], row, 1) for row in rows}
-        # Each position gets its own object, so a caller mutating one leaves the others alone.
+        found = {row[0]: row for row in rows}
         result: list[State | None] = []
-        seen: set[str] = set()
         for key in wanted:
-            state = found.get(key)
-            if state is not None and key in seen:
-                state = msgspec.convert(msgspec.to_builtins(state), State)
-            seen.add(key)
-            result.append(state)
+            row = found.get(key)
+            # Each position gets its own object, so a caller changing one leaves the others be.
+            result.append(None if row is None else self._state(key, row, 1))
         return result
 
     async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from promptstate import (
+    CorruptStateError,
     Message,
     PostgresStore,
     State,
@@ -451,3 +453,65 @@ async def test_expired_session_revived_by_set_starts_afresh(postgres_dsn: str, t
         assert [m.content for m in await store.load("r")] == ["new0"]
         await store.save("r", msgs("saved", 2))
         assert [m.content for m in await store.load("r", last=5)] == ["saved0", "saved1"]
+
+
+# -- bad data ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"user_id": "nul\x00inside"},
+        {"user_id": 42},
+        {"user_id": "\ud800"},
+        {"total_cost": "free"},
+        {"total_cost": float("nan")},
+        {"created_at": "yesterday"},
+        {"metadata": {"obj": object()}},
+        {"messages": [Message("user", "x", metadata={"obj": object()})]},
+    ],
+)
+async def test_unstorable_state_fields_raise_validation_error_and_store_nothing(
+    postgres_dsn: str, table: str, change: dict[str, Any]
+) -> None:
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        await store.set("v", State(conversation_id="v", user_id="keep"))
+        bad = msgspec.structs.replace(State(conversation_id="v"), **change)
+        with pytest.raises(ValidationError):
+            await store.set("v", bad)
+        got = await store.get("v")
+        assert (got.user_id, got.version) == ("keep", 1)
+
+
+async def test_corrupt_rows_raise_corrupt_state_error(
+    postgres_dsn: str, table: str, pg: Any
+) -> None:
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        await store.append("c", msgs("m", 2))
+        await pg.execute(f'UPDATE "{table}_messages" SET data = $1 WHERE seq = 2', b"\xc1")
+        with pytest.raises(CorruptStateError, match="'c'"):
+            await store.get("c")
+        with pytest.raises(CorruptStateError):
+            await store.load("c", last=1)
+        assert [m.content for m in await store.load("c", last=0)] == []
+
+
+async def test_get_many_gives_each_position_its_own_state(postgres_dsn: str, table: str) -> None:
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        await store.set("d", State(conversation_id="d", metadata={"raw": b"\x00\x01"}))
+        first, second = await store.get_many(["d", "d"])
+        assert first is not None
+        assert second is not None
+        assert first is not second
+        assert first.metadata == {"raw": b"\x00\x01"}
+        first.metadata["raw"] = b""
+        assert second.metadata == {"raw": b"\x00\x01"}
+
+
+async def test_dropped_tables_are_recreated(postgres_dsn: str, table: str, pg: Any) -> None:
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        await store.append("x", msgs("m", 1))
+        await pg.execute(f'DROP TABLE "{table}_messages", "{table}", "{table}_migrations"')
+        with pytest.raises(StoreUnavailableError, match="missing"):
+            await store.append("x", msgs("m", 1))
+        assert await store.append("x", msgs("m", 1)) == 1
