@@ -391,7 +391,8 @@ class PostgresStore(Store):
                 )
             self._pool = pool
         self._ready = False
-        self._start_lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()  # first-use setup only, never held by operations
+        self._pool_lock = asyncio.Lock()
         self._next_purge = 0.0
 
     @classmethod
@@ -509,12 +510,14 @@ class PostgresStore(Store):
             self._ready = True
 
     async def _get_pool(self) -> Any:
-        if self._pool is None:
-            asyncpg = _import_asyncpg()
-            try:
-                self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
-            except BaseException as exc:
-                _reraise(exc, "opening the connection pool")
+        async with self._pool_lock:
+            if self._pool is None:
+                self._check_open()
+                asyncpg = _import_asyncpg()
+                try:
+                    self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
+                except BaseException as exc:
+                    _reraise(exc, "opening the connection pool")
         return self._pool
 
     async def setup(self) -> list[int]:
@@ -1066,7 +1069,8 @@ def _reraise(exc: BaseException, what: str) -> NoReturn:
     name = type(exc).__name__
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
         raise StoreUnavailableError(
-            f"PostgreSQL is unreachable ({what}): {type(exc).__name__}: {_safe(exc)}"
+            f"PostgreSQL is unreachable or did not answer in time ({what}): "
+            f"{type(exc).__name__}: {_safe(exc)}"
         ) from exc
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "?")
