@@ -79,7 +79,13 @@ async def _run(turn: Callable[[str, int], Awaitable[None]], keys: list[str], tur
     return time.perf_counter() - start
 
 
-async def main(turns: int, pool_size: int, repeat: int) -> None:
+async def main(
+    turns: int,
+    pool_size: int,
+    repeat: int,
+    histories: tuple[int, ...] = HISTORIES,
+    concurrency: tuple[int, ...] = CONCURRENCY,
+) -> None:
     table = f"ps_bench_{uuid.uuid4().hex[:10]}"
     store = PostgresStore.from_dsn(DSN, table_name=table, min_size=pool_size, max_size=pool_size)
     raw = await asyncpg.create_pool(DSN, min_size=pool_size, max_size=pool_size, reset=_no_reset)
@@ -94,7 +100,7 @@ async def main(turns: int, pool_size: int, repeat: int) -> None:
         await store.append(key, _turn_messages(i))
 
     try:
-        cases = [(h, c) for h in HISTORIES for c in CONCURRENCY]
+        cases = [(h, c) for h in histories for c in concurrency]
         keys = {
             (h, c, side): [f"{side}:{h}:{c}:{i}" for i in range(c)]
             for h, c in cases
@@ -173,7 +179,7 @@ async def main(turns: int, pool_size: int, repeat: int) -> None:
                 flush=True,
             )
         # Does a turn cost more on a long conversation? Alternate the two histories, paired.
-        for conc in CONCURRENCY:
+        for conc in concurrency if {10, 10_000} <= set(histories) else ():
             short, long = keys[10, conc, "store"], keys[10_000, conc, "store"]
             n = turns if conc == 1 else max(turns, conc * 10)
             ratios = []
@@ -224,5 +230,15 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=200, help="turns per timed round")
     parser.add_argument("--pool-size", type=int, default=16, help="connections per pool")
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds each")
+    parser.add_argument("--histories", type=int, nargs="+", default=list(HISTORIES))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     args = parser.parse_args()
-    asyncio.run(main(args.turns, args.pool_size, args.repeat))
+    asyncio.run(
+        main(
+            args.turns,
+            args.pool_size,
+            args.repeat,
+            tuple(args.histories),
+            tuple(args.concurrency),
+        )
+    )

@@ -59,6 +59,7 @@ _EMPTY_DICT = pack({})
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _OWNED: Any = object()  # the pool argument from_dsn passes: "build and own a pool"
+_timeout_scope: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
 def _import_asyncpg() -> Any:
@@ -897,11 +898,17 @@ class _Op:
             if pool is None:
                 pool = await store._get_pool()
             timeout = store._acquire_timeout
-            if timeout is not None and pool.get_idle_size():
-                # A connection is free, so nothing to wait for: skip asyncpg's wait_for,
-                # which costs a task per call. (A reconnect is bounded by connect_timeout.)
-                timeout = None
-            self._conn = await pool.acquire(timeout=timeout)
+            if timeout is None or pool.get_idle_size():
+                # A connection is free, so nothing to wait for (a reconnect is bounded by
+                # connect_timeout).
+                self._conn = await pool.acquire()
+            elif _timeout_scope is not None:
+                # asyncpg's own timeout is asyncio.wait_for, a task per call: under load,
+                # when every call waits for a connection, that is most of the client's work.
+                async with _timeout_scope(timeout):
+                    self._conn = await pool.acquire()
+            else:  # pragma: no cover - Python 3.10
+                self._conn = await pool.acquire(timeout=timeout)
             self._pool = pool
         except BaseException as exc:
             self._translate(exc, acquiring=True)
