@@ -898,7 +898,7 @@ class _Op:
             if pool is None:
                 pool = await store._get_pool()
             timeout = store._acquire_timeout
-            if timeout is None or pool.get_idle_size():
+            if timeout is None or _has_free_connection(pool):
                 # A connection is free, so nothing to wait for (a reconnect is bounded by
                 # connect_timeout).
                 self._conn = await pool.acquire()
@@ -985,6 +985,14 @@ def _close_orphan(future: asyncio.Future[Any]) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     future.result().terminate()
+
+
+def _has_free_connection(pool: Any) -> bool:
+    """Whether ``pool.acquire()`` would not wait for another caller's release."""
+    free = getattr(pool, "_queue", None)  # asyncpg's queue of free holders: O(1) to ask
+    if free is not None and hasattr(free, "empty"):
+        return not free.empty()
+    return bool(pool.get_idle_size())  # pragma: no cover - other asyncpg versions
 
 
 async def _no_reset(conn: Any) -> None:
