@@ -67,16 +67,22 @@ async def _populate(store: PostgresStore, keys: list[str], history: int) -> None
 
 
 async def _run(turn: Callable[[str, int], Awaitable[None]], keys: list[str], turns: int) -> float:
-    """Run ``turns`` turns spread over ``keys`` (one task per key); returns seconds taken."""
+    """Run ``turns`` turns spread over ``keys`` (one task per key); returns seconds taken.
+
+    The client process's CPU seconds are added to ``_CPU[turn]``."""
     per_key = max(1, turns // len(keys))
 
     async def worker(key: str) -> None:
         for i in range(per_key):
             await turn(key, i)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(k) for k in keys))
+    _CPU[turn] = _CPU.get(turn, 0.0) + time.process_time() - cpu
     return time.perf_counter() - start
+
+
+_CPU: dict[Any, float] = {}
 
 
 async def main(
@@ -134,15 +140,18 @@ async def main(
             await _run(raw_turn, raw_keys, conc * 5)
             if conc == 1:
                 raw_samples, store_samples = [], []
+                cpu = {"raw": 0.0, "store": 0.0}
                 for i in range(n * repeat):
                     for side in ("raw", "store") if i % 2 else ("store", "raw"):
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         if side == "raw":
                             await raw_turn(raw_keys[0], i)
                             raw_samples.append(time.perf_counter() - start)
                         else:
                             await store_turn(store_keys[0], i)
                             store_samples.append(time.perf_counter() - start)
+                        cpu[side] += time.process_time() - cpu_start
+                raw_cpu, store_cpu = cpu["raw"] / (n * repeat), cpu["store"] / (n * repeat)
                 # The lower quartile: on a shared machine the upper half of the turns mostly
                 # measures the scheduler, not the code.
                 raw_s, store_s, done = (
@@ -155,11 +164,14 @@ async def main(
                 )
             else:
                 store_times, raw_times = [], []
+                _CPU.clear()
                 for _ in range(repeat):
                     raw_times.append(await _run(raw_turn, raw_keys, n))
                     store_times.append(await _run(store_turn, store_keys, n))
                 done = max(1, n // conc) * conc
                 raw_s, store_s = min(raw_times), min(store_times)  # the least disturbed round
+                raw_cpu = _CPU[raw_turn] / (done * repeat)
+                store_cpu = _CPU[store_turn] / (done * repeat)
                 paired = statistics.median(
                     st / rt for st, rt in zip(store_times, raw_times, strict=True)
                 )
@@ -171,6 +183,8 @@ async def main(
                 done / raw_s,
                 done / store_s,
                 paired,
+                raw_cpu,
+                store_cpu,
             )
             rows.append(row)
             print(
@@ -209,13 +223,15 @@ async def main(
     print()
     print(
         "| history | sessions | raw asyncpg µs/turn | PostgresStore µs/turn "
-        "| raw turns/s | store turns/s | store/raw time (paired) | store/raw throughput |"
+        "| raw turns/s | store turns/s | store/raw time (paired) | store/raw throughput "
+        "| client CPU µs/turn raw / store |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for history, conc, raw_t, store_t, raw_tp, store_tp, paired in rows:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for history, conc, raw_t, store_t, raw_tp, store_tp, paired, raw_c, store_c in rows:
         print(
             f"| {history:,} | {conc} | {raw_t * 1e6:,.0f} | {store_t * 1e6:,.0f} "
-            f"| {raw_tp:,.0f} | {store_tp:,.0f} | {paired:.2f}x | {1 / paired:.2f}x |"
+            f"| {raw_tp:,.0f} | {store_tp:,.0f} | {paired:.2f}x | {1 / paired:.2f}x "
+            f"| {raw_c * 1e6:,.0f} / {store_c * 1e6:,.0f} |"
         )
     print()
     for conc, ratio in growth.items():

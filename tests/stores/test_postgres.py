@@ -261,6 +261,7 @@ async def test_prefix_listing_is_served_by_the_primary_key(
         assert [k async for k in store.list_keys("a%_\\")] == ["a%_\\b:1"]
 
 
+@pytest.mark.slow
 async def test_concurrent_setup_in_four_processes_migrates_once(
     postgres_dsn: str, table: str, pg: Any
 ) -> None:
