@@ -44,7 +44,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import Store
+from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.stores.url import _redact, query_options, register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, utcnow
@@ -198,16 +198,16 @@ class _SQL:
         def if_live(expr: str, otherwise: str) -> str:
             return f"CASE WHEN {live_s} THEN {expr} ELSE {otherwise} END"
 
-        # append: $1 key, $2 messages, $3 how many, $4 their tokens, $5 now
+        # append: $1 key, $2 messages, $3 how many, $4 their tokens, $5 now, $6 cost to add
         self.append = (
             f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
-            f" ($1, NULL, 1, $4::bigint, 0, '\\x80'::bytea, $3::bigint, $3::bigint,"
+            f" ($1, NULL, 1, $4::bigint, $6::float8, '\\x80'::bytea, $3::bigint, $3::bigint,"
             f" $5::timestamptz, $5::timestamptz, {exp})"
             " ON CONFLICT (key) DO UPDATE SET"
             f" version = {if_live('s.version + 1', '1')},"
             f" user_id = {if_live('s.user_id', 'NULL')},"
             f" token_count = {if_live('s.token_count', '0')} + EXCLUDED.token_count,"
-            f" total_cost = {if_live('s.total_cost', '0')},"
+            f" total_cost = {if_live('s.total_cost', '0')} + EXCLUDED.total_cost,"
             f" metadata = {if_live('s.metadata', 'EXCLUDED.metadata')},"
             f" message_count = {if_live('s.message_count', '0')} + EXCLUDED.message_count,"
             " last_seq = s.last_seq + EXCLUDED.message_count,"
@@ -263,6 +263,29 @@ class _SQL:
             f" updated_at = $5::timestamptz, expires_at = {exp}"
             f" WHERE s.key = $1 AND {live_s} AND s.version = $10::bigint {returning}),"
             f" {gc}, {ins} SELECT version FROM up"
+        )
+        # append_turn, step 1: the count, version and the message where a retried turn
+        # would start ($2: the turn's length); step 2: append if the version is unchanged.
+        self.turn_probe = (
+            "SELECT s.message_count, s.version, (SELECT m.data FROM"
+            f" {m} m WHERE m.session_key = s.key AND s.message_count >= $2::bigint"
+            " AND m.seq = s.last_seq - $2::bigint + 1)"
+            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
+        self.turn_cas = (
+            f"WITH up AS (UPDATE {t} s SET version = s.version + 1,"
+            " token_count = s.token_count + $4::bigint, total_cost = s.total_cost + $6::float8,"
+            " message_count = s.message_count + $3::bigint, last_seq = s.last_seq + $3::bigint,"
+            f" updated_at = $5::timestamptz, expires_at = {exp}"
+            f" WHERE s.key = $1 AND {live_s} AND s.version = $7::bigint {returning}),"
+            f" {gc}, {ins} SELECT message_count FROM up"
+        )
+        self.turn_new = (
+            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
+            f" ($1, NULL, 1, $4::bigint, $6::float8, '\\x80'::bytea, $3::bigint, $3::bigint,"
+            f" $5::timestamptz, $5::timestamptz, {exp})"
+            f" ON CONFLICT (key) DO UPDATE SET version = 1,{replace_all}"
+            f" WHERE NOT {live_s} {returning}), {gc}, {ins} SELECT message_count FROM up"
         )
         self.delete = f"DELETE FROM {t} s WHERE s.key = $1 RETURNING {live_s}"
 
@@ -749,8 +772,71 @@ class PostgresStore(Store):
             len(encoded),
             tokens,
             utcnow(),
+            0.0,
         )
         return int(count)
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        """Append one turn and add ``cost``, in one statement; see :meth:`Store.append_turn`.
+
+        Without ``turn_id`` and ``expected_count`` this is one round trip, like
+        :meth:`append`. With them it is two: a read of the count, the version and the one
+        message where a retried turn would start, then an append conditional on the version
+        (repeated if another writer came in between). Neither grows with the history.
+        """
+        sql = self._sql
+        if turn_id is None and expected_count is None:
+            if not messages:
+                return await self.append(session_id, messages)
+            _, encoded, tokens = self._encode(messages, session_id)
+            count = await self._write(
+                "append_turn to",
+                sql.append,
+                session_id,
+                encoded,
+                len(encoded),
+                tokens,
+                utcnow(),
+                cost,
+            )
+            return int(count)
+        _, encoded, tokens = self._encode(messages, session_id)
+        while True:
+            async with self._conn("append_turn to", session_id) as conn:
+                row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
+                count, version, start = (0, 0, None) if row is None else row
+                if (
+                    turn_id is not None
+                    and encoded
+                    and start is not None
+                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
+                    == turn_id
+                ):
+                    return int(count)
+                if expected_count is not None and expected_count != count:
+                    raise ConflictError(
+                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
+                    )
+                if not encoded:
+                    return int(count)
+                args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
+                if version:
+                    new_count = await conn.fetchval(sql.turn_cas, *args, version)
+                else:
+                    new_count = await conn.fetchval(sql.turn_new, *args)
+                if new_count is None:
+                    continue  # another writer came in between: look again
+                if self._maybe_purge_due():
+                    await self._opportunistic_purge(conn)
+                return int(new_count)
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         _, encoded, tokens = self._encode(messages, session_id)

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from promptstate import (
+    ConflictError,
     CorruptStateError,
     Message,
     PostgresStore,
@@ -516,3 +517,34 @@ async def test_dropped_tables_are_recreated(postgres_dsn: str, table: str, pg: A
         with pytest.raises(StoreUnavailableError, match="missing"):
             await store.append("x", msgs("m", 1))
         assert await store.append("x", msgs("m", 1)) == 1
+
+
+# -- append_turn ------------------------------------------------------------------------------
+
+
+async def test_append_turn_concurrent_and_retried(postgres_dsn: str, table: str) -> None:
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table, max_size=8) as store:
+
+        def pair(i: int) -> list[Message]:
+            return [Message("user", f"q{i}"), Message("assistant", f"a{i}")]
+
+        async def turn(i: int) -> None:
+            await store.append_turn("t", pair(i), cost=0.25, turn_id=f"turn-{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(turn, i)
+        state = await store.get("t")
+        contents = [m.content for m in state.messages]
+        questions = contents[::2]
+        assert sorted(questions) == sorted(f"q{i}" for i in range(16))
+        assert [f"a{q[1:]}" for q in questions] == contents[1::2]  # pairs stay whole
+        assert state.total_cost == pytest.approx(16 * 0.25)
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        # The retry of the last turn (its reply was lost) stores nothing and costs nothing.
+        last = int(questions[-1][1:])
+        assert await store.append_turn("t", pair(last), cost=0.25, turn_id=f"turn-{last}") == 32
+        assert (await store.get("t")).total_cost == pytest.approx(16 * 0.25)
+        with pytest.raises(ConflictError, match="holds 32 messages, expected 30"):
+            await store.append_turn("t", pair(99), expected_count=30)
+        assert await store.append_turn("t", pair(99), expected_count=32) == 34
