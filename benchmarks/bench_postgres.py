@@ -215,7 +215,8 @@ async def main(
         conn = await asyncpg.connect(DSN)
         try:
             await conn.execute(
-                f'DROP TABLE IF EXISTS "{table}_messages", "{table}", "{table}_migrations"'
+                f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
+                f'"{table}_migrations", "{table}_leases"'
             )
         finally:
             await conn.close()

@@ -76,9 +76,9 @@ def _import_asyncpg() -> Any:
 
 #: The numbered schema migrations, applied in order by :meth:`PostgresStore.setup`. Each is
 #: ``(version, name, statements)``; the statements are format strings over the quoted names
-#: (``{t}`` sessions table, ``{m}`` messages table, ``{p}`` the bare name for constraint and
-#: index names). Every statement runs inside one transaction: nothing here may need to run
-#: outside one (no ``CREATE INDEX CONCURRENTLY``, no ``VACUUM``).
+#: (``{t}`` sessions table, ``{m}`` messages table, ``{l}`` leases table, ``{p}`` the bare name
+#: for constraint and index names). Every statement runs inside one transaction: nothing here
+#: may need to run outside one (no ``CREATE INDEX CONCURRENTLY``, no ``VACUUM``).
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
         1,
@@ -109,6 +109,18 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             'CREATE INDEX "{p}_expires_idx" ON {t} (expires_at) WHERE expires_at IS NOT NULL',
         ),
     ),
+    (
+        2,
+        "turn leases shared by processes",
+        (
+            """CREATE TABLE {l} (
+                key text COLLATE "C" NOT NULL,
+                owner text NOT NULL,
+                expires_at timestamptz NOT NULL,
+                CONSTRAINT "{p}_lease_pkey" PRIMARY KEY (key)
+            )""",
+        ),
+    ),
 )
 
 
@@ -131,6 +143,7 @@ class _Names:
         self.sessions = f'{q}"{table}"'
         self.messages = f'{q}"{table}_messages"'
         self.migrations = f'{q}"{table}_migrations"'
+        self.leases = f'{q}"{table}_leases"'
         digest = hashlib.blake2b(f"promptstate:{table_name}".encode(), digest_size=8).digest()
         self.lock_id = int.from_bytes(digest, "big", signed=True)
 
@@ -320,6 +333,19 @@ class _SQL:
             f" WHERE expires_at <= now() LIMIT {_PURGE_BATCH} FOR UPDATE SKIP LOCKED)"
             " RETURNING 1) SELECT count(*) FROM d"
         )
+        lease = names.leases
+        until = "now() + make_interval(secs => $3::float8)"
+        self.lease_acquire = (
+            f"INSERT INTO {lease} AS l (key, owner, expires_at) VALUES ($1, $2, {until})"
+            " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
+            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() RETURNING true"
+        )
+        self.lease_renew = (
+            f"UPDATE {lease} SET expires_at = {until}"
+            " WHERE key = $1 AND owner = $2 AND expires_at > now() RETURNING true"
+        )
+        self.lease_release = f"DELETE FROM {lease} WHERE key = $1 AND owner = $2 RETURNING true"
+        self.lease_purge = f"DELETE FROM {lease} WHERE expires_at <= now() - interval '1 hour'"
         self.sessions, self.messages_table, self.exp = t, m, exp
         self.head, self.msgs, self.live_s = head, msgs, live_s
 
@@ -572,7 +598,9 @@ class PostgresStore(Store):
                     continue
                 for statement in statements:
                     await conn.execute(
-                        statement.format(t=names.sessions, m=names.messages, p=names.bare)
+                        statement.format(
+                            t=names.sessions, m=names.messages, l=names.leases, p=names.bare
+                        )
                     )
                 await conn.execute(
                     f"INSERT INTO {names.migrations} (version, name) VALUES ($1, $2)",
@@ -642,6 +670,7 @@ class PostgresStore(Store):
         self._check_open()
         total = 0
         async with self._conn("purge_expired") as conn:
+            await conn.execute(self._sql.lease_purge)
             while True:
                 removed = int(await conn.fetchval(self._sql.purge))
                 total += removed
@@ -951,6 +980,31 @@ class PostgresStore(Store):
                 version=row[0],
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+
+        Leases live in ``<table_name>_leases`` with a server-clock expiry, so every process
+        using the table sees the same leases; the pipeline uses them to run one turn of a
+        session at a time across processes.
+        """
+        self._check_open()
+        async with self._conn("take the lease on", key) as conn:
+            return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
+
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
+        self._check_open()
+        async with self._conn("renew the lease on", key) as conn:
+            return bool(await conn.fetchval(self._sql.lease_renew, key, owner, float(ttl)))
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
+        self._check_open()
+        async with self._conn("release the lease on", key) as conn:
+            return bool(await conn.fetchval(self._sql.lease_release, key, owner))
 
 
 class _Op:

@@ -22,6 +22,7 @@ from promptstate import (
     ValidationError,
     open_store,
 )
+from promptstate.locks import SupportsLease
 from promptstate.stores.base import Store
 from promptstate.stores.postgres import MIGRATIONS
 from promptstate.testing import StoreConformance, StoreFactory
@@ -40,7 +41,8 @@ async def drop_tables(dsn: str, table: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
-            f'DROP TABLE IF EXISTS "{table}_messages", "{table}", "{table}_migrations"'
+            f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
+            f'"{table}_migrations", "{table}_leases"'
         )
     finally:
         await conn.close()
@@ -513,7 +515,9 @@ async def test_get_many_gives_each_position_its_own_state(postgres_dsn: str, tab
 async def test_dropped_tables_are_recreated(postgres_dsn: str, table: str, pg: Any) -> None:
     async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
         await store.append("x", msgs("m", 1))
-        await pg.execute(f'DROP TABLE "{table}_messages", "{table}", "{table}_migrations"')
+        await pg.execute(
+            f'DROP TABLE "{table}_messages", "{table}", "{table}_migrations", "{table}_leases"'
+        )
         with pytest.raises(StoreUnavailableError, match="missing"):
             await store.append("x", msgs("m", 1))
         assert await store.append("x", msgs("m", 1)) == 1
@@ -548,3 +552,24 @@ async def test_append_turn_concurrent_and_retried(postgres_dsn: str, table: str)
         with pytest.raises(ConflictError, match="holds 32 messages, expected 30"):
             await store.append_turn("t", pair(99), expected_count=30)
         assert await store.append_turn("t", pair(99), expected_count=32) == 34
+
+
+# -- turn leases ------------------------------------------------------------------------------
+
+
+async def test_leases_are_shared_by_stores_on_one_table(postgres_dsn: str, table: str) -> None:
+    one = PostgresStore.from_dsn(postgres_dsn, table_name=table)
+    two = PostgresStore.from_dsn(postgres_dsn, table_name=table)
+    async with one, two:
+        assert isinstance(one, SupportsLease)
+        assert await one.acquire_lease("s", "owner-1", 0.4) is True
+        assert await two.acquire_lease("s", "owner-2", 0.4) is False
+        assert await two.renew_lease("s", "owner-2", 0.4) is False
+        assert await one.renew_lease("s", "owner-1", 0.4) is True
+        assert await two.release_lease("s", "owner-2") is False
+        assert await one.release_lease("s", "owner-1") is True
+        assert await two.acquire_lease("s", "owner-2", 0.3) is True
+        await anyio.sleep(0.45)  # owner-2 died: its lease expires
+        assert await two.renew_lease("s", "owner-2", 0.3) is False
+        assert await one.acquire_lease("s", "owner-1", 5) is True
+        assert await one.acquire_lease("other", "owner-1", 5) is True  # per session
