@@ -131,7 +131,7 @@ async def main(
                 data = [pack(m) for m in msgs]
                 async with raw.acquire() as conn:
                     await conn.fetchval(
-                        append_sql, key, data, 2, tokens, datetime.now(timezone.utc)
+                        append_sql, key, data, 2, tokens, datetime.now(timezone.utc), 0.0
                     )
 
             # Warm both up (statement caches, buffers), then alternate between the two, so
