@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,6 +34,8 @@ from tests.servers import free_port
 asyncpg = pytest.importorskip("asyncpg")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def unique_table() -> str:
@@ -573,3 +578,11 @@ async def test_leases_are_shared_by_stores_on_one_table(postgres_dsn: str, table
         assert await two.renew_lease("s", "owner-2", 0.3) is False
         assert await one.acquire_lease("s", "owner-1", 5) is True
         assert await one.acquire_lease("other", "owner-1", 5) is True  # per session
+
+
+def test_import_promptstate_does_not_import_asyncpg() -> None:
+    code = "import sys, promptstate; promptstate.PostgresStore; print('asyncpg' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
