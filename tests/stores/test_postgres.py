@@ -29,7 +29,7 @@ from promptstate.locks import SupportsLease
 from promptstate.stores.base import Store
 from promptstate.stores.postgres import MIGRATIONS
 from promptstate.testing import StoreConformance, StoreFactory
-from tests.servers import free_port
+from tests.servers import PostgresProcess, free_port
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -586,3 +586,30 @@ def test_import_promptstate_does_not_import_asyncpg() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+async def test_server_restart_fails_calls_then_recovers() -> None:
+    """A throwaway server of our own, stopped and started again under a running store."""
+    server = await anyio.to_thread.run_sync(PostgresProcess)
+    try:
+        await anyio.to_thread.run_sync(server.start)
+        async with PostgresStore.from_dsn(
+            server.dsn, table_name="restart", min_size=2, max_size=2, connect_timeout=2
+        ) as store:
+            await store.append("r", msgs("before", 2))
+            await anyio.to_thread.run_sync(server.stop)
+            with pytest.raises(StoreUnavailableError):
+                await store.append("r", msgs("during", 1))
+            with pytest.raises(StoreUnavailableError):
+                await store.load("r", last=1)
+            await anyio.to_thread.run_sync(server.start)
+            for _ in range(3):  # a connection that died with the server fails once at most
+                try:
+                    assert await store.append("r", msgs("after", 1)) == 3
+                    break
+                except StoreUnavailableError:
+                    continue
+            assert [m.content for m in await store.load("r")] == ["before0", "before1", "after0"]
+    finally:
+        await anyio.to_thread.run_sync(server.__exit__, None, None, None)
