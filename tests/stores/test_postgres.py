@@ -613,3 +613,31 @@ async def test_server_restart_fails_calls_then_recovers() -> None:
             assert [m.content for m in await store.load("r")] == ["before0", "before1", "after0"]
     finally:
         await anyio.to_thread.run_sync(server.__exit__, None, None, None)
+
+
+async def test_every_read_restarts_the_ttl_with_touch_on_read(
+    postgres_dsn: str, table: str, pg: Any
+) -> None:
+    async with PostgresStore.from_dsn(
+        postgres_dsn, table_name=table, ttl=60, touch_on_read=True
+    ) as store:
+        await store.append("t:1", msgs("m", 3))
+
+        async def expiry() -> Any:
+            return await pg.fetchval(f'SELECT expires_at FROM "{table}" WHERE key = $1', "t:1")
+
+        reads = [
+            lambda: store.get("t:1"),
+            lambda: store.get_many(["t:1", "nope"]),
+            lambda: store.load("t:1"),
+            lambda: store.load("t:1", last=2),
+            lambda: anext(aiter(store.list_by_prefix("t:"))),
+        ]
+        for read in reads:
+            before = await expiry()
+            await anyio.sleep(0.01)
+            result = await read()
+            assert result
+            assert await expiry() > before
+        state = await store.get("t:1")
+        assert (state.version, len(state.messages)) == (1, 3)  # reads wrote nothing else
