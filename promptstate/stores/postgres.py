@@ -567,7 +567,7 @@ class PostgresStore(Store):
                 try:
                     self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
                 except BaseException as exc:
-                    _reraise(exc, "opening the connection pool")
+                    _reraise_opening(exc, self._dsn)
         return self._pool
 
     async def setup(self) -> list[int]:
@@ -1156,6 +1156,12 @@ def _check_dsn(dsn: object) -> None:
         raise ValidationError(f"a PostgreSQL DSN must be a str, got {type(dsn).__name__}")
     scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else ""
     if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(dsn)
+            if "," not in parts.netloc:  # several hosts (h1:5432,h2:5432) are asyncpg's to parse
+                parts.port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise ValidationError(f"the DSN's port is not a number: {_redact(dsn)!r}") from exc
         return
     if scheme.startswith(("postgresql+", "postgres+")):
         fixed = "postgresql://" + dsn.split("://", 1)[1]
@@ -1249,6 +1255,32 @@ def _reraise(exc: BaseException, what: str) -> NoReturn:
     if _from_asyncpg(exc):
         raise StoreUnavailableError(f"PostgreSQL driver error ({what}): {name}: {exc}") from exc
     raise exc
+
+
+def _reraise_opening(exc: BaseException, dsn: str) -> NoReturn:
+    """Translate an error from building the pool; a bad DSN or option is a ValidationError.
+
+    The DSN's password is blanked out of the message, whatever the driver put in it.
+    """
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+
+    def scrub(text: str) -> str:
+        return text.replace(password, "***") if password else text
+
+    asyncpg = _import_asyncpg()
+    if isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
+        raise ValidationError(
+            scrub(f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}")
+        ) from exc
+    try:
+        _reraise(exc, "opening the connection pool")
+    except PromptStateError as error:
+        if password and password in str(error):
+            raise type(error)(scrub(str(error))) from exc
+        raise
 
 
 def _safe(exc: BaseException) -> str:

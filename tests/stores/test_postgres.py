@@ -641,3 +641,16 @@ async def test_every_read_restarts_the_ttl_with_touch_on_read(
             assert await expiry() > before
         state = await store.get("t:1")
         assert (state.version, len(state.messages)) == (1, 3)  # reads wrote nothing else
+
+
+async def test_bad_dsn_parts_are_validation_errors_without_password() -> None:
+    with pytest.raises(ValidationError, match="port") as info:
+        PostgresStore.from_dsn("postgresql://u:hunter2@127.0.0.1:abc/db")
+    assert "hunter2" not in str(info.value)
+    store = PostgresStore.from_dsn("postgresql://u:hunter2@127.0.0.1:5432/db?sslmode=bogus")
+    with pytest.raises(ValidationError, match="sslmode") as info:
+        await store.append("k", msgs("m", 1))
+    assert "hunter2" not in str(info.value)
+    await store.aclose()
+    # Several hosts are asyncpg's to parse; the store accepts the form.
+    await PostgresStore.from_dsn("postgresql://u:hunter2@h1:5432,h2:5433/db").aclose()
