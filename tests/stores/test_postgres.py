@@ -29,7 +29,7 @@ from promptstate.locks import SupportsLease
 from promptstate.stores.base import Store
 from promptstate.stores.postgres import MIGRATIONS
 from promptstate.testing import StoreConformance, StoreFactory
-from tests.servers import PostgresProcess, free_port
+from tests.servers import PostgresProcess, drop_postgres_tables, free_port
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -42,15 +42,7 @@ def unique_table() -> str:
     return f"ps_test_{uuid.uuid4().hex[:16]}"
 
 
-async def drop_tables(dsn: str, table: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
-            f'"{table}_migrations", "{table}_leases"'
-        )
-    finally:
-        await conn.close()
+drop_tables = drop_postgres_tables
 
 
 class TestPostgresStoreConformance(StoreConformance):
