@@ -36,7 +36,7 @@ from promptstate.sdk import (
     load_pack,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
+from promptstate.stores import MemoryStore, PostgresStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
 from promptstate.tools import Tool, tool
 from promptstate.truncation import (
@@ -47,6 +47,10 @@ from promptstate.truncation import (
     truncate_messages,
 )
 from promptstate.types import Message, State, ToolCall, Usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from promptstate.stores.redis import RedisStore
 
 __version__ = "0.1.0"
 
@@ -71,11 +75,13 @@ __all__ = [
     "NotFoundError",
     "OpenAIProvider",
     "Pipeline",
+    "PostgresStore",
     "PromptPack",
     "PromptPackError",
     "PromptStateError",
     "Provider",
     "ProviderError",
+    "RedisStore",
     "Response",
     "SCHEMA_VERSION",
     "SQLiteStore",
@@ -104,3 +110,13 @@ __all__ = [
     "tool",
     "truncate_messages",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Stores whose driver is an optional extra are imported on first use (PEP 562), so that
+    # ``import promptstate`` works without them.
+    if name == "RedisStore":
+        from promptstate.stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'promptstate' has no attribute {name!r}")
