@@ -36,7 +36,14 @@ from promptstate.sdk import (
     load_pack,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, PostgresStore, SQLiteStore, Store, open_store
+from promptstate.stores import (
+    CachedStore,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
 from promptstate.tools import Tool, tool
 from promptstate.truncation import (
@@ -56,6 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnthropicProvider",
+    "CachedStore",
     "Chunk",
     "ClosedError",
     "Completion",
