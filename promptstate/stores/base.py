@@ -15,6 +15,7 @@ done for it.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -51,6 +52,9 @@ TURN_ID_KEY = "turn_id"
 MAX_KEY_LENGTH = 512
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+_json_encode = msgspec.json.Encoder().encode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,7 +120,45 @@ def _check_messages(messages: object, method: str) -> list[Message]:
             raise ValidationError(
                 f"{method}() takes a list of Message, got an item of type {type(item).__name__}"
             )
+        _check_storable(item, f"a message given to {method}()")
     return items
+
+
+def _check_storable(obj: Message | State, what: str) -> None:
+    """Refuse what a store could write but never read back, or not write at all.
+
+    Every store keeps messages as MessagePack and exports states as JSON: a message whose
+    ``metadata`` has a non-``str`` key would be written and then fail to decode on every later
+    read of the session, and values neither format can hold (arbitrary objects, lone
+    surrogates, ints beyond 64 bits, non-``str`` keys in nested dicts) would raise a bare
+    ``TypeError`` / ``OverflowError`` from deep inside a backend.
+    """
+    metadata = obj.metadata
+    if metadata:
+        if not isinstance(metadata, dict):
+            raise ValidationError(f"{what} has metadata of type {type(metadata).__name__}")
+        for name in metadata:
+            if not isinstance(name, str):
+                raise ValidationError(f"{what} has a metadata key that is not a str: {name!r}")
+        try:
+            _json_encode(metadata)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError(f"{what} has metadata that cannot be stored: {exc}") from exc
+    try:
+        _msgpack_encode(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(f"{what} cannot be stored: {exc}") from exc
+
+
+def _check_state(state: State, method: str) -> None:
+    what = f"the state given to {method}()"
+    if state.user_id is not None and not isinstance(state.user_id, str):
+        raise ValidationError(f"{what} has a user_id that is not a str: {state.user_id!r}")
+    cost = state.total_cost
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
+        raise ValidationError(f"{what} has a total_cost that is not a finite number: {cost!r}")
+    # Messages were checked one by one; the rest of the state must be storable too.
+    _check_storable(msgspec.structs.replace(state, messages=[]), what)
 
 
 def _check_version(expected_version: object) -> None:
@@ -158,6 +200,7 @@ def _guard_set(fn: F) -> F:
         if not isinstance(state, State):
             raise ValidationError(f"set() takes a State, got {type(state).__name__}")
         _check_messages(state.messages, "set")
+        _check_state(state, "set")
         _check_version(expected_version)
         return await fn(self, key, state, expected_version=expected_version)
 

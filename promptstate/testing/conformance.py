@@ -488,6 +488,39 @@ class StoreConformance:
         assert [m.content for m in state.messages] == ["keep"]
         assert state.version == 1
 
+    async def test_unstorable_values_are_refused_and_the_session_stays_readable(
+        self, store: Store
+    ) -> None:
+        await store.append("u", [Message("user", "keep")])
+        # A non-str metadata key used to be written and then make every read of the session fail.
+        bad_messages = [
+            Message("user", "x", metadata={1: "int key"}),  # type: ignore[dict-item]
+            Message("user", "x", metadata={"o": object()}),
+            Message("user", "x", metadata={"big": 2**80}),
+            Message("user", "x", metadata={"nested": {(1, 2): "tuple key"}}),
+            Message("user", "lone \ud800 surrogate"),
+        ]
+        for bad in bad_messages:
+            for call in (store.append, store.save):
+                with pytest.raises(ValidationError):
+                    await call("u", [bad])
+            with pytest.raises(ValidationError):
+                await store.set("u", State(conversation_id="u", messages=[bad]))
+        bad_states = [
+            State(conversation_id="u", total_cost=float("nan")),
+            State(conversation_id="u", total_cost=float("inf")),
+            State(conversation_id="u", metadata={1: "int key"}),  # type: ignore[dict-item]
+            State(conversation_id="u", metadata={"o": {1, object()}}),
+            State(conversation_id="u", user_id=5),  # type: ignore[arg-type]
+        ]
+        for state in bad_states:
+            with pytest.raises(ValidationError):
+                await store.set("u", state)
+        stored = await store.get("u")
+        assert [m.content for m in stored.messages] == ["keep"]
+        assert stored.version == 1
+        assert [m.content for m in await store.load("u")] == ["keep"]
+
     # -- TTL ------------------------------------------------------------------------------
 
     async def test_ttl_expires_whole_session(self, store_factory: StoreFactory) -> None:
