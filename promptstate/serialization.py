@@ -76,7 +76,14 @@ def decode_state(data: bytes | bytearray | memoryview | str, *, key: str | None 
     """
     where = f" (key {key!r})" if key is not None else ""
     if isinstance(data, str):
-        data = data.encode()
+        try:
+            data = data.encode()
+        except UnicodeEncodeError as exc:
+            raise CorruptStateError(f"state data is not valid Unicode text{where}") from exc
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptStateError(
+            f"state data must be bytes or str, got {type(data).__name__}{where}"
+        )
     if bytes(data[: len(_CURRENT_PREFIX)]) == _CURRENT_PREFIX:
         try:
             return _state_decoder.decode(data)
@@ -109,7 +116,7 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
             raise CorruptStateError(f"no migration from schema_version {version}{where}")
         try:
             raw = step(raw)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptStateError(
                 f"state of schema_version {version} could not be migrated{where}: {exc!r}"
             ) from exc
