@@ -499,6 +499,9 @@ class StoreConformance:
             Message("user", "x", metadata={"big": 2**80}),
             Message("user", "x", metadata={"nested": {(1, 2): "tuple key"}}),
             Message("user", "lone \ud800 surrogate"),
+            Message("user", 5),  # type: ignore[arg-type]
+            Message("user", "x", timestamp="yesterday"),  # type: ignore[arg-type]
+            Message("assistant", tool_calls=({"id": "c1"},)),  # type: ignore[arg-type]
         ]
         for bad in bad_messages:
             for call in (store.append, store.save):
@@ -512,6 +515,7 @@ class StoreConformance:
             State(conversation_id="u", metadata={1: "int key"}),  # type: ignore[dict-item]
             State(conversation_id="u", metadata={"o": {1, object()}}),
             State(conversation_id="u", user_id=5),  # type: ignore[arg-type]
+            State(conversation_id="u", created_at="yesterday"),  # type: ignore[arg-type]
         ]
         for state in bad_states:
             with pytest.raises(ValidationError):
