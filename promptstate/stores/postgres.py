@@ -565,9 +565,14 @@ class PostgresStore(Store):
                 self._check_open()
                 asyncpg = _import_asyncpg()
                 try:
-                    self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
+                    pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
                 except BaseException as exc:
                     _reraise_opening(exc, self._dsn)
+                if self._closed:
+                    # aclose() ran while the pool was being opened and saw no pool to close.
+                    await _close_pool(pool)
+                    self._check_open()
+                self._pool = pool
         return self._pool
 
     async def setup(self) -> list[int]:
@@ -622,11 +627,7 @@ class PostgresStore(Store):
         """Close the pool if the store built it (a borrowed pool stays open)."""
         if not self._closed and self._owns_pool and self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), timeout=10.0)
-            except (asyncio.TimeoutError, Exception):
-                logger.warning("the PostgreSQL pool did not close in time; terminating it")
-                pool.terminate()
+            await _close_pool(pool)
         await super().aclose()
 
     def _connection(self, what: str, key: str | None = None) -> _Op:
@@ -1005,6 +1006,15 @@ class PostgresStore(Store):
         self._check_open()
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
+
+
+async def _close_pool(pool: Any) -> None:
+    """Close a pool gracefully, terminating it when that takes longer than 10 seconds."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=10.0)
+    except (asyncio.TimeoutError, Exception):
+        logger.warning("the PostgreSQL pool did not close in time; terminating it")
+        pool.terminate()
 
 
 class _Op:
