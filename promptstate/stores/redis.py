@@ -268,7 +268,7 @@ class RedisStore(Store):
                 )
             else:
                 client = _make_single(url, options, max_connections, pool_timeout)
-        except (ValueError, redis_errors.RedisError) as exc:
+        except (ValueError, TypeError, redis_errors.RedisError) as exc:
             raise ValidationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
         store = cls(
             client,
@@ -866,6 +866,10 @@ def _make_single(
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout, retry=_no_retry(), **extra
     )
+    # redis-py passes query parameters it does not know (``?prefix=x``) on to the connection
+    # class, which only refuses them with a TypeError on the first call. Building one
+    # connection object (no I/O: it connects lazily) makes that happen here instead.
+    pool.connection_class(**pool.connection_kwargs)
     return Redis.from_pool(pool)
 
 
