@@ -143,7 +143,7 @@ def _check_storable(obj: Message | State, what: str) -> None:
         _msgpack_decoders[type(obj)].decode(_msgpack_encode(obj))
         if obj.metadata:
             _json_encode(obj.metadata)  # export and backup write JSON
-    except (msgspec.ValidationError, TypeError, ValueError, OverflowError) as exc:
+    except (msgspec.ValidationError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise ValidationError(f"{what} cannot be stored: {exc}") from exc
 
 

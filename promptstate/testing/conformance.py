@@ -70,6 +70,13 @@ def _sample_messages() -> list[Message]:
     ]
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def _batch(tag: str, size: int) -> list[Message]:
     return [Message("user", f"{tag}/{i}", metadata={"batch": tag, "i": i}) for i in range(size)]
 
@@ -516,6 +523,7 @@ class StoreConformance:
             State(conversation_id="u", metadata={"o": {1, object()}}),
             State(conversation_id="u", user_id=5),  # type: ignore[arg-type]
             State(conversation_id="u", created_at="yesterday"),  # type: ignore[arg-type]
+            State(conversation_id="u", metadata={"deep": _nested(5000)}),  # RecursionError
         ]
         for state in bad_states:
             with pytest.raises(ValidationError):
