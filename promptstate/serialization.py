@@ -89,10 +89,14 @@ def decode_state(data: bytes | bytearray | memoryview | str, *, key: str | None 
             return _state_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise CorruptStateError(f"state data is not a valid state{where}: {exc}") from exc
+        except RecursionError as exc:
+            raise CorruptStateError(f"state data is nested too deeply{where}") from exc
     try:
         raw = _any_json_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CorruptStateError(f"state data is not valid JSON{where}: {exc}") from exc
+    except RecursionError as exc:
+        raise CorruptStateError(f"state data is nested too deeply{where}") from exc
     return state_from_dict(raw, where=where)
 
 
@@ -126,6 +130,8 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
         return msgspec.convert(raw, State)
     except msgspec.ValidationError as exc:
         raise CorruptStateError(f"state data is not a valid state{where}: {exc}") from exc
+    except RecursionError as exc:
+        raise CorruptStateError(f"state data is nested too deeply{where}") from exc
 
 
 @migration(0)

@@ -98,6 +98,9 @@ def test_bad_bytes_raise_corrupt_state_error(data: bytes, match: str) -> None:
         decode_state(data, key="the-key")
 
 
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
@@ -106,6 +109,9 @@ def test_bad_bytes_raise_corrupt_state_error(data: bytes, match: str) -> None:
         (b'{"id": "x", "created": 1e20}', "could not be migrated"),
         (None, "bytes or str"),
         (5, "bytes or str"),
+        (b'{"schema_version":1,"conversation_id":"x","metadata":{"a":%s}}' % _DEEP, "deeply"),
+        (_DEEP, "deeply"),
+        (b'{"id": "x", "meta": %s}' % _DEEP, "deeply"),
     ],
 )
 def test_odd_input_never_leaks_a_bare_error(data: object, match: str) -> None:
