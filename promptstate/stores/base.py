@@ -51,6 +51,9 @@ TURN_ID_KEY = "turn_id"
 #: The longest key any store accepts, in characters.
 MAX_KEY_LENGTH = 512
 
+#: ``load(last=n)`` with a larger ``n`` reads as this (more messages than any session holds).
+_MAX_LAST = 2**62
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _json_encode = msgspec.json.Encoder().encode
@@ -209,6 +212,9 @@ def _guard_load(fn: F) -> F:
         self._check_open()
         validate_key(key, what="session_id")
         _check_last(last)
+        if isinstance(last, int) and last > _MAX_LAST:
+            # "All of them" either way; backends pass it to Redis/PostgreSQL as a 64-bit int.
+            last = _MAX_LAST
         return await fn(self, key, last=last)
 
     return cast(F, guarded)

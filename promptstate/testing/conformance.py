@@ -495,6 +495,12 @@ class StoreConformance:
         assert [m.content for m in state.messages] == ["keep"]
         assert state.version == 1
 
+    async def test_load_with_a_huge_last_returns_everything(self, store: Store) -> None:
+        # Redis (LRANGE) and PostgreSQL (LIMIT) used to refuse a last beyond 64 bits.
+        await store.append("h", [Message("user", "a"), Message("assistant", "b")])
+        for last in (2, 10**6, 2**63, 10**30):
+            assert [m.content for m in await store.load("h", last=last)] == ["a", "b"]
+
     async def test_unstorable_values_are_refused_and_the_session_stays_readable(
         self, store: Store
     ) -> None:
