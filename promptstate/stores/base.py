@@ -37,6 +37,7 @@ from promptstate.types import Message, State, utcnow
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_TTL",
     "TURN_ID_KEY",
     "Store",
     "normalize_ttl",
@@ -50,6 +51,12 @@ TURN_ID_KEY = "turn_id"
 
 #: The longest key any store accepts, in characters.
 MAX_KEY_LENGTH = 512
+
+#: The longest TTL any store accepts, in seconds (about 317 years); use ``None`` for none.
+MAX_TTL = 1e10
+
+#: ``expected_version`` above this can never match a stored version (a 64-bit counter).
+_MAX_VERSION = 2**63 - 1
 
 #: ``load(last=n)`` with a larger ``n`` reads as this (more messages than any session holds).
 _MAX_LAST = 2**62
@@ -115,6 +122,10 @@ def normalize_ttl(ttl: timedelta | float | None) -> float | None:
         raise ValidationError(f"ttl must be a timedelta, a number of seconds or None, got {ttl!r}")
     if not seconds > 0 or seconds == float("inf"):
         raise ValidationError(f"ttl must be positive and finite, got {ttl!r}")
+    if seconds > MAX_TTL:
+        # Beyond this, "now + ttl" no longer fits the backends' timestamps (Redis PX, the
+        # PostgreSQL timestamp range, SQLite's 64-bit microseconds): every write would fail.
+        raise ValidationError(f"ttl must be at most {MAX_TTL:.0e} seconds, got {ttl!r}")
     return seconds
 
 
@@ -164,10 +175,10 @@ def _check_version(expected_version: object) -> None:
     if expected_version is not None and (
         not isinstance(expected_version, int)
         or isinstance(expected_version, bool)
-        or expected_version < 0
+        or not 0 <= expected_version <= _MAX_VERSION
     ):
         raise ValidationError(
-            f"expected_version must be None or an int >= 0, got {expected_version!r}"
+            f"expected_version must be None or an int from 0 to 2**63 - 1, got {expected_version!r}"
         )
 
 

@@ -479,6 +479,8 @@ class StoreConformance:
         bad_calls: list[Callable[[], Awaitable[object]]] = [
             lambda: store.set("v", {"messages": []}),  # type: ignore[arg-type]
             lambda: store.set("v", State(conversation_id="v"), expected_version=-1),
+            # PostgresStore raised CorruptStateError, the others ConflictError.
+            lambda: store.set("v", State(conversation_id="v"), expected_version=2**70),
             lambda: store.set("v", State(conversation_id="v", messages=[{"role": "user"}])),  # type: ignore[list-item]
             lambda: store.append("v", [{"role": "user", "content": "x"}]),  # type: ignore[list-item]
             lambda: store.append("v", Message("user", "not a list")),  # type: ignore[arg-type]
@@ -557,6 +559,15 @@ class StoreConformance:
             await store.fork("ttl:1", "ttl:3")
         # An expired session starts afresh when written again.
         assert await store.append("ttl:1", [Message("user", "c")]) == 1
+
+    async def test_a_ttl_no_backend_can_hold_is_refused(self, store_factory: StoreFactory) -> None:
+        # It used to be accepted, then every write failed (each backend differently).
+        for ttl in (1e300, timedelta(days=999_999_999)):
+            with pytest.raises(ValidationError, match="ttl"):
+                await store_factory(ttl=ttl)
+        store = await store_factory(ttl=timedelta(days=365 * 300))
+        assert await store.append("long", [Message("user", "x")]) == 1
+        assert len(await store.load("long")) == 1
 
     async def test_ttl_is_refreshed_by_writes(self, store_factory: StoreFactory) -> None:
         store = await store_factory(ttl=timedelta(seconds=self.ttl_seconds))
