@@ -139,6 +139,8 @@ def _check_messages(messages: object, method: str) -> list[Message]:
                 f"{method}() takes a list of Message, got an item of type {type(item).__name__}"
             )
         _check_storable(item, f"a message given to {method}()")
+        if item.tokens is not None and item.tokens < 0:
+            raise ValidationError(f"a message given to {method}() has tokens={item.tokens}")
     return items
 
 
@@ -395,6 +397,10 @@ class Store(ABC):
     ) -> None:
         self._ttl = normalize_ttl(ttl)
         self._touch_on_read = bool(touch_on_read)
+        if token_counter is not None and not callable(getattr(token_counter, "count", None)):
+            raise ValidationError(
+                f"token_counter must have a count(message) method, got {token_counter!r}"
+            )
         self._counter: TokenCounter = token_counter or HeuristicTokenCounter()
         self._closed = False
 

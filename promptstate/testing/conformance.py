@@ -517,6 +517,7 @@ class StoreConformance:
             Message("user", 5),  # type: ignore[arg-type]
             Message("user", "x", timestamp="yesterday"),  # type: ignore[arg-type]
             Message("assistant", tool_calls=({"id": "c1"},)),  # type: ignore[arg-type]
+            Message("user", "x", tokens=-5),  # made token_count negative
         ]
         for bad in bad_messages:
             for call in (store.append, store.save):
