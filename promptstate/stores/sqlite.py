@@ -65,7 +65,7 @@ from promptstate.exceptions import (
 )
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
-from promptstate.stores.url import register_scheme
+from promptstate.stores.url import _redact, register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
 
@@ -1128,17 +1128,19 @@ def _open_sqlite(url: str, options: dict[str, Any]) -> Store:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValidationError(f"not a valid sqlite URL: {url!r}") from exc
+        raise ValidationError(f"not a valid sqlite URL: {_redact(url)!r}") from exc
     if parts.netloc:
         raise ValidationError(
             f"a sqlite URL has no host: use sqlite:///relative/path.db or "
-            f"sqlite:////absolute/path.db, got {url!r}"
+            f"sqlite:////absolute/path.db, got {_redact(url)!r}"
         )
     if parts.query or parts.fragment:
-        raise ValidationError(f"a sqlite URL takes no query string or fragment, got {url!r}")
+        raise ValidationError(
+            f"a sqlite URL takes no query string or fragment, got {_redact(url)!r}"
+        )
     path = unquote(parts.path)
     if not path.startswith("/") or len(path) < 2:
-        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {url!r}")
+        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {_redact(url)!r}")
     path = path[1:]
     if path == ":memory:":
         raise ValidationError("sqlite:///:memory: is not supported; use memory://")
