@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -145,6 +146,15 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             event = value
 
 
+def _hide_password(url: str) -> str:
+    """``url`` with the password of a ``user:password@`` part replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return "<unparsable URL>"
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
 def parse_retry_after(headers: httpx.Headers) -> float | None:
     """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
     raw_ms = headers.get("retry-after-ms")
@@ -253,7 +263,8 @@ class HTTPProvider:
     # -- lifecycle -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+        base_url = _hide_password(self.base_url)
+        return f"{type(self).__name__}(model={self.model!r}, base_url={base_url!r})"
 
     async def __aenter__(self: _P) -> _P:
         self._check_open()

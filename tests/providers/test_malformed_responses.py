@@ -80,3 +80,11 @@ async def test_malformed_stream_is_a_provider_error(provider: str, events: list[
         with pytest.raises(ProviderError, match="malformed"):
             async for _ in p.stream([Message("user", "hi")]):
                 pass
+
+
+def test_a_password_in_base_url_is_not_in_the_repr() -> None:
+    # A proxy URL with credentials was shown whole by repr().
+    for cls in (OpenAIProvider, AnthropicProvider):
+        p = cls("m", api_key="k", base_url="https://user:hunter2@proxy.internal/v1")
+        assert "hunter2" not in repr(p)
+        assert "user:***@proxy.internal" in repr(p)
