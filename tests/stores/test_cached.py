@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import pytest
@@ -175,4 +176,31 @@ async def test_a_read_in_flight_during_a_write_does_not_cache_the_old_state(
     assert [m.content for m in await store.load("s")] == (
         [m.content for m in expected[0].messages] if expected[0] else []
     )
+    await store.aclose()
+
+
+class _GatedSets(MemoryStore):
+    """A MemoryStore whose set() writes, then waits at a gate (when given one) before answering."""
+
+    gates: ClassVar[dict[str, anyio.Event]] = {}
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        stored = await super().set(key, state, expected_version=expected_version)
+        gate = self.gates.get(state.user_id or "")
+        if gate is not None:
+            await gate.wait()
+        return stored
+
+
+async def test_two_racing_sets_do_not_leave_the_loser_cached() -> None:
+    inner = _GatedSets()
+    inner.gates = {"first": anyio.Event()}
+    store = CachedStore(inner)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.set, "s", State(conversation_id="s", user_id="first"))
+        await anyio.sleep(0.01)  # "first" is stored and waits before answering
+        await store.set("s", State(conversation_id="s", user_id="second"))  # stored last
+        inner.gates["first"].set()  # "first" answers last
+    assert (await inner.get("s")).user_id == "second"
+    assert (await store.get("s")).user_id == "second"
     await store.aclose()
