@@ -39,6 +39,7 @@ from promptstate.locks import (
     new_id,
     session_turn,
     supports_lease,
+    supports_leased_load,
 )
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, LoadState, SaveState
@@ -278,6 +279,10 @@ class Pipeline:
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
         self._middleware: tuple[Middleware, ...] = tuple(stages)
         self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
+        # When the chain starts with the load stage, a store with acquire_and_load reads its
+        # first window together with taking the turn's lease (one round trip, not two).
+        first = stages[0] if stages else None
+        self._first_load: LoadState | None = first if isinstance(first, LoadState) else None
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
         ttl = check_timeout(lease_ttl, "lease_ttl")
@@ -467,7 +472,11 @@ class Pipeline:
         store = self._store
         if supports_lease(store):
             async with session_turn(
-                store, session_id, max_wait=self._lock_timeout, lease_ttl=self._lease_ttl
+                store,
+                session_id,
+                max_wait=self._lock_timeout,
+                lease_ttl=self._lease_ttl,
+                load=self._prefetch(),
             ) as lease:
                 ctx.lease = lease
                 await self._chain(ctx)
@@ -479,6 +488,13 @@ class Pipeline:
             finally:
                 locks.release(session_id)
         return self._result(ctx)
+
+    def _prefetch(self) -> tuple[int | None] | None:
+        """What the turn's lease may read with it: ``(last,)`` of the first load, or None."""
+        first = self._first_load
+        if first is None or not supports_leased_load(self._store):
+            return None
+        return (first.first_window(self._strategies),)
 
     def _result(self, ctx: ExecutionContext) -> ExecutionResult:
         if ctx.response is None:
@@ -548,6 +564,7 @@ class Pipeline:
                             session_id,
                             max_wait=self._lock_timeout,
                             lease_ttl=self._lease_ttl,
+                            load=self._prefetch(),
                         ) as lease,
                     ):
                         ctx.lease = lease

@@ -31,7 +31,9 @@ class SaveState:
       ``retries`` times and the store skips it if it had in fact been applied.
     * With a cross-process lease, the lease is checked (and renewed if it is close to
       expiring) right before the write; a lost lease raises
-      :class:`~promptstate.locks.LeaseLostError` and nothing is written.
+      :class:`~promptstate.locks.LeaseLostError` and nothing is written. When the store can
+      (``append_turn(..., release_lease=owner)``), the write also checks that the lease is
+      still the turn's and releases it, in the same atomic step.
 
     Args:
         retries: How many times to retry a write whose outcome is unknown.
@@ -98,11 +100,24 @@ class SaveState:
 
     async def _write(self, ctx: ExecutionContext, messages: list[Message]) -> int:
         attempt = 0
+        lease = ctx.lease
+        release = lease is not None and lease.release_on_save
         while True:
             try:
-                return await ctx.store.append_turn(
-                    ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
+                if not release:
+                    return await ctx.store.append_turn(
+                        ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
+                    )
+                assert lease is not None
+                count = await ctx.store.append_turn(
+                    ctx.session_id,
+                    messages,
+                    cost=ctx.cost,
+                    turn_id=ctx.turn_id,
+                    release_lease=lease.owner,  # type: ignore[call-arg]
                 )
+                lease.held = False  # released by the write
+                return count
             except StoreUnavailableError:
                 if attempt >= self.retries:
                     raise
