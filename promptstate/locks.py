@@ -44,6 +44,7 @@ A turn that fails or is cancelled before its save still releases its lease with
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -369,9 +370,11 @@ class TurnLease:
     def _active(self) -> bool:
         return self.held and not self.lost
 
-    async def _keep_alive(self) -> None:
+    async def _keep_alive(self, *, wait_first: bool = True) -> None:
         while self._active():
-            await anyio.sleep(self.ttl / 3)
+            if wait_first:
+                await anyio.sleep(self.ttl / 3)
+            wait_first = True
             if not self._active():  # released by the save
                 return
             try:
@@ -390,6 +393,47 @@ class TurnLease:
                 await self._store.release_lease(self.key, self.owner)
             except Exception:  # the lease expires by itself; never mask the turn's outcome
                 logger.warning("could not release the lease on session %r", self.key, exc_info=True)
+
+
+class _TimerKeepAlive:
+    """Renews a turn's lease from a timer: a task exists only once a third of ``ttl`` passed.
+
+    Most turns end well before that, so they pay for a timer handle (set and cancelled)
+    instead of a task started, cancelled and awaited. asyncio only (elsewhere
+    :func:`session_turn` runs the renewal in a task group from the start).
+    """
+
+    __slots__ = ("_handle", "_lease", "_loop", "_task")
+
+    def __init__(self, lease: TurnLease, loop: asyncio.AbstractEventLoop) -> None:
+        self._lease = lease
+        self._loop = loop
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = loop.call_later(lease.ttl / 3, self._fire)
+
+    @classmethod
+    def start(cls, lease: TurnLease) -> _TimerKeepAlive | None:
+        """A running keeper, or None when the event loop is not asyncio's."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return cls(lease, loop)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._task = self._loop.create_task(self._lease._keep_alive(wait_first=False))
+
+    async def stop(self) -> None:
+        """Cancel the timer, or the renewal task and wait for it (shielded)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
 
 
 @asynccontextmanager
@@ -423,6 +467,13 @@ async def session_turn(
             load = None
         try:
             await lease.acquire(remaining, load=load)
+            keeper = _TimerKeepAlive.start(lease)
+            if keeper is not None:
+                try:
+                    yield lease
+                finally:
+                    await keeper.stop()
+                return
             failure: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease._keep_alive)
