@@ -345,3 +345,31 @@ async def test_the_window_still_grows_past_the_first_read(loading_store: Store) 
         result = await pipe.execute("conv", "user", "last")
     assert result.response.content == "seen 301"
     assert [m.content for m in result.messages][:2] == ["q0", "a0"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "custom", "cached"])
+async def test_load_last_longer_than_the_history_returns_it_all(kind: str, tmp_path: Path) -> None:
+    # Regression: load(last=n) with n > the history returned only its last 2*len - n
+    # messages (a negative slice start), so a pipeline sent the model a truncated history.
+    if kind == "cached":
+        from promptstate import CachedStore
+
+        store: Store = CachedStore(MemoryStore())
+    else:
+        store = await open_kind(kind, None, tmp_path)
+    try:
+        messages = [m for i in range(6) for m in _turn(f"q{i}", f"a{i}")]
+        await store.append("conv", messages)
+        await store.get("conv")  # CachedStore: the reads below are served from its LRU
+        assert [m.content for m in await store.load("conv", last=16)] == [
+            m.content for m in messages
+        ]
+        assert len(await store.load("conv", last=12)) == 12
+        assert [m.content for m in await store.load("conv", last=3)] == ["a4", "q5", "a5"]
+        provider = MockProvider(lambda sent: f"seen {len(sent)}")
+        async with Pipeline(provider, store=store, max_tokens=500) as pipe:
+            for expected in (13, 15, 17):
+                result = await pipe.execute("conv", "user", "next")
+                assert result.response.content == f"seen {expected}"
+    finally:
+        await close_kind(store)
