@@ -37,6 +37,7 @@ from promptstate.locks import (
     check_timeout,
     local_locks,
     new_id,
+    run_turn,
     session_turn,
     supports_lease,
     supports_leased_load,
@@ -471,15 +472,20 @@ class Pipeline:
         )
         store = self._store
         if supports_lease(store):
-            async with session_turn(
+            chain = self._chain
+
+            async def body(lease: TurnLease | None) -> None:
+                ctx.lease = lease
+                await chain(ctx)
+
+            await run_turn(
                 store,
                 session_id,
+                body,
                 max_wait=self._lock_timeout,
                 lease_ttl=self._lease_ttl,
                 load=self._prefetch(),
-            ) as lease:
-                ctx.lease = lease
-                await self._chain(ctx)
+            )
         else:  # the same as session_turn() without a lease, minus a context manager
             locks = local_locks(store)
             await locks.acquire(session_id, self._lock_timeout)

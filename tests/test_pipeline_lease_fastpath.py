@@ -373,3 +373,29 @@ async def test_load_last_longer_than_the_history_returns_it_all(kind: str, tmp_p
                 assert result.response.content == f"seen {expected}"
     finally:
         await close_kind(store)
+
+
+@pytest.mark.parametrize("timer", [True, False], ids=["timer", "task-group"])
+async def test_long_turns_renew_the_lease_with_either_keeper(
+    timer: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptstate import locks
+
+    if not timer:  # what an event loop other than asyncio's gets
+        monkeypatch.setattr(locks._TimerKeepAlive, "start", classmethod(lambda cls, lease: None))
+    store = LeasingMemoryStore()
+
+    async def slow(messages: list[Message]) -> str:
+        await anyio.sleep(0.35)
+        return "done"
+
+    async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.15) as pipe:
+        result = await pipe.execute("conv", "user", "take your time")
+        stream = [c async for c in pipe.stream("conv", "user", "again")]
+    assert result.response.content == "done"
+    assert stream[-1].message.content == "done"
+    assert store.table.renewed >= 4  # about every ttl/3 while the model ran, both turns
+    assert store.table.leases == {}
+    assert [m.content for m in await store.load("conv")] == [
+        "take your time", "done", "again", "done",
+    ]  # fmt: skip
