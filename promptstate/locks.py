@@ -231,7 +231,11 @@ def supports_lease(store: object) -> bool:
     cls = type(store)
     known = _lease_support.get(cls)
     if known is None:
-        known = _lease_support[cls] = isinstance(store, SupportsLease)
+        known = isinstance(store, SupportsLease)
+        # A wrapper that forwards attributes (CachedStore) has leases when its inner store
+        # does: decide per object for those, never per class.
+        if not hasattr(cls, "__getattr__"):
+            _lease_support[cls] = known
     return known
 
 
@@ -243,9 +247,9 @@ def supports_leased_load(store: object) -> bool:
     cls = type(store)
     known = _leased_load_support.get(cls)
     if known is None:
-        known = _leased_load_support[cls] = supports_lease(store) and isinstance(
-            store, SupportsLeasedLoad
-        )
+        known = supports_lease(store) and isinstance(store, SupportsLeasedLoad)
+        if not hasattr(cls, "__getattr__"):
+            _leased_load_support[cls] = known
     return known
 
 

@@ -399,3 +399,23 @@ async def test_long_turns_renew_the_lease_with_either_keeper(
     assert [m.content for m in await store.load("conv")] == [
         "take your time", "done", "again", "done",
     ]  # fmt: skip
+
+
+async def test_a_cached_store_has_leases_exactly_when_its_inner_store_has(
+    tmp_path: Path,
+) -> None:
+    # Regression: lease support was cached per class, so the first CachedStore seen (over a
+    # MemoryStore) decided for every later one (over SQLite), which then ran without a lease.
+    from promptstate import CachedStore
+    from promptstate.stores.sqlite import SQLiteStore
+
+    over_memory = CachedStore(MemoryStore())
+    assert not supports_lease(over_memory)
+    async with CachedStore(SQLiteStore(tmp_path / "cached.db")) as over_sqlite:
+        assert supports_lease(over_sqlite)
+        assert not supports_leased_load(over_sqlite)  # CachedStore keeps the old path
+        async with Pipeline(MockProvider(["hi"]), store=over_sqlite) as pipe:
+            await pipe.execute("conv", "user", "hello")
+        assert [m.content for m in await over_sqlite.load("conv")] == ["hello", "hi"]
+        assert await over_sqlite.acquire_lease("conv", "next", 30.0)  # released
+    assert not supports_lease(over_memory)
