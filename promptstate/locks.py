@@ -507,14 +507,18 @@ async def run_turn(
     max_wait: float | None,
     lease_ttl: float,
     load: tuple[int | None] | None = None,
+    locks: SessionLock | None = None,
 ) -> None:
     """:func:`session_turn` as a plain coroutine: ``await body(lease)`` while ``key`` is held.
 
     The same locking, lease, renewal and release, without the generator-based context
-    managers (a few microseconds a turn); :meth:`Pipeline.execute` uses it.
+    managers (a few microseconds a turn); :meth:`Pipeline.execute` uses it. ``locks`` is
+    ``local_locks(store)`` when the caller has it at hand; ``load`` is passed on only to a
+    store with ``acquire_and_load`` (the caller checks).
     """
     started = time.monotonic()
-    locks = local_locks(store)
+    if locks is None:
+        locks = local_locks(store)
     await locks.acquire(key, max_wait)
     try:
         if not supports_lease(store):
@@ -522,8 +526,6 @@ async def run_turn(
             return
         remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
         lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
-        if load is not None and not supports_leased_load(store):
-            load = None
         try:
             await lease.acquire(remaining, load=load)
             keeper = _TimerKeepAlive.start(lease)

@@ -283,7 +283,11 @@ class Pipeline:
         # When the chain starts with the load stage, a store with acquire_and_load reads its
         # first window together with taking the turn's lease (one round trip, not two).
         first = stages[0] if stages else None
-        self._first_load: LoadState | None = first if isinstance(first, LoadState) else None
+        self._first_load: LoadState | None = (
+            first if isinstance(first, LoadState) and supports_leased_load(self._store) else None
+        )
+        self._locks = local_locks(self._store)
+        self._leasing = supports_lease(self._store)
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
         ttl = check_timeout(lease_ttl, "lease_ttl")
@@ -471,7 +475,7 @@ class Pipeline:
             None,
         )
         store = self._store
-        if supports_lease(store):
+        if self._leasing:
             chain = self._chain
 
             async def body(lease: TurnLease | None) -> None:
@@ -485,9 +489,10 @@ class Pipeline:
                 max_wait=self._lock_timeout,
                 lease_ttl=self._lease_ttl,
                 load=self._prefetch(),
+                locks=self._locks,
             )
         else:  # the same as session_turn() without a lease, minus a context manager
-            locks = local_locks(store)
+            locks = self._locks
             await locks.acquire(session_id, self._lock_timeout)
             try:
                 await self._chain(ctx)
@@ -498,7 +503,7 @@ class Pipeline:
     def _prefetch(self) -> tuple[int | None] | None:
         """What the turn's lease may read with it: ``(last,)`` of the first load, or None."""
         first = self._first_load
-        if first is None or not supports_leased_load(self._store):
+        if first is None:
             return None
         return (first.first_window(self._strategies),)
 
