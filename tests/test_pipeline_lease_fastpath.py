@@ -419,3 +419,52 @@ async def test_a_cached_store_has_leases_exactly_when_its_inner_store_has(
         assert [m.content for m in await over_sqlite.load("conv")] == ["hello", "hi"]
         assert await over_sqlite.acquire_lease("conv", "next", 30.0)  # released
     assert not supports_lease(over_memory)
+
+
+def _lost_reply_sqlite(path: Path, interloper: bool) -> Any:
+    from promptstate import StoreUnavailableError
+    from promptstate.stores.sqlite import SQLiteStore
+
+    class LostReply(SQLiteStore):
+        failures = 1
+
+        async def append_turn(self, session_id: str, messages: Any, **kw: Any) -> int:
+            count = await super().append_turn(session_id, messages, **kw)
+            if self.failures:
+                self.failures -= 1
+                if interloper:  # another process takes the freed lease and saves a turn
+                    assert await self.acquire_lease(session_id, "other", 30.0)
+                    await super().append_turn(
+                        session_id, _turn("other-q", "other-a"), release_lease="other"
+                    )
+                raise StoreUnavailableError("the reply was lost")
+            return count
+
+        append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
+
+    return LostReply(path)
+
+
+async def test_a_save_retried_after_a_lost_reply_is_stored_once(tmp_path: Path) -> None:
+    async with _lost_reply_sqlite(tmp_path / "lost.db", interloper=False) as store:
+        async with Pipeline(MockProvider(["answer"]), store=store) as pipe:
+            result = await pipe.execute("conv", "user", "question")
+        assert result.message_count == 2
+        assert [m.content for m in await store.load("conv")] == ["question", "answer"]
+        assert await store.acquire_lease("conv", "next", 30.0)
+
+
+async def test_a_retry_that_finds_the_lease_taken_reports_an_unknown_outcome(
+    tmp_path: Path,
+) -> None:
+    from promptstate import StoreUnavailableError
+
+    async with _lost_reply_sqlite(tmp_path / "lost.db", interloper=True) as store:
+        async with Pipeline(MockProvider(["answer"]), store=store) as pipe:
+            with pytest.raises(StoreUnavailableError, match="may or may not be stored") as info:
+                await pipe.execute("conv", "user", "question")
+        assert isinstance(info.value.__cause__, LeaseLostError)
+        # Stored once (by the first attempt), never twice, and the other turn is intact.
+        contents = [m.content for m in await store.load("conv")]
+        assert contents == ["question", "answer", "other-q", "other-a"]
+        assert await store.acquire_lease("conv", "next", 30.0)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from promptstate.exceptions import PromptStateError, StoreUnavailableError, ValidationError
+from promptstate.locks import LeaseLostError
 from promptstate.tokens import with_tokens
 from promptstate.types import Message
 
@@ -109,17 +110,27 @@ class SaveState:
                         ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
                     )
                 assert lease is not None
-                count = await ctx.store.append_turn(
-                    ctx.session_id,
-                    messages,
-                    cost=ctx.cost,
-                    turn_id=ctx.turn_id,
-                    release_lease=lease.owner,  # type: ignore[call-arg]
-                )
+                try:
+                    count = await ctx.store.append_turn(
+                        ctx.session_id,
+                        messages,
+                        cost=ctx.cost,
+                        turn_id=ctx.turn_id,
+                        release_lease=lease.owner,  # type: ignore[call-arg]
+                    )
+                except LeaseLostError as exc:
+                    if not attempt:
+                        raise
+                    # An earlier attempt whose reply was lost may have stored the turn (and
+                    # released the lease, which someone else then took): nobody can tell now.
+                    raise StoreUnavailableError(
+                        f"saving the turn of session {ctx.session_id!r} failed and its lease "
+                        "is gone: the turn may or may not be stored"
+                    ) from exc
                 lease.held = False  # released by the write
                 return count
-            except StoreUnavailableError:
-                if attempt >= self.retries:
+            except StoreUnavailableError as exc:
+                if attempt >= self.retries or isinstance(exc.__cause__, LeaseLostError):
                     raise
                 attempt += 1
                 logger.warning(
