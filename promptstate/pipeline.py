@@ -47,7 +47,7 @@ from promptstate.stages import CallProvider, LoadState, SaveState
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
-from promptstate.tools import Tool, ToolSpec, with_tool_loop
+from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
 from promptstate.truncation import TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 
@@ -215,6 +215,23 @@ def default_stages(
     return stages
 
 
+def _saves_once(stages: Sequence[Middleware]) -> bool:
+    """Whether the save stage runs at most once per turn, so it may release the turn's lease.
+
+    True when every stage before the first :class:`SaveState` is one of the bundled stages
+    that run the rest of the chain once (a :class:`~promptstate.tools.ToolLoop` runs it once
+    per round, but its rounds that ask for tools are not the last, and the save stage keeps
+    the lease for those). A stage of your own there might call ``call_next`` again, so then
+    the lease is kept until the turn ends (one more round trip, as before).
+    """
+    for stage in stages:
+        if isinstance(stage, SaveState):
+            return True
+        if not isinstance(stage, (LoadState, TruncationStrategy, CallProvider, ToolLoop)):
+            return False
+    return False
+
+
 def _system_messages(system: str | Sequence[Message] | None) -> list[Message]:
     if system is None:
         return []
@@ -288,6 +305,7 @@ class Pipeline:
         )
         self._locks = local_locks(self._store)
         self._leasing = supports_lease(self._store)
+        self._release_on_save = _saves_once(stages)
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
         ttl = check_timeout(lease_ttl, "lease_ttl")
@@ -479,6 +497,8 @@ class Pipeline:
             chain = self._chain
 
             async def body(lease: TurnLease | None) -> None:
+                if lease is not None and not self._release_on_save:
+                    lease.release_on_save = False
                 ctx.lease = lease
                 await chain(ctx)
 
@@ -578,6 +598,8 @@ class Pipeline:
                             load=self._prefetch(),
                         ) as lease,
                     ):
+                        if lease is not None and not self._release_on_save:
+                            lease.release_on_save = False
                         ctx.lease = lease
                         await self._chain(ctx)
             except Exception as exc:

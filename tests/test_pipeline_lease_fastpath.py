@@ -256,11 +256,12 @@ async def test_a_lease_lost_before_the_save_stores_nothing(leased_store: Store) 
 
     owner_of_turn: list[str] = []
 
-    async def spy(ctx: Any, call_next: Any) -> None:
-        owner_of_turn.append(ctx.lease.owner)
-        await call_next(ctx)
+    class Spy(LoadState):  # a bundled stage type, so the save still releases the lease
+        async def load(self, ctx: Any) -> list[Message]:
+            owner_of_turn.append(ctx.lease.owner)
+            return await super().load(ctx)
 
-    stages = [LoadState(), spy, CallProvider(), SaveState()]
+    stages = [Spy(), CallProvider(), SaveState()]
     async with Pipeline(MockProvider(steal), store=store, middleware=stages) as pipe:
         with pytest.raises(LeaseLostError):
             await pipe.execute("conv", "user", "hi")
@@ -468,3 +469,54 @@ async def test_a_retry_that_finds_the_lease_taken_reports_an_unknown_outcome(
         contents = [m.content for m in await store.load("conv")]
         assert contents == ["question", "answer", "other-q", "other-a"]
         assert await store.acquire_lease("conv", "next", 30.0)
+
+
+async def test_a_tool_loop_keeps_the_lease_between_its_rounds(leased_store: Store) -> None:
+    store: Any = leased_store
+    checks: list[bool] = []
+
+    async def lookup(order_id: str) -> str:
+        # Runs between two saves of the same turn: nobody else may take the session now.
+        checks.append(await store.acquire_lease("conv", "other-process", 30.0))
+        return f"order {order_id} shipped"
+
+    from promptstate import ToolCall
+
+    replies: list[Any] = [
+        Message("assistant", "", tool_calls=(ToolCall("c1", "lookup", '{"order_id": "7"}'),)),
+        Message("assistant", "", tool_calls=(ToolCall("c2", "lookup", '{"order_id": "8"}'),)),
+        "Both shipped.",
+    ]
+    async with Pipeline(MockProvider(replies), store=store, tools=[lookup]) as pipe:
+        result = await pipe.execute("conv", "user", "Where are 7 and 8?")
+    assert result.response.content == "Both shipped."
+    assert checks == [False, False]
+    stored = await store.load("conv")
+    assert [m.role for m in stored] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert await store.acquire_lease("conv", "after", 30.0)  # released at the end
+
+
+async def test_a_stage_of_your_own_that_saves_twice_keeps_the_lease(leased_store: Store) -> None:
+    store: Any = leased_store
+    checks: list[bool] = []
+
+    async def twice(ctx: Any, call_next: Any) -> None:
+        await call_next(ctx)
+        checks.append(await store.acquire_lease("conv", "other-process", 30.0))
+        ctx.input = Message("user", "and again")
+        ctx.turn_id = ctx.turn_id + ".2"
+        await call_next(ctx)
+
+    stages = [LoadState(), twice, CallProvider(), SaveState()]
+    async with Pipeline(MockProvider(["one", "two"]), store=store, middleware=stages) as pipe:
+        await pipe.execute("conv", "user", "first")
+    assert checks == [False]
+    assert [m.content for m in await store.load("conv")] == ["first", "one", "and again", "two"]
+    assert await store.acquire_lease("conv", "after", 30.0)

@@ -102,7 +102,12 @@ class SaveState:
     async def _write(self, ctx: ExecutionContext, messages: list[Message]) -> int:
         attempt = 0
         lease = ctx.lease
-        release = lease is not None and lease.release_on_save
+        # Not when the answer asks for tools: a tool loop saves again in this turn.
+        release = (
+            lease is not None
+            and lease.release_on_save
+            and not (ctx.response is not None and ctx.response.tool_calls)
+        )
         while True:
             try:
                 if not release:
