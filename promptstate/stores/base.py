@@ -311,10 +311,15 @@ def _guard_append_turn(fn: F) -> F:
         cost: object = 0.0,
         turn_id: object = None,
         expected_count: object = None,
+        release_lease: object = None,
     ) -> Any:
         self._check_open()
         validate_key(key, what="session_id")
         items = _check_messages(messages, "append_turn")
+        if release_lease is not None and (not isinstance(release_lease, str) or not release_lease):
+            raise ValidationError(
+                f"release_lease must be None or a non-empty owner str, got {release_lease!r}"
+            )
         if (
             isinstance(cost, bool)
             or not isinstance(cost, (int, float))
@@ -337,9 +342,49 @@ def _guard_append_turn(fn: F) -> F:
             raise ValidationError(
                 f"expected_count must be None or an int >= 0, got {expected_count!r}"
             )
-        return await fn(
+        if release_lease is None:
+            return await fn(
+                self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
+            )
+        if getattr(fn, "__promptstate_release_lease__", False):
+            return await fn(
+                self,
+                key,
+                items,
+                cost=float(cost),
+                turn_id=turn_id,
+                expected_count=expected_count,
+                release_lease=release_lease,
+            )
+        # Not native: append, then release (two steps; the pipeline does not ask for this).
+        release = getattr(self, "release_lease", None)
+        if release is None:
+            raise ValidationError(
+                f"{type(self).__name__} has no leases: append_turn(release_lease=...) "
+                "needs a store with release_lease()"
+            )
+        count = await fn(
             self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
         )
+        await release(key, release_lease)
+        return count
+
+    return cast(F, guarded)
+
+
+def _guard_acquire_and_load(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(
+        self: Store, key: object, owner: object, ttl: object, *, last: object = None
+    ) -> Any:
+        self._check_open()
+        validate_key(key, what="session_id")
+        if not isinstance(owner, str) or not owner:
+            raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+            raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        _check_last(last)
+        return await fn(self, key, owner, ttl, last=last)
 
     return cast(F, guarded)
 
@@ -410,6 +455,7 @@ _GUARDS: dict[str, Callable[[Any], Any]] = {
     "save": _guard_messages("save"),
     "append": _guard_messages("append"),
     "append_turn": _guard_append_turn,
+    "acquire_and_load": _guard_acquire_and_load,
     "fork": _guard_fork,
     "list_keys": _guard_prefix_iter,
     "list_by_prefix": _guard_prefix_iter,
@@ -545,7 +591,7 @@ class Store(ABC):
             return []
         if last is None:
             return state.messages
-        return state.messages[len(state.messages) - last :] if last else []
+        return state.messages[max(len(state.messages) - last, 0) :] if last else []
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         """Replace the whole message list, creating the state when absent."""
@@ -596,6 +642,12 @@ class Store(ABC):
         * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
           session holds exactly that many messages before the append (0 for a new session).
           Checked after the turn id, so a retried turn is not a conflict.
+        * ``release_lease`` (a keyword the guard accepts for every store with leases): the
+          owner token of the turn's lease. A backend whose override takes it and is marked
+          ``__promptstate_release_lease__ = True`` writes only while that owner holds the
+          lease (else :class:`~promptstate.locks.LeaseLostError`, unless the turn is stored
+          already) and deletes the lease in the same atomic step. For any other store the base class
+          appends and then calls ``release_lease`` (two steps).
 
         Backends override this with one native atomic operation. The default composes other
         methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``

@@ -196,7 +196,7 @@ class CachedStore(Store):
             return await self._inner.load(session_id, last=last)
         if last is None:
             return state.messages
-        return state.messages[len(state.messages) - last :] if last else []
+        return state.messages[max(len(state.messages) - last, 0) :] if last else []
 
     async def get_many(self, keys: Iterable[str]) -> list[State | None]:
         keys = list(keys)
