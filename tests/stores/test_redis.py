@@ -316,6 +316,32 @@ def test_bad_construction_raises_validation_error() -> None:
         RedisStore("redis://localhost")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:1/0?prefix=app:",
+        "redis://:hunter2@127.0.0.1:1/0?ttl=60",
+        "redis://:hunter2@127.0.0.1:1/0?no_such_option=1",
+        "redis+cluster://:hunter2@127.0.0.1:1?no_such_option=1",
+    ],
+)
+def test_unknown_url_query_options_are_refused_when_opening(url: str) -> None:
+    # redis-py passes unknown query parameters on to its connection class: the store used to
+    # open fine and then raise a bare TypeError from redis-py on every call.
+    with pytest.raises(ValidationError, match=r"no_such_option|prefix|ttl") as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_known_url_query_options_still_work() -> None:
+    for url in (
+        "rediss://:pw@127.0.0.1:1/0?ssl_cert_reqs=none",
+        "unix:///tmp/no-such-redis.sock?db=2",
+        "redis://127.0.0.1:1/3?health_check_interval=5&client_name=app",
+    ):
+        assert isinstance(RedisStore.from_url(url), RedisStore)
+
+
 def test_repr_hides_the_password() -> None:
     store = RedisStore.from_url("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in repr(store)
