@@ -416,7 +416,7 @@ async def test_a_cached_store_has_leases_exactly_when_its_inner_store_has(
 
     over_memory = CachedStore(MemoryStore())
     assert not supports_lease(over_memory)
-    async with CachedStore(SQLiteStore(tmp_path / "cached.db")) as over_sqlite:
+    async with CachedStore(SQLiteStore(tmp_path / "cached.db"), close_inner=True) as over_sqlite:
         assert supports_lease(over_sqlite)
         assert not supports_leased_load(over_sqlite)  # CachedStore keeps the old path
         async with Pipeline(MockProvider(["hi"]), store=over_sqlite) as pipe:

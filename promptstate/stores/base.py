@@ -49,6 +49,10 @@ __all__ = [
 #: the first message of the turn), so a retried append can tell it was already applied.
 TURN_ID_KEY = "turn_id"
 
+#: The largest cost one turn may add, in USD: far above any real price, and low enough that
+#: ``total_cost`` can never overflow to infinity by adding turns.
+MAX_TURN_COST = 1e12
+
 #: The longest key any store accepts, in characters.
 MAX_KEY_LENGTH = 512
 
@@ -323,9 +327,11 @@ def _guard_append_turn(fn: F) -> F:
         if (
             isinstance(cost, bool)
             or not isinstance(cost, (int, float))
-            or not 0 <= cost < float("inf")
+            or not 0 <= cost <= MAX_TURN_COST
         ):
-            raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}")
+            raise ValidationError(
+                f"cost must be a number of USD from 0 to {MAX_TURN_COST:g}, got {cost!r}"
+            )
         if turn_id is not None:
             if not isinstance(turn_id, str) or not turn_id:
                 raise ValidationError(f"turn_id must be None or a non-empty str, got {turn_id!r}")

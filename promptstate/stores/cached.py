@@ -48,13 +48,14 @@ class CachedStore(Store):
     ``inner``, so they stay exact.
 
     Args:
-        inner: The store to cache. Closed by :meth:`aclose` unless ``close_inner=False``.
+        inner: The store to cache. Borrowed: :meth:`aclose` leaves it open unless
+            ``close_inner=True``.
         max_entries: How many sessions to keep cached (least recently used dropped first).
         ttl: How long a cached entry may be served (``timedelta`` or seconds); ``None`` keeps
             it until evicted or written through this object. This is the cache's lifetime, not
             the sessions': those follow ``inner``'s own TTL, and a cached entry is never served
             past the moment ``inner`` would expire its session.
-        close_inner: Close ``inner`` in :meth:`aclose` (default), or leave it to its owner.
+        close_inner: Also close ``inner`` in :meth:`aclose` (hand it over to the cache).
 
     An inner store with ``touch_on_read=True`` is read through on every call (its reads must
     reach it to slide the TTL), so caching it saves nothing.
@@ -66,7 +67,7 @@ class CachedStore(Store):
         *,
         max_entries: int = 1024,
         ttl: timedelta | float | None = None,
-        close_inner: bool = True,
+        close_inner: bool = False,
     ) -> None:
         if not isinstance(inner, Store):
             raise ValidationError(f"CachedStore wraps a Store, got {type(inner).__name__}")
@@ -298,7 +299,7 @@ class CachedStore(Store):
         await self._inner._open()
 
     async def aclose(self) -> None:
-        """Drop the cache and close the inner store (unless ``close_inner=False``)."""
+        """Drop the cache; close the inner store too when ``close_inner=True``."""
         if self._closed:
             return
         await super().aclose()

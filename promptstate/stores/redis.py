@@ -200,6 +200,9 @@ class RedisStore(Store):
         self._cluster = isinstance(self._client, RedisCluster)
         self._pending_init = self._cluster
         self._init_lock = asyncio.Lock()
+        # Calls under way, so that aclose() can let them finish before closing the client.
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
         self._prefix = prefix
         self._pkey = prefix.encode()
         shards = index_shards if index_shards is not None else (8 if self._cluster else 1)
@@ -303,13 +306,27 @@ class RedisStore(Store):
             else:
                 await self._client.ping()
 
-    async def aclose(self) -> None:
-        if not self._closed and self._owns_client:
+    async def aclose(self, *, timeout: float = 10.0) -> None:
+        """Refuse new calls, let the calls under way finish (for up to ``timeout`` seconds),
+        then close the client if the store created it. Idempotent."""
+        if self._closed:
+            return
+        await super().aclose()
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "closing RedisStore with %d calls still under way after %.1f s",
+                    self._in_flight,
+                    timeout,
+                )
+        if self._owns_client:
             try:
                 await self._client.aclose()
             except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
                 logger.debug("closing the Redis client failed", exc_info=True)
-        await super().aclose()
 
     # -- keys and errors ------------------------------------------------------------------
 
@@ -333,10 +350,10 @@ class RedisStore(Store):
             keys.extend(self._index_keys(self._shard(member)))
         return keys, member
 
-    @staticmethod
-    def _errors(what: str, key: object = None) -> _Errors:
-        """Translate redis-py and socket errors at the boundary (``what`` + ``key`` name it)."""
-        return _Errors(what, key)
+    def _errors(self, what: str, key: object = None) -> _Errors:
+        """The boundary of every call: translates redis-py and socket errors (``what`` and
+        ``key`` name the call) and counts the call as under way."""
+        return _Errors(self, what, key)
 
     async def _eval(
         self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
@@ -823,18 +840,23 @@ class _Errors:
     A small class rather than a generator-based context manager: it is on every call's path.
     """
 
-    __slots__ = ("key", "what")
+    __slots__ = ("key", "store", "what")
 
-    def __init__(self, what: str, key: object) -> None:
+    def __init__(self, store: RedisStore, what: str, key: object) -> None:
+        self.store = store
         self.what = what
         self.key = key
 
     def __enter__(self) -> None:
-        return None
+        self.store._in_flight += 1
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
+        store = self.store
+        store._in_flight -= 1
+        if store._in_flight == 0 and store._drained is not None:
+            store._drained.set()
         if exc is None or not isinstance(
             exc, (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
         ):

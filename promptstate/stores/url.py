@@ -44,7 +44,8 @@ def open_store(url: str, *, ttl: timedelta | float | None = None, **options: Any
     scheme = url.split("://", 1)[0].lower()
     opener = _SCHEMES.get(scheme)
     if opener is None:
-        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES))
+        # The SQLAlchemy forms are registered only to explain what to write instead.
+        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES if "+asyncpg" not in s))
         raise ValidationError(f"unknown store URL scheme {scheme + '://'!r}; known: {known}")
     if ttl is not None:
         options["ttl"] = ttl

@@ -25,7 +25,7 @@ class TestCachedMemoryConformance(StoreConformance):
         made: list[Store] = []
 
         async def make(**options: object) -> Store:
-            store = CachedStore(MemoryStore(**options), max_entries=8)  # type: ignore[arg-type]
+            store = CachedStore(MemoryStore(**options), max_entries=8, close_inner=True)  # type: ignore[arg-type]
             made.append(store)
             return store
 
@@ -43,7 +43,7 @@ class TestCachedSQLiteConformance(StoreConformance):
 
         async def make(**options: object) -> Store:
             inner = SQLiteStore(tmp_path / f"cached-{len(made)}.db", **options)  # type: ignore[arg-type]
-            store = CachedStore(inner)
+            store = CachedStore(inner, close_inner=True)
             made.append(store)
             return store
 
@@ -70,7 +70,7 @@ async def test_reads_are_served_from_cache_and_writes_invalidate() -> None:
 
 async def test_other_writers_are_seen_after_the_entry_ttl() -> None:
     inner = MemoryStore()
-    store = CachedStore(inner, ttl=0.2, close_inner=False)
+    store = CachedStore(inner, ttl=0.2)
     await store.set("s", State(conversation_id="s", user_id="old"))
     assert (await store.get("s")).user_id == "old"
     await inner.set("s", State(conversation_id="s", user_id="new"))  # behind the cache's back
@@ -81,7 +81,10 @@ async def test_other_writers_are_seen_after_the_entry_ttl() -> None:
     with pytest.raises(Exception, match="version"):
         await store.set("s", State(conversation_id="s"), expected_version=1)
     await store.aclose()
-    assert not inner.closed
+    assert not inner.closed  # borrowed, so left open
+    owning = CachedStore(inner, close_inner=True)
+    await owning.aclose()
+    assert inner.closed
 
 
 async def test_lru_bound_and_isolation() -> None:
@@ -98,7 +101,7 @@ async def test_lru_bound_and_isolation() -> None:
 
 
 async def test_leases_pass_through(tmp_path: Path) -> None:
-    store = CachedStore(SQLiteStore(tmp_path / "l.db"))
+    store = CachedStore(SQLiteStore(tmp_path / "l.db"), close_inner=True)
     assert await store.acquire_lease("k", "me", 5.0) is True
     assert await store.release_lease("k", "me") is True
     assert not hasattr(CachedStore(MemoryStore()), "acquire_lease")

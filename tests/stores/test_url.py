@@ -62,3 +62,10 @@ def test_a_password_in_a_malformed_url_never_reaches_the_message(opener: str, ta
         open_it(target)  # type: ignore[operator]
     assert "hunter2" not in str(info.value)
     assert "***" in str(info.value)
+
+
+def test_unknown_scheme_does_not_list_the_rejected_sqlalchemy_forms() -> None:
+    with pytest.raises(ValidationError) as info:
+        open_store("nosuch://x")
+    assert "postgresql://" in str(info.value)
+    assert "+asyncpg" not in str(info.value)
