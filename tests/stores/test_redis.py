@@ -448,16 +448,19 @@ async def test_aclose_lets_calls_under_way_finish_and_leaves_no_connection(redis
     async def add(i: int) -> None:
         results.append(await store.append(f"s{i}", [Message("user", str(i))]))
 
-    async with anyio.create_task_group() as tg:
-        for i in range(3):
-            tg.start_soon(add, i)
-        await anyio.lowlevel.checkpoint()
-        await store.aclose()
-    assert results == [1, 1, 1]  # the calls under way finished, on a still-open client
-    pool = store.client.connection_pool
-    assert not any(c.is_connected for c in pool._available_connections)
-    assert not pool._in_use_connections
-    with pytest.raises(ClosedError):
-        await store.append("s0", [Message("user", "late")])
-    async with RedisStore.from_url(redis_url, prefix=prefix) as check:
-        assert await check.delete_by_prefix("") == 3
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(add, i)
+            await anyio.lowlevel.checkpoint()
+            await store.aclose()
+        assert results == [1, 1, 1]  # the calls under way finished, on a still-open client
+        pool = store.client.connection_pool
+        assert not any(c.is_connected for c in pool._available_connections)
+        assert not pool._in_use_connections
+        with pytest.raises(ClosedError):
+            await store.append("s0", [Message("user", "late")])
+    finally:
+        async with RedisStore.from_url(redis_url, prefix=prefix) as check:
+            await check.delete_by_prefix("")
+            assert [k async for k in check.client.scan_iter(match=f"{prefix}*")] == []
