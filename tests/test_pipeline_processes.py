@@ -8,17 +8,22 @@ processes, by the store's lease).
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from promptstate import open_store
+from promptstate import MockProvider, Pipeline, open_store
 from tests.pipeline_support import server_for
+from tests.servers import drop_postgres_tables
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -47,10 +52,18 @@ WORKER = textwrap.dedent(
 
 
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind: str = request.param
     url = server_for(kind, request)
-    return url if url is not None else f"sqlite:///{tmp_path / 'shared.db'}"
+    if url is None:
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+    elif kind == "postgres":
+        # A table of this test's own on the shared server, dropped afterwards.
+        table = f"ps_xproc_{uuid.uuid4().hex[:12]}"
+        yield f"{url}{'&' if '?' in url else '?'}table_name={table}"
+        asyncio.run(drop_postgres_tables(url, table))
+    else:
+        yield url
 
 
 async def test_two_processes_never_interleave_turns(shared_url: str) -> None:
@@ -84,3 +97,54 @@ async def test_two_processes_never_interleave_turns(shared_url: str) -> None:
         assert answer.content == f"a:{user.content}:{k + 1}", (k, answer.content)
     seen = {m.content for m in messages[::2]}
     assert seen == {f"w{n}-{i}" for n in range(2) for i in range(TURNS)}
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from promptstate import MockProvider, Pipeline, open_store
+
+    async def main(url, session):
+        async def hang(messages):
+            print("HOLDING", flush=True)  # the turn's lease is taken: the parent kills us now
+            await anyio.sleep(600)
+            return "never"
+
+        async with open_store(url) as store:
+            async with Pipeline(MockProvider(hang), store=store, lease_ttl=1.0) as pipe:
+                await pipe.execute(session, "user", "from the process that dies")
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+    """
+)
+
+
+async def test_lease_of_a_killed_process_is_taken_over_after_it_expires(shared_url: str) -> None:
+    """A process dies (SIGKILL) holding a session's lease mid-turn; the next turn waits for the
+    lease to expire, then runs, and nothing of the dead turn is stored."""
+    url = shared_url
+    session = f"ps-killed-{uuid.uuid4().hex}"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    async with await anyio.open_process(
+        [sys.executable, "-c", HOLDER, url, session], cwd=ROOT, env=env
+    ) as holder:
+        assert holder.stdout is not None
+        with anyio.fail_after(30):
+            line = await holder.stdout.receive()
+        assert line.strip() == b"HOLDING", line
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+    killed_at = time.monotonic()
+    async with open_store(url) as store:
+        try:
+            async with Pipeline(MockProvider(["after"]), store=store, lock_timeout=15) as pipe:
+                result = await pipe.execute(session, "user", "from the survivor")
+            waited = time.monotonic() - killed_at
+            messages = await store.load(session)
+        finally:
+            await store.delete(session)
+    assert result.response.content == "after"
+    assert [m.content for m in messages] == ["from the survivor", "after"]
+    # It had to wait for the dead holder's lease (1 s, renewed up to the kill) to run out.
+    assert 0.2 < waited < 10, waited
