@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
 import msgspec
 
+from promptstate._resource import AsyncResource
 from promptstate.exceptions import ClosedError, PromptStateError, ValidationError
 from promptstate.locks import (
     TurnLease,
@@ -244,7 +244,7 @@ def _system_messages(system: str | Sequence[Message] | None) -> list[Message]:
     return items
 
 
-class Pipeline:
+class Pipeline(AsyncResource):
     """Runs turns of stored conversations through a chain of middleware stages.
 
     Args:
@@ -349,26 +349,11 @@ class Pipeline:
         """The token counter."""
         return self._counter
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Pipeline:
-        self._check_open()
+    async def _open(self) -> None:
         if self._owns_store:
             await self._store.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the store if the pipeline created it; the provider is borrowed. Idempotent."""
@@ -384,10 +369,6 @@ class Pipeline:
                 await finished.wait()
         if self._owns_store:
             await self._store.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("Pipeline is closed")
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Start ``fn`` in a task that outlives the caller's frame (for :meth:`stream`)."""

@@ -44,13 +44,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import msgspec
 
+from promptstate._resource import AsyncResource
 from promptstate.exceptions import (
-    ClosedError,
     ConflictError,
     CorruptStateError,
     NotFoundError,
@@ -801,7 +800,7 @@ class Conversation:
         return await self._manager.store.delete(self.id)
 
 
-class ConversationManager:
+class ConversationManager(AsyncResource):
     """Starts and resumes conversations on one store with one provider.
 
     Args:
@@ -882,19 +881,9 @@ class ConversationManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> ConversationManager:
-        self._check_open()
+    async def _open(self) -> None:
         if self._owns_store:
             await self._store.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pipelines, and the store if the manager opened it. Idempotent."""
@@ -906,15 +895,6 @@ class ConversationManager:
             await pipe.aclose()
         if self._owns_store:
             await self._store.aclose()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("ConversationManager is closed")
 
     def _pipeline(self, max_tokens: int | None) -> Pipeline:
         self._check_open()

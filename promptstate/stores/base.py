@@ -20,13 +20,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import msgspec
 
+from promptstate._resource import AsyncResource
 from promptstate.exceptions import (
-    ClosedError,
     ConflictError,
     InvalidKeyError,
     NotFoundError,
@@ -480,7 +479,7 @@ def _install_guards(cls: type) -> None:
             setattr(cls, name, wrapped)
 
 
-class Store(ABC):
+class Store(AsyncResource, ABC):
     """The base class of every store.
 
     Args:
@@ -526,35 +525,6 @@ class Store(ABC):
     def token_counter(self) -> TokenCounter:
         """The counter the store uses for ``State.token_count``."""
         return self._counter
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``aclose()`` has been called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{type(self).__name__} is closed")
-
-    async def __aenter__(self: _S) -> _S:
-        self._check_open()
-        await self._open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Connect or prepare eagerly on ``async with`` (default: nothing; stores are lazy)."""
-
-    async def aclose(self) -> None:
-        """Release what the store owns. Idempotent; the store can't be used afterwards."""
-        self._closed = True
 
     # -- the abstract methods -------------------------------------------------------------
 
