@@ -39,6 +39,8 @@ async def fill(store: Any, start: int, stop: int, concurrency: int = 64) -> None
 
 async def measure(store: Any, size: int, repeats: int, rng: random.Random) -> list[float]:
     times: list[float] = []
+    for _ in range(3):  # warm-up: connections, prepared statements, scripts
+        [s async for s in store.list_by_prefix(f"t{rng.randrange(size // 10):06d}:")]
     for _ in range(repeats):
         prefix = f"t{rng.randrange(size // 10):06d}:"
         start = time.perf_counter()

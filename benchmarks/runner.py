@@ -92,6 +92,10 @@ class Config:
     max_concurrency: dict[int, int] = field(default_factory=dict)
     cell_seconds: float = 1.5
     cell_max_turns: int = 3000
+    #: each cell is measured in this many slices, the contenders' order alternating
+    rounds: int = 3
+    #: untimed turns before each slice
+    warmup_seconds: float = 0.1
     listing_sizes: tuple[int, ...] = (1_000, 100_000)
     listing_repeats: int = 40
     memory_sessions: int = 10
@@ -120,8 +124,10 @@ class Config:
             histories=(10, 1_000),
             concurrencies=(1, 16),
             pool={10: 256, 1_000: 16},
-            cell_seconds=0.25,
+            cell_seconds=0.3,
             cell_max_turns=600,
+            rounds=2,
+            warmup_seconds=0.03,
             listing_sizes=(1_000, 10_000),
             listing_repeats=15,
             memory_sessions=4,
@@ -140,6 +146,8 @@ class Config:
             pool={10: 16, 100: 4},
             cell_seconds=0.05,
             cell_max_turns=40,
+            rounds=2,
+            warmup_seconds=0.0,
             listing_sizes=(100, 1_000),
             listing_repeats=3,
             memory_sessions=2,
@@ -264,29 +272,43 @@ async def measure_cell(
     concurrency: int,
     seconds: float,
     max_turns: int,
+    *,
+    warmup: float = 0.0,
 ) -> tuple[list[float], float]:
     """Run turns from ``concurrency`` tasks for ``seconds`` (at most ``max_turns``).
 
     Turn ``t`` goes to session ``ids[t % len(ids)]``, so with at least as many sessions as
-    tasks, no two tasks work on one session at a time. Returns (per-turn seconds, wall time).
+    tasks, no two tasks work on one session at a time. Before the timed part, the same tasks
+    run untimed turns for ``warmup`` seconds (at least one each: that opens the connections
+    the cell will use). Returns (per-turn seconds, wall time).
     """
     pool = len(ids)
-    # warm-up: one round from every task opens the connections the cell will use
-    warm = [next(cursor) for _ in range(concurrency)]
-    await asyncio.gather(*(contender.turn(ids[t % pool], t) for t in warm))
-    latencies: list[float] = []
     perf = time.perf_counter
-    deadline = perf() + seconds
+    latencies: list[float] = []
 
-    async def worker() -> None:
-        while len(latencies) < max_turns and perf() < deadline:
+    warm = [0]
+
+    async def worker(until: float, timed: bool) -> None:
+        while True:
             t = next(cursor)
             start = perf()
             await contender.turn(ids[t % pool], t)
-            latencies.append(perf() - start)
+            if timed:
+                latencies.append(perf() - start)
+                if len(latencies) >= max_turns:
+                    return
+            else:
+                warm[0] += 1
+                if warm[0] >= max_turns // 5:
+                    return
+            if perf() >= until:
+                return
 
+    warm_until = perf() + warmup
+    await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
+    deadline = perf() + seconds
     start = perf()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(deadline, True) for _ in range(concurrency)))
     return latencies, perf() - start
 
 
@@ -335,31 +357,41 @@ async def run_turns(
                     _fail(contender, exc, "populating", notes, failed)
                 cursors[id(contender)] = itertools.count()
             for concurrency in config.concurrencies_at(history):
+                got: dict[int, tuple[list[float], float]] = {}
+                before = {id(c): _peek(cursors[id(c)]) for c in live if id(c) in cursors}
+                # Rounds alternate the contenders' order, so a burst of load from elsewhere on
+                # the machine lands on all of them rather than on one.
+                for rnd in range(config.rounds):
+                    last = rnd == config.rounds - 1
+                    for contender in live if rnd % 2 == 0 else live[::-1]:
+                        label = f"{contender.name}: history {history:,}, {concurrency} sessions"
+                        if last:
+                            progress.step(label)
+                        else:
+                            progress.show(label)
+                        if id(contender) in failed:
+                            continue
+                        try:
+                            latencies, wall = await measure_cell(
+                                contender,
+                                ids,
+                                cursors[id(contender)],
+                                concurrency,
+                                config.cell_seconds / config.rounds,
+                                max(1, config.cell_max_turns // config.rounds),
+                                warmup=config.warmup_seconds,
+                            )
+                        except Exception as exc:
+                            where = f"history {history}, {concurrency} sessions"
+                            _fail(contender, exc, where, notes, failed)
+                            continue
+                        so_far, walls = got.get(id(contender), ([], 0.0))
+                        got[id(contender)] = (so_far + latencies, walls + wall)
                 for contender in live:
-                    progress.step(f"{contender.name}: history {history:,}, {concurrency} sessions")
-                    if id(contender) in failed:
+                    if id(contender) in failed or id(contender) not in got:
                         continue
-                    cursor = cursors[id(contender)]
-                    before = _peek(cursor)
-                    try:
-                        latencies, wall = await measure_cell(
-                            contender,
-                            ids,
-                            cursor,
-                            concurrency,
-                            config.cell_seconds,
-                            config.cell_max_turns,
-                        )
-                    except Exception as exc:
-                        _fail(
-                            contender,
-                            exc,
-                            f"history {history}, {concurrency} sessions",
-                            notes,
-                            failed,
-                        )
-                        continue
-                    after = _peek(cursor)
+                    latencies, wall = got[id(contender)]
+                    after = _peek(cursors[id(contender)])
                     ordered = sorted(latencies)
                     records.append(
                         Record(
@@ -374,7 +406,7 @@ async def run_turns(
                             kind=contender.kind,
                             reads=contender.reads,
                             turns=len(latencies),
-                            history_mean=history + (before + after) / pool,
+                            history_mean=history + (before[id(contender)] + after) / pool,
                             note=contender.note,
                         )
                     )
