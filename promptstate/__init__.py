@@ -16,30 +16,53 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import SupportsLease
+from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
+from promptstate.providers import Chunk, Completion, MockProvider, Provider
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import MemoryStore, Store, open_store
-from promptstate.tokens import HeuristicTokenCounter, TokenCounter
+from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
+from promptstate.truncation import (
+    SlidingWindow,
+    Summarize,
+    TimeWindow,
+    TokenBudget,
+    truncate_messages,
+)
 from promptstate.types import Message, State, ToolCall, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chunk",
     "ClosedError",
+    "Completion",
     "ConflictError",
     "CorruptStateError",
+    "ExecutionContext",
+    "ExecutionResult",
     "HeuristicTokenCounter",
     "InvalidKeyError",
     "MemoryStore",
     "Message",
+    "MockProvider",
     "NotFoundError",
+    "Pipeline",
     "PromptPackError",
     "PromptStateError",
+    "Provider",
     "ProviderError",
     "SCHEMA_VERSION",
     "SessionBusyError",
+    "SlidingWindow",
     "State",
     "Store",
     "StoreUnavailableError",
+    "Summarize",
+    "SupportsLease",
+    "TiktokenCounter",
+    "TimeWindow",
+    "TokenBudget",
     "TokenCounter",
     "ToolCall",
     "Usage",
@@ -48,4 +71,5 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_store",
+    "truncate_messages",
 ]

@@ -7,13 +7,25 @@ kept in ``Message.tokens`` once computed (see :func:`with_tokens`), so nothing i
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import base64
+import gzip
+import hashlib
+import threading
+from importlib import resources
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from promptstate.exceptions import ValidationError
 from promptstate.types import Message
 
-__all__ = ["HeuristicTokenCounter", "TokenCounter", "count_tokens", "with_tokens"]
+__all__ = [
+    "HeuristicTokenCounter",
+    "TiktokenCounter",
+    "TokenCounter",
+    "count_tokens",
+    "with_tokens",
+]
 
 
 @runtime_checkable
@@ -68,3 +80,191 @@ def with_tokens(message: Message, counter: TokenCounter) -> Message:
 def count_tokens(messages: list[Message], counter: TokenCounter) -> int:
     """The tokens of ``messages``, using each message's kept count where it has one."""
     return sum(m.tokens if m.tokens is not None else counter.count(m) for m in messages)
+
+
+# -- tiktoken ----------------------------------------------------------------------------------
+
+_ENDOFTEXT = "<|endoftext|>"
+_ENDOFPROMPT = "<|endofprompt|>"
+
+# The definitions of the two encodings OpenAI's current chat models use, as tiktoken_ext
+# defines them, with the SHA-256 of their rank files (tests check both against tiktoken's own).
+_BUNDLED: dict[str, dict[str, Any]] = {
+    "cl100k_base": {
+        "sha256": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        "pat_str": (
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
+            r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+        ),
+        "special_tokens": {
+            _ENDOFTEXT: 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            _ENDOFPROMPT: 100276,
+        },
+    },
+    "o200k_base": {
+        "sha256": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        "pat_str": "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*"""
+                r"""[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"""
+                r"""[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        "special_tokens": {_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
+    },
+}
+
+_encodings: dict[str, Any] = {}
+_encodings_lock = threading.Lock()
+
+
+def _import_tiktoken() -> Any:
+    try:
+        import tiktoken
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "TiktokenCounter needs tiktoken and bpe-openai: pip install 'promptstate[tiktoken]'"
+        ) from exc
+    return tiktoken
+
+
+def bundled_ranks(name: str) -> dict[bytes, int]:
+    """The BPE ranks of ``name`` from the files the ``bpe-openai`` package ships (no network).
+
+    The file's SHA-256 is checked against tiktoken's published hash for that encoding.
+
+    Raises:
+        ImportError: ``bpe-openai`` is not installed.
+        CorruptStateError: The shipped file does not match the expected hash.
+    """
+    from promptstate.exceptions import CorruptStateError
+
+    spec = _BUNDLED[name]
+    try:
+        files = resources.files("bpe_openai.data")
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"the {name} encoding needs the bpe-openai package to work offline: "
+            "pip install 'promptstate[tiktoken]'"
+        ) from exc
+    data = gzip.decompress((files / f"{name}.tiktoken.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+        raise CorruptStateError(f"the {name} rank file shipped by bpe-openai has the wrong hash")
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def load_encoding(name: str) -> Any:
+    """The ``tiktoken.Encoding`` called ``name``, built offline when ``bpe-openai`` has it.
+
+    ``o200k_base`` and ``cl100k_base`` come from the files ``bpe-openai`` ships; any other name
+    is left to ``tiktoken.get_encoding`` (which may download it). Encodings are cached.
+
+    Raises:
+        ImportError: tiktoken (or bpe-openai) is not installed.
+        ValidationError: tiktoken does not know ``name`` or could not load it.
+    """
+    with _encodings_lock:
+        cached = _encodings.get(name)
+        if cached is not None:
+            return cached
+        tiktoken = _import_tiktoken()
+        if name in _BUNDLED:
+            spec = _BUNDLED[name]
+            encoding = tiktoken.Encoding(
+                name=name,
+                pat_str=spec["pat_str"],
+                mergeable_ranks=bundled_ranks(name),
+                special_tokens=spec["special_tokens"],
+            )
+        else:
+            try:
+                encoding = tiktoken.get_encoding(name)
+            except Exception as exc:
+                raise ValidationError(
+                    f"tiktoken encoding {name!r} is not available: {exc} (offline, only "
+                    f"{', '.join(sorted(_BUNDLED))} work, from bpe-openai)"
+                ) from exc
+        _encodings[name] = encoding
+        return encoding
+
+
+class TiktokenCounter:
+    """Exact token counts with a tiktoken encoding, loaded without network.
+
+    Needs the ``tiktoken`` extra (``pip install 'promptstate[tiktoken]'``, which brings tiktoken
+    and bpe-openai). ``o200k_base`` (GPT-4o, GPT-4.1, o-series) and ``cl100k_base`` (GPT-4,
+    GPT-3.5) are built from the rank files bpe-openai ships, checked against tiktoken's hashes,
+    so they work offline; any other encoding name goes through ``tiktoken.get_encoding``.
+
+    A message costs its content, name and tool calls encoded, plus OpenAI's chat-format
+    overhead: ``per_message`` (3) tokens per message, ``per_name`` (1) for a name and
+    ``per_tool_call`` (3) per tool call.
+
+    Args:
+        encoding: An encoding name, or a ``tiktoken.Encoding`` you built yourself.
+        per_message: Tokens of overhead each message costs.
+        per_name: Extra tokens a message's ``name`` costs.
+        per_tool_call: Extra tokens each tool call costs.
+    """
+
+    __slots__ = ("_encode", "encoding", "per_message", "per_name", "per_tool_call")
+
+    def __init__(
+        self,
+        encoding: str | Any = "o200k_base",
+        *,
+        per_message: int = 3,
+        per_name: int = 1,
+        per_tool_call: int = 3,
+    ) -> None:
+        self.encoding = load_encoding(encoding) if isinstance(encoding, str) else encoding
+        self._encode = self.encoding.encode_ordinary
+        self.per_message = per_message
+        self.per_name = per_name
+        self.per_tool_call = per_tool_call
+
+    @classmethod
+    def for_model(cls, model: str, **kwargs: int) -> TiktokenCounter:
+        """The counter for an OpenAI model name (``"gpt-4o"`` -> ``o200k_base``).
+
+        Raises:
+            ValidationError: tiktoken does not know the model.
+        """
+        tiktoken = _import_tiktoken()
+        try:
+            name = tiktoken.encoding_name_for_model(model)
+        except KeyError as exc:
+            raise ValidationError(f"tiktoken knows no encoding for model {model!r}") from exc
+        return cls(name, **kwargs)
+
+    def count(self, message: Message) -> int:
+        encode = self._encode
+        tokens = self.per_message
+        if message.content:
+            tokens += len(encode(message.content))
+        if message.name:
+            tokens += self.per_name + len(encode(message.name))
+        for call in message.tool_calls:
+            tokens += self.per_tool_call + len(encode(call.name)) + len(encode(call.arguments))
+        return tokens
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text`` (special tokens are encoded as ordinary text)."""
+        return list(self._encode(text))
+
+    def __repr__(self) -> str:
+        return f"TiktokenCounter({self.encoding.name!r})"

@@ -34,7 +34,18 @@ from promptstate.exceptions import (
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
 from promptstate.types import Message, State, utcnow
 
-__all__ = ["MAX_KEY_LENGTH", "Store", "normalize_ttl", "validate_key", "validate_prefix"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "TURN_ID_KEY",
+    "Store",
+    "normalize_ttl",
+    "validate_key",
+    "validate_prefix",
+]
+
+#: The ``Message.metadata`` key under which :meth:`Store.append_turn` records a turn's id (on
+#: the first message of the turn), so a retried append can tell it was already applied.
+TURN_ID_KEY = "turn_id"
 
 #: The longest key any store accepts, in characters.
 MAX_KEY_LENGTH = 512
@@ -177,6 +188,49 @@ def _guard_messages(method: str) -> Callable[[F], F]:
     return wrap
 
 
+def _guard_append_turn(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(
+        self: Store,
+        key: object,
+        messages: object,
+        *,
+        cost: object = 0.0,
+        turn_id: object = None,
+        expected_count: object = None,
+    ) -> Any:
+        self._check_open()
+        validate_key(key, what="session_id")
+        items = _check_messages(messages, "append_turn")
+        if (
+            isinstance(cost, bool)
+            or not isinstance(cost, (int, float))
+            or not 0 <= cost < float("inf")
+        ):
+            raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}")
+        if turn_id is not None:
+            if not isinstance(turn_id, str) or not turn_id:
+                raise ValidationError(f"turn_id must be None or a non-empty str, got {turn_id!r}")
+            if items and items[0].metadata.get(TURN_ID_KEY) != turn_id:
+                first = items[0]
+                items[0] = msgspec.structs.replace(
+                    first, metadata={**first.metadata, TURN_ID_KEY: turn_id}
+                )
+        if expected_count is not None and (
+            not isinstance(expected_count, int)
+            or isinstance(expected_count, bool)
+            or expected_count < 0
+        ):
+            raise ValidationError(
+                f"expected_count must be None or an int >= 0, got {expected_count!r}"
+            )
+        return await fn(
+            self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
+        )
+
+    return cast(F, guarded)
+
+
 def _guard_fork(fn: F) -> F:
     @functools.wraps(fn)
     async def guarded(
@@ -242,6 +296,7 @@ _GUARDS: dict[str, Callable[[Any], Any]] = {
     "load": _guard_load,
     "save": _guard_messages("save"),
     "append": _guard_messages("append"),
+    "append_turn": _guard_append_turn,
     "fork": _guard_fork,
     "list_keys": _guard_prefix_iter,
     "list_by_prefix": _guard_prefix_iter,
@@ -297,6 +352,11 @@ class Store(ABC):
     def ttl(self) -> float | None:
         """The TTL in seconds, or ``None``."""
         return self._ttl
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The counter the store uses for ``State.token_count``."""
+        return self._counter
 
     @property
     def closed(self) -> bool:
@@ -399,6 +459,53 @@ class Store(ABC):
                 continue
             return len(stored.messages)
 
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        """Append one turn's messages in one atomic write and add ``cost`` to ``total_cost``.
+
+        This is what the pipeline's save stage calls. It is :meth:`append` plus two guards:
+
+        * ``turn_id``: recorded in the first message's ``metadata["turn_id"]``. When the
+          session already ends with that turn (the message ``len(messages)`` from the end has
+          this turn id), nothing is written and the current count is returned: retrying an
+          append whose reply was lost never stores the turn twice.
+        * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
+          session holds exactly that many messages before the append (0 for a new session).
+          Checked after the turn id, so a retried turn is not a conflict.
+
+        Backends override this with one native atomic operation; this default is a
+        compare-and-set loop on :meth:`get` / :meth:`set`.
+
+        Returns:
+            The number of messages after the append.
+        """
+        new = [with_tokens(m, self._counter) for m in messages]
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            count = len(state.messages)
+            if _turn_stored(state.messages, new, turn_id):
+                return count
+            if expected_count is not None and expected_count != count:
+                raise ConflictError(
+                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
+                )
+            if not new:
+                return count
+            state.messages.extend(new)
+            state.total_cost += cost
+            try:
+                stored = await self.set(session_id, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return len(stored.messages)
+
     async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
         """Copy the whole state under ``source`` to ``target``; returns the new state.
 
@@ -468,6 +575,13 @@ class Store(ABC):
         """``messages`` with tokens filled in, and their total."""
         counted = [with_tokens(m, self._counter) for m in messages]
         return counted, sum(cast(int, m.tokens) for m in counted)
+
+
+def _turn_stored(stored: Sequence[Message], new: Sequence[Message], turn_id: str | None) -> bool:
+    """Whether ``stored`` already ends with the turn ``turn_id`` of ``new``'s length."""
+    if turn_id is None or not new or len(stored) < len(new):
+        return False
+    return bool(stored[len(stored) - len(new)].metadata.get(TURN_ID_KEY) == turn_id)
 
 
 _S = TypeVar("_S", bound=Store)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
-from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import Store
+from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
+from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, utcnow
 
@@ -203,6 +203,30 @@ class MemoryStore(Store):
         return unpack_messages(items, key=session_id)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        return self._append(session_id, messages, 0.0)
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        entry = self._lookup(session_id, read=False)
+        count = 0 if entry is None else len(entry.messages)
+        if entry is not None and turn_id is not None and messages and count >= len(messages):
+            first = unpack_message(entry.messages[count - len(messages)], key=session_id)
+            if first.metadata.get(TURN_ID_KEY) == turn_id:
+                return count
+        if expected_count is not None and expected_count != count:
+            raise ConflictError(
+                f"session {session_id!r} holds {count} messages, expected {expected_count}"
+            )
+        return self._append(session_id, messages, cost)
+
+    def _append(self, session_id: str, messages: Sequence[Message], cost: float) -> int:
         entry = self._lookup(session_id, read=False)
         if not messages:
             return 0 if entry is None else len(entry.messages)
@@ -225,6 +249,7 @@ class MemoryStore(Store):
         entry.messages.extend(encoded)
         entry.version += 1
         entry.token_count += tokens
+        entry.total_cost += cost
         entry.updated_at = now
         entry.expires_at = self._expiry()
         return len(entry.messages)

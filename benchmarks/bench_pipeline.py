@@ -1,0 +1,181 @@
+"""Pipeline.execute against the bare store calls a turn needs, at short and long histories.
+
+For each store and each history length the benchmark times, in the same run:
+
+* ``pipeline``: ``await pipe.execute(session, "user", text)`` with a :class:`MockProvider`
+  and the default stages with ``max_tokens`` (load -> TokenBudget -> provider -> save), so
+  the turn takes the session lock (and lease), loads the tail the budget can use, truncates,
+  counts tokens, calls the mock model and appends the turn atomically;
+* ``bare``: what the turn needs from the store and nothing else: build the two messages,
+  ``await store.load(session, last=W)`` with the same window ``W`` the pipeline read, and
+  ``await store.append(session, [user, assistant])``.
+
+Targets: ``pipeline / bare`` at most 1.5, and the pipeline at 10,000 messages at most 1.3x
+the pipeline at 10.
+
+Run: ``python -m benchmarks.bench_pipeline`` (add ``REDIS_URL=redis://...`` to include
+Redis when the RedisStore is available; ``--quick`` for a short run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from benchmarks._timing import fmt_us, machine
+from promptstate import ExecutionContext, MemoryStore, Message, MockProvider, Pipeline, Store
+from promptstate.pipeline import default_stages
+from promptstate.stages import LoadState
+
+HISTORIES = (10, 10_000)
+MAX_TOKENS = 500
+USER_TEXT = "What did we decide about the launch date?"
+REPLY = "We agreed on the second week of March."
+
+
+def _history(count: int) -> list[Message]:
+    return [
+        Message("user", USER_TEXT) if i % 2 == 0 else Message("assistant", REPLY)
+        for i in range(count)
+    ]
+
+
+async def _fill(store: Store, session: str, messages: list[Message]) -> None:
+    await store.delete(session)
+    for i in range(0, len(messages), 500):
+        await store.append(session, messages[i : i + 500])
+
+
+async def _time(
+    fn: Callable[[], Awaitable[object]], budget: float, reset: Callable[[], Awaitable[None]]
+) -> float:
+    """Median seconds per turn over batches of 10 turns, for about ``budget`` seconds.
+
+    ``reset`` (not timed) puts the history back to its starting length between batches, so a
+    10-message history stays between 10 and 30 messages while it is measured.
+    """
+    await reset()
+    for _ in range(10):
+        await fn()
+    batch_means: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(batch_means) < 7 or time.perf_counter() < deadline:
+        await reset()
+        start = time.perf_counter()
+        for _ in range(10):
+            await fn()
+        batch_means.append((time.perf_counter() - start) / 10)
+    return statistics.median(batch_means)
+
+
+class _WindowSpy(LoadState):
+    """The default load stage, remembering the window it read last."""
+
+    window: int | None = None
+
+    async def load(self, ctx: ExecutionContext) -> list[Message]:
+        history = await super().load(ctx)
+        type(self).window = len(history)
+        return history
+
+
+async def _measure(store: Store, history: int, budget: float) -> tuple[float, float, int]:
+    tag = uuid.uuid4().hex[:8]
+    piped, bare = f"bench-{tag}-pipe", f"bench-{tag}-bare"
+    start = _history(history)
+    stages = default_stages(MAX_TOKENS)
+    stages[0] = _WindowSpy()
+    pipe = Pipeline(MockProvider([REPLY], cycle=True), store=store, middleware=stages)
+    filled: set[str] = set()
+
+    def resetter(session: str) -> Callable[[], Awaitable[None]]:
+        async def reset() -> None:
+            # Long histories grow by a negligible fraction; refill only the short ones.
+            if session not in filled or history < 1000:
+                await _fill(store, session, start)
+                filled.add(session)
+
+        return reset
+
+    async def turn() -> object:
+        return await pipe.execute(piped, "user", USER_TEXT)
+
+    pipe_time = await _time(turn, budget, resetter(piped))
+    window = _WindowSpy.window or history
+
+    async def bare_turn() -> object:
+        user = Message("user", USER_TEXT)
+        await store.load(bare, last=window)
+        return await store.append(bare, [user, Message("assistant", REPLY)])
+
+    bare_time = await _time(bare_turn, budget, resetter(bare))
+    return pipe_time, bare_time, window
+
+
+async def bench_store(name: str, make: Callable[[], Store], budget: float) -> list[list[str]]:
+    rows = []
+    results: dict[int, float] = {}
+    for history in HISTORIES:
+        store = make()
+        try:
+            pipe_time, bare_time, window = await _measure(store, history, budget)
+        finally:
+            await store.delete_by_prefix("bench-")
+            await store.aclose()
+        results[history] = pipe_time
+        rows.append(
+            [
+                name,
+                f"{history:,}",
+                str(window),
+                fmt_us(bare_time),
+                fmt_us(pipe_time),
+                f"{pipe_time / bare_time:.2f}x",
+            ]
+        )
+    rows[0].append("")
+    rows[-1].append(f"{results[HISTORIES[-1]] / results[HISTORIES[0]]:.2f}x")
+    return rows
+
+
+async def main(quick: bool) -> None:
+    budget = 0.5 if quick else 2.0
+    stores: list[tuple[str, Callable[[], Store]]] = [("memory", MemoryStore)]
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        try:
+            from promptstate.stores.redis import RedisStore  # type: ignore[import-not-found]
+        except ImportError:
+            print("REDIS_URL is set but RedisStore is not available on this branch: skipped")
+        else:
+            prefix = f"ps-bench-{uuid.uuid4().hex[:8]}:"
+            stores.append(("redis", lambda: RedisStore.from_url(redis_url, prefix=prefix)))
+    header = [
+        "store",
+        "history",
+        "window",
+        "bare load+append (us)",
+        "Pipeline.execute (us)",
+        "pipeline/bare",
+        "10k/10 turn",
+    ]
+    rows = [header]
+    for name, make in stores:
+        rows.extend(await bench_store(name, make, budget))
+    print(f"Pipeline.execute vs bare store calls, max_tokens={MAX_TOKENS} ({machine()})\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|")
+    for row in rows[1:]:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    anyio.run(main, parser.parse_args().quick)

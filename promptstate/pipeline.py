@@ -1,0 +1,537 @@
+"""The pipeline: run one turn of a stored conversation, safely and cheaply.
+
+::
+
+    async with Pipeline(provider, store=store, max_tokens=4000) as pipe:
+        result = await pipe.execute(session_id, "user", "Hi, I'm Alice")
+        print(result.response.content)
+
+A turn runs a chain of middleware stages, each ``async def stage(ctx, call_next)``. The chain
+is built once, at construction, with the first stage listed outermost (as in Starlette). The
+default chain is :class:`~promptstate.stages.LoadState` -> a truncation strategy ->
+:class:`~promptstate.stages.CallProvider` -> :class:`~promptstate.stages.SaveState`.
+
+Around the chain, and not removable, is the turn lock (:mod:`promptstate.locks`): turns on one
+session never interleave, within this process or across processes sharing a store with
+leases. What makes a turn safe:
+
+* a provider failure raises :class:`~promptstate.exceptions.ProviderError` and stores nothing;
+* the save is one atomic append, shielded from cancellation, so a cancelled turn is stored
+  whole or not at all, and a cancelled or failed stream stores nothing;
+* the save carries a turn id, so retrying it after a lost reply never stores it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+from promptstate.exceptions import ClosedError, PromptStateError, ValidationError
+from promptstate.locks import (
+    TurnLease,
+    check_timeout,
+    local_locks,
+    new_id,
+    session_turn,
+    supports_lease,
+)
+from promptstate.providers.base import Chunk, Completion, Provider
+from promptstate.stages import CallProvider, LoadState, SaveState
+from promptstate.stores.base import Store, validate_key
+from promptstate.stores.memory import MemoryStore
+from promptstate.tokens import TokenCounter, with_tokens
+from promptstate.truncation import TokenBudget, TruncationStrategy
+from promptstate.types import Message, Usage
+
+__all__ = [
+    "CallNext",
+    "ExecutionContext",
+    "ExecutionResult",
+    "Middleware",
+    "Pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What a stage calls to run the rest of the chain.
+CallNext = Callable[["ExecutionContext"], Awaitable[None]]
+
+
+class Middleware(Protocol):
+    """A pipeline stage: do some work, then ``await call_next(ctx)`` (or don't, to stop)."""
+
+    async def __call__(self, ctx: ExecutionContext, call_next: CallNext) -> None: ...
+
+
+class ExecutionContext:
+    """Everything one turn knows, handed from stage to stage.
+
+    Attributes:
+        session_id: The conversation's key.
+        input: The new message of this turn (its tokens counted).
+        system: System messages sent first on every turn and never stored.
+        history: The stored messages the load stage read (oldest first; maybe only a tail).
+        messages: What the provider will be (or was) sent; truncation stages rewrite it.
+        pending: Messages to store before ``input`` in this turn's append (e.g. a summary).
+        options: Request options for the provider (temperature, tools, ...).
+        response: The assistant's message, once the provider answered.
+        completion: The provider's whole :class:`~promptstate.providers.Completion`.
+        usage: Tokens the turn's model call consumed.
+        summary_usage: Tokens spent on summaries (see :class:`~promptstate.truncation.Summarize`).
+        cost: USD the turn cost so far (model call plus summaries).
+        message_count: The session's number of messages after the save.
+        turn_id: This turn's id, stored in the first saved message's metadata.
+        store: The pipeline's store.
+        provider: The pipeline's provider.
+        counter: The token counter.
+        strategies: The truncation strategies in the chain (the load stage asks them).
+        lease: The cross-process lease held for the turn, if the store has leases.
+        emit: In a streamed turn, sends a chunk to the consumer; None otherwise.
+        data: Free space for your own stages to share values.
+    """
+
+    __slots__ = (
+        "completion",
+        "cost",
+        "counter",
+        "data",
+        "emit",
+        "history",
+        "input",
+        "lease",
+        "message_count",
+        "messages",
+        "options",
+        "pending",
+        "provider",
+        "response",
+        "session_id",
+        "store",
+        "strategies",
+        "summary_usage",
+        "system",
+        "turn_id",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        input: Message,
+        store: Store,
+        provider: Provider,
+        counter: TokenCounter,
+        system: list[Message],
+        options: dict[str, Any],
+        strategies: tuple[TruncationStrategy, ...] = (),
+        emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.input = input
+        self.store = store
+        self.provider = provider
+        self.counter = counter
+        self.system = system
+        self.options = options
+        self.strategies = strategies
+        self.emit = emit
+        self.history: list[Message] = []
+        self.messages: list[Message] = [*system, input]
+        self.pending: list[Message] = []
+        self.response: Message | None = None
+        self.completion: Completion | None = None
+        self.usage = Usage()
+        self.summary_usage = Usage()
+        self.cost = 0.0
+        self.message_count: int | None = None
+        self.turn_id = new_id()
+        self.lease: TurnLease | None = None
+        self.data: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecutionContext(session_id={self.session_id!r}, turn_id={self.turn_id!r}, "
+            f"history={len(self.history)}, messages={len(self.messages)})"
+        )
+
+
+class ExecutionResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Pipeline.execute` returns.
+
+    Attributes:
+        response: The assistant's message.
+        usage: Tokens the model call consumed.
+        cost: Its price in USD (0.0 when the model's price is unknown), summaries included.
+        messages: What the provider was sent.
+        session_id: The conversation's key.
+        turn_id: The turn's id (in the first stored message's ``metadata["turn_id"]``).
+        message_count: The session's number of messages after the turn, when it was saved.
+    """
+
+    response: Message
+    usage: Usage
+    cost: float
+    messages: list[Message]
+    session_id: str
+    turn_id: str
+    message_count: int | None = None
+
+
+async def _end_of_chain(ctx: ExecutionContext) -> None:
+    return None
+
+
+def _bind(stage: Middleware, call_next: CallNext) -> CallNext:
+    async def call(ctx: ExecutionContext) -> None:
+        await stage(ctx, call_next)
+
+    return call
+
+
+def default_stages(
+    max_tokens: int | None = None,
+) -> list[Middleware]:
+    """The default chain: load -> :class:`TokenBudget` (with ``max_tokens``) -> call -> save.
+
+    Use it to add your own stages around the defaults::
+
+        Pipeline(provider, middleware=[my_logger, *default_stages(max_tokens=4000)])
+    """
+    stages: list[Middleware] = [LoadState()]
+    if max_tokens is not None:
+        stages.append(TokenBudget(max_tokens))
+    stages.append(CallProvider())
+    stages.append(SaveState())
+    return stages
+
+
+def _system_messages(system: str | Sequence[Message] | None) -> list[Message]:
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [Message("system", system)] if system else []
+    items = list(system)
+    for m in items:
+        if not isinstance(m, Message):
+            raise ValidationError(f"system must be a str or a list of Message, got {m!r}")
+    return items
+
+
+class Pipeline:
+    """Runs turns of stored conversations through a chain of middleware stages.
+
+    Args:
+        provider: The model provider. Borrowed: :meth:`aclose` does not close it.
+        store: Where conversations live. Default: a new :class:`~promptstate.MemoryStore`,
+            which the pipeline owns and closes; a store passed in is borrowed.
+        middleware: The stages, first listed outermost. Default: :func:`default_stages`.
+            ``max_tokens`` only shapes the default chain.
+        max_tokens: The prompt budget of the default chain's :class:`TokenBudget`; ``None``
+            sends the whole history.
+        token_counter: Counts message tokens (default: the store's counter).
+        lock_timeout: Seconds a turn waits for its session to be free before
+            :class:`~promptstate.exceptions.SessionBusyError`; ``None`` waits for ever.
+        lease_ttl: Lifetime in seconds of the cross-process lease (renewed every third of it
+            while the turn runs), for stores with leases. A dead holder blocks the session for
+            at most this long.
+        system: A system prompt (or system messages) sent first on every turn, never stored.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        store: Store | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        max_tokens: int | None = None,
+        token_counter: TokenCounter | None = None,
+        lock_timeout: float | None = 30.0,
+        lease_ttl: float = 30.0,
+        system: str | Sequence[Message] | None = None,
+    ) -> None:
+        if not callable(getattr(provider, "complete", None)):
+            raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
+        if store is not None and not isinstance(store, Store):
+            raise ValidationError(f"store must be a promptstate Store, got {store!r}")
+        self._provider = provider
+        self._owns_store = store is None
+        self._store: Store = MemoryStore() if store is None else store
+        stages = default_stages(max_tokens) if middleware is None else list(middleware)
+        for stage in stages:
+            if not callable(stage):
+                raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
+        self._middleware: tuple[Middleware, ...] = tuple(stages)
+        self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
+        self._counter: TokenCounter = token_counter or self._store.token_counter
+        self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
+        ttl = check_timeout(lease_ttl, "lease_ttl")
+        if ttl is None:
+            raise ValidationError("lease_ttl must be a positive number of seconds")
+        self._lease_ttl = ttl
+        self._system = [with_tokens(m, self._counter) for m in _system_messages(system)]
+        self._closed = False
+        handler: CallNext = _end_of_chain
+        for stage in reversed(self._middleware):
+            handler = _bind(stage, handler)
+        self._chain = handler
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline({type(self._provider).__name__}, store={type(self._store).__name__}, "
+            f"middleware={list(self._middleware)!r})"
+        )
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The store turns are kept in."""
+        return self._store
+
+    @property
+    def provider(self) -> Provider:
+        """The model provider."""
+        return self._provider
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The stages, outermost first."""
+        return self._middleware
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The token counter."""
+        return self._counter
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Pipeline:
+        self._check_open()
+        if self._owns_store:
+            await self._store.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the store if the pipeline created it; the provider is borrowed. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_store:
+            await self._store.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("Pipeline is closed")
+
+    # -- turns --------------------------------------------------------------------------------
+
+    def _context(
+        self,
+        session_id: str,
+        role: str | Message,
+        content: str,
+        metadata: Mapping[str, Any] | None,
+        system: str | Sequence[Message] | None,
+        options: dict[str, Any],
+        emit: Callable[[Chunk | None], Awaitable[None]] | None,
+    ) -> ExecutionContext:
+        self._check_open()
+        validate_key(session_id, what="session_id")
+        if isinstance(role, Message):
+            if content or metadata:
+                raise ValidationError("give either a Message or a role and content, not both")
+            message = role
+        else:
+            if not isinstance(content, str):
+                raise ValidationError(f"content must be a str, got {type(content).__name__}")
+            if not isinstance(role, str):
+                raise ValidationError(f"role must be a str or a Message, got {role!r}")
+            message = Message(role, content, metadata=dict(metadata) if metadata else {})
+        if message.role == "assistant" or message.role == "system":
+            raise ValidationError(
+                f"a turn starts with a user or tool message, not {message.role!r}"
+            )
+        counter = self._counter
+        return ExecutionContext(
+            session_id=session_id,
+            input=with_tokens(message, counter),
+            store=self._store,
+            provider=self._provider,
+            counter=counter,
+            system=self._system
+            if system is None
+            else [with_tokens(m, counter) for m in _system_messages(system)],
+            options=options,
+            strategies=self._strategies,
+            emit=emit,
+        )
+
+    async def execute(
+        self,
+        session_id: str,
+        role: str | Message,
+        content: str = "",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system: str | Sequence[Message] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **provider_options: Any,
+    ) -> ExecutionResult:
+        """Run one turn: the new message in, the assistant's answer out, both stored.
+
+        Args:
+            session_id: The conversation's key.
+            role: ``"user"`` (or ``"tool"``), or a whole :class:`~promptstate.Message`.
+            content: The message text.
+            metadata: The new message's metadata.
+            system: This turn's system prompt, instead of the pipeline's.
+            options: Provider request options (for names that clash with the arguments here).
+            **provider_options: More provider request options (``temperature=0.2``, ...).
+
+        Raises:
+            ProviderError: The provider failed; nothing was stored.
+            SessionBusyError: The session stayed busy for ``lock_timeout`` seconds.
+            ClosedError: The pipeline was closed.
+        """
+        ctx = self._context(
+            session_id,
+            role,
+            content,
+            metadata,
+            system,
+            {**options, **provider_options} if options else provider_options,
+            None,
+        )
+        store = self._store
+        if supports_lease(store):
+            async with session_turn(
+                store, session_id, max_wait=self._lock_timeout, lease_ttl=self._lease_ttl
+            ) as lease:
+                ctx.lease = lease
+                await self._chain(ctx)
+        else:  # the same as session_turn() without a lease, minus a context manager
+            locks = local_locks(store)
+            await locks.acquire(session_id, self._lock_timeout)
+            try:
+                await self._chain(ctx)
+            finally:
+                locks.release(session_id)
+        return self._result(ctx)
+
+    def _result(self, ctx: ExecutionContext) -> ExecutionResult:
+        if ctx.response is None:
+            raise PromptStateError(
+                f"the pipeline finished the turn of session {ctx.session_id!r} without a "
+                "response: a stage did not call call_next or set ctx.response"
+            )
+        return ExecutionResult(
+            response=ctx.response,
+            usage=ctx.usage,
+            cost=ctx.cost,
+            messages=ctx.messages,
+            session_id=ctx.session_id,
+            turn_id=ctx.turn_id,
+            message_count=ctx.message_count,
+        )
+
+    async def stream(
+        self,
+        session_id: str,
+        role: str | Message,
+        content: str = "",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        system: str | Sequence[Message] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **provider_options: Any,
+    ) -> AsyncIterator[Chunk]:
+        """Run one turn, yielding the answer's text as it arrives.
+
+        The chunks carry ``.text``; the last one (``done=True``) carries the whole ``message``,
+        ``usage`` and ``cost``, and comes only after the turn is saved. A stream that fails,
+        is cancelled, or is left before its last chunk stores nothing. Leave early with
+        ``contextlib.aclosing``::
+
+            async with aclosing(pipe.stream(sid, "user", "hi")) as chunks:
+                async for chunk in chunks:
+                    ...
+
+        Arguments and errors are as for :meth:`execute`.
+        """
+        ctx = self._context(
+            session_id,
+            role,
+            content,
+            metadata,
+            system,
+            {**options, **provider_options} if options else provider_options,
+            None,
+        )
+        send, receive = anyio.create_memory_object_stream[Chunk | None](0)
+        ctx.emit = send.send
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                async with (
+                    send,
+                    session_turn(
+                        self._store,
+                        session_id,
+                        max_wait=self._lock_timeout,
+                        lease_ttl=self._lease_ttl,
+                    ) as lease,
+                ):
+                    ctx.lease = lease
+                    await self._chain(ctx)
+            except Exception as exc:
+                failure.append(exc)
+
+        interrupted: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                async with receive:
+                    async for chunk in receive:
+                        if chunk is not None:
+                            yield chunk
+            except BaseException as exc:  # closed early, cancelled, or thrown into
+                # Stop the turn (nothing is saved unless its save already began) and raise
+                # the interruption itself, not a task-group wrapper around it.
+                tg.cancel_scope.cancel()
+                interrupted = exc
+        if interrupted is not None:
+            if isinstance(interrupted, GeneratorExit):
+                return
+            raise interrupted
+        if failure:
+            raise failure[0]
+        result = self._result(ctx)
+        completion = ctx.completion
+        yield Chunk(
+            done=True,
+            message=result.response,
+            tool_calls=result.response.tool_calls,
+            usage=result.usage,
+            cost=result.cost,
+            finish_reason=completion.finish_reason if completion is not None else None,
+        )

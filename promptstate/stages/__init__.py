@@ -1,0 +1,16 @@
+"""The default pipeline stages, one small public class each.
+
+A stage is any ``async (ctx, call_next) -> None``; it does its work and then awaits
+``call_next(ctx)`` to run the rest of the chain. The defaults, in order:
+
+* :class:`LoadState` reads the stored history the truncation strategy can use;
+* a truncation strategy (:mod:`promptstate.truncation`) fits ``ctx.messages`` to the window;
+* :class:`CallProvider` asks the provider and records the response, usage and cost;
+* :class:`SaveState` appends the turn to the store in one atomic, retry-safe write.
+"""
+
+from promptstate.stages.call_provider import CallProvider
+from promptstate.stages.load_state import LoadState
+from promptstate.stages.save_state import SaveState
+
+__all__ = ["CallProvider", "LoadState", "SaveState"]

@@ -1,0 +1,63 @@
+"""The load stage: read the part of the stored history the turn can use."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from promptstate.exceptions import ValidationError
+from promptstate.types import Message
+
+if TYPE_CHECKING:
+    from promptstate.pipeline import ExecutionContext
+
+__all__ = ["LoadState"]
+
+
+class LoadState:
+    """Load the session's history into ``ctx.history`` and build ``ctx.messages``.
+
+    ``ctx.messages`` becomes the pipeline's system messages, the history, and the new message.
+
+    Args:
+        last: Load only the newest ``last`` messages. By default (``None``) the stage asks the
+            truncation strategies in the pipeline how much they can use: it loads their hint
+            with ``store.load(session_id, last=...)`` and reads a longer tail (four times as
+            long each time) only while a strategy says the tail may be too short. With no
+            strategy in the pipeline it loads the whole history.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self, *, last: int | None = None) -> None:
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+            raise ValidationError(f"last must be None or an int >= 0, got {last!r}")
+        self.last = last
+
+    def __repr__(self) -> str:
+        return f"LoadState(last={self.last!r})"
+
+    async def __call__(
+        self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
+    ) -> None:
+        ctx.history = await self.load(ctx)
+        ctx.messages = [*ctx.system, *ctx.history, ctx.input]
+        await call_next(ctx)
+
+    async def load(self, ctx: ExecutionContext) -> list[Message]:
+        """The history this stage would load for ``ctx``."""
+        store, key = ctx.store, ctx.session_id
+        if self.last is not None:
+            return await store.load(key, last=self.last)
+        strategies = ctx.strategies
+        if not strategies:
+            return await store.load(key)
+        hints = [s.load_hint() for s in strategies]
+        if any(h is None for h in hints):
+            return await store.load(key)
+        window = max(1, *(h for h in hints if h is not None))
+        while True:
+            history = await store.load(key, last=window)
+            if len(history) < window or not any(s.needs_more(history) for s in strategies):
+                return history
+            window *= 4
