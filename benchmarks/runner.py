@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,8 +94,10 @@ class Config:
     cell_max_turns: int = 3000
     #: each cell is measured in this many slices, the contenders' order alternating
     rounds: int = 3
-    #: untimed turns before each slice
+    #: untimed turns before each cell
     warmup_seconds: float = 0.1
+    #: filling sessions stops after this long, once the most concurrent cell has its sessions
+    populate_seconds: float = 5.0
     listing_sizes: tuple[int, ...] = (1_000, 100_000)
     listing_repeats: int = 40
     memory_sessions: int = 10
@@ -128,6 +130,7 @@ class Config:
             cell_max_turns=600,
             rounds=2,
             warmup_seconds=0.03,
+            populate_seconds=1.0,
             listing_sizes=(1_000, 10_000),
             listing_repeats=15,
             memory_sessions=4,
@@ -251,14 +254,35 @@ def note(message: str) -> None:
 # -- the turn scenarios -----------------------------------------------------------------------
 
 
-async def _bounded(n: int, limit: int, fn: Callable[[int], Awaitable[None]]) -> None:
-    sem = asyncio.Semaphore(limit)
+async def populate(
+    contender: Contender,
+    ids: Sequence[str],
+    history: int,
+    *,
+    minimum: int,
+    seconds: float,
+    tasks: int = 8,
+) -> int:
+    """Fill sessions ``ids[0], ids[1], ...`` with ``history`` messages from ``tasks`` tasks.
 
-    async def one(i: int) -> None:
-        async with sem:
-            await fn(i)
+    Stops after ``seconds`` once ``minimum`` sessions are filled (a slow contender runs fewer
+    turns, so it needs fewer sessions to keep their growth small). Returns how many were
+    filled: always a prefix of ``ids``.
+    """
+    deadline = time.perf_counter() + seconds
+    taken = itertools.count()
+    filled = [0]
 
-    await asyncio.gather(*(one(i) for i in range(n)))
+    async def worker() -> None:
+        while True:
+            j = next(taken)
+            if j >= len(ids) or (j >= minimum and time.perf_counter() > deadline):
+                return
+            await contender.populate(ids[j], history)
+            filled[0] = max(filled[0], j + 1)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return filled[0]
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -341,22 +365,23 @@ async def run_turns(
     failed: set[int] = set()
     try:
         for history in config.histories:
-            pool = max(config.pool.get(history, 16), max(config.concurrencies_at(history)))
-            ids = session_ids(f"h{history}", pool)
+            most = max(config.concurrencies_at(history))
+            ids = session_ids(f"h{history}", max(config.pool.get(history, 16), most))
             cursors: dict[int, itertools.count[int]] = {}
+            pools: dict[int, list[str]] = {}
             for contender in live:
-                progress.step(f"populating {contender.name}: {pool} x {history:,} messages")
+                progress.step(f"populating {contender.name}: up to {len(ids)} x {history:,}")
                 if id(contender) in failed:
                     continue
                 try:
-                    await _bounded(
-                        pool,
-                        8,
-                        lambda j, c=contender, ids=ids, h=history: c.populate(ids[j], h),
+                    filled = await populate(
+                        contender, ids, history, minimum=most, seconds=config.populate_seconds
                     )
                 except Exception as exc:
                     _fail(contender, exc, "populating", notes, failed)
+                    continue
                 cursors[id(contender)] = itertools.count()
+                pools[id(contender)] = ids[:filled]
             for concurrency in config.concurrencies_at(history):
                 got: dict[int, tuple[list[float], float]] = {}
                 before = {id(c): _peek(cursors[id(c)]) for c in live if id(c) in cursors}
@@ -378,7 +403,7 @@ async def run_turns(
                         try:
                             latencies, wall = await measure_cell(
                                 contender,
-                                ids,
+                                pools[id(contender)],
                                 cursors[id(contender)],
                                 concurrency,
                                 config.cell_seconds / rounds,
@@ -410,8 +435,10 @@ async def run_turns(
                             kind=contender.kind,
                             reads=contender.reads,
                             turns=len(latencies),
-                            history_mean=history + (before[id(contender)] + after) / pool,
+                            history_mean=history
+                            + (before[id(contender)] + after) / len(pools[id(contender)]),
                             note=contender.note,
+                            extra={"sessions_filled": len(pools[id(contender)])},
                         )
                     )
             for contender in live:
