@@ -84,7 +84,9 @@ class AgentsRedis(Contender):
 
         self.name = f"openai-agents {_version('openai-agents')} RedisSession"
         self.prefix = self.env.redis_prefix("agents")
-        self.client = aioredis.Redis.from_url(url, max_connections=64)
+        # a blocking pool of 64, as RedisStore has: tasks beyond 64 wait for a connection
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=None)
+        self.client = aioredis.Redis.from_pool(pool)
         await self.client.ping()
 
     def _session(self, session_id: str) -> Any:

@@ -195,7 +195,9 @@ class RawRedis(Contender):
         import redis.asyncio as aioredis
 
         self.prefix = self.env.redis_prefix("raw")
-        self.client = aioredis.Redis.from_url(url, max_connections=64)
+        # a blocking pool of 64, as RedisStore has: tasks beyond 64 wait for a connection
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=None)
+        self.client = aioredis.Redis.from_pool(pool)
         await self.client.ping()
 
     async def populate(self, session_id: str, history: int) -> None:
