@@ -138,6 +138,24 @@ async def pg_bytes(dsn: str, schema: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def analyze_schema(dsn: str, schema: str) -> None:
+    """``ANALYZE`` every table of ``schema``, as autovacuum would do on a server that has run
+    for a while: without statistics, a freshly filled table can get a sequential-scan plan."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        names = await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            schema,
+        )
+        for row in names:
+            await conn.execute(f'ANALYZE "{schema}"."{row["relname"]}"')
+    finally:
+        await conn.close()
+
+
 async def cleanup(redis_url: str | None, dsn: str | None, token: str) -> None:
     """Remove everything the run with ``token`` wrote to the shared servers."""
     if redis_url is not None:

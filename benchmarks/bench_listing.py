@@ -90,6 +90,7 @@ async def run(
                 progress.step(f"listing: filling {contender.name} to {size:,} sessions")
                 started = time.perf_counter()
                 await fill(store, filled, size)
+                await contender.settle()
                 fill_rate = (size - filled) / (time.perf_counter() - started)
                 filled = size
                 progress.step(f"listing: {contender.name} among {size:,}")

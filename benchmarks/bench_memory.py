@@ -114,6 +114,7 @@ async def run(
             else:
                 for sid in ids:
                     await contender.populate(sid, messages)
+                await contender.settle()
                 used = await contender.footprint()
         except Exception as exc:
             notes.append(f"memory, {contender.name}: failed: {type(exc).__name__}: {exc}")

@@ -380,6 +380,10 @@ async def run_turns(
                 except Exception as exc:
                     _fail(contender, exc, "populating", notes, failed)
                     continue
+                try:
+                    await contender.settle()
+                except Exception as exc:
+                    notes.append(f"{contender.name}: settling after filling failed: {exc}")
                 cursors[id(contender)] = itertools.count()
                 pools[id(contender)] = ids[:filled]
             for concurrency in config.concurrencies_at(history):

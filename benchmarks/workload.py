@@ -135,6 +135,20 @@ class Contender:
         """One turn on ``session_id`` (timed)."""
         raise NotImplementedError
 
+    async def settle(self) -> None:
+        """After filling sessions: bring the server to a steady state (PostgreSQL: ANALYZE)."""
+        schema = getattr(self, "schema", "")
+        if self.backend == "postgres" and schema:
+            from benchmarks import _servers
+
+            await _servers.analyze_schema(self.need_dsn(), schema)
+
+    def need_dsn(self) -> str:
+        env = getattr(self, "env", None)
+        if env is None or env.postgres_dsn is None:
+            raise Skip("no PostgreSQL server")
+        return str(env.postgres_dsn)
+
     async def reset(self) -> None:
         """Delete the sessions written so far (between history lengths, to bound memory)."""
 
