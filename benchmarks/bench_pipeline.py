@@ -13,8 +13,10 @@ For each store and each history length the benchmark times, in the same run:
 Targets: ``pipeline / bare`` at most 1.5, and the pipeline at 10,000 messages at most 1.3x
 the pipeline at 10.
 
-Run: ``python -m benchmarks.bench_pipeline`` (add ``REDIS_URL=redis://...`` to include
-Redis when the RedisStore is available; ``--quick`` for a short run).
+Stores: MemoryStore, SQLiteStore (a file in a temporary folder) when it is available, and
+Redis when ``REDIS_URL`` is set and the RedisStore is available.
+
+Run: ``python -m benchmarks.bench_pipeline`` (``--quick`` for a short run).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -147,6 +150,13 @@ async def bench_store(name: str, make: Callable[[], Store], budget: float) -> li
 async def main(quick: bool) -> None:
     budget = 0.5 if quick else 2.0
     stores: list[tuple[str, Callable[[], Store]]] = [("memory", MemoryStore)]
+    try:
+        from promptstate.stores.sqlite import SQLiteStore
+    except ImportError:
+        pass
+    else:
+        folder = tempfile.mkdtemp(prefix="ps-bench-")
+        stores.append(("sqlite", lambda: SQLiteStore(f"{folder}/{uuid.uuid4().hex}.db")))
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         try:

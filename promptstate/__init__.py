@@ -18,10 +18,18 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import SupportsLease
 from promptstate.pipeline import ExecutionContext, ExecutionResult, Pipeline
-from promptstate.providers import Chunk, Completion, MockProvider, Provider
+from promptstate.providers import (
+    AnthropicProvider,
+    Chunk,
+    Completion,
+    MockProvider,
+    OpenAIProvider,
+    Provider,
+)
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, Store, open_store
+from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
+from promptstate.tools import Tool, tool
 from promptstate.truncation import (
     SlidingWindow,
     Summarize,
@@ -34,6 +42,7 @@ from promptstate.types import Message, State, ToolCall, Usage
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnthropicProvider",
     "Chunk",
     "ClosedError",
     "Completion",
@@ -47,12 +56,14 @@ __all__ = [
     "Message",
     "MockProvider",
     "NotFoundError",
+    "OpenAIProvider",
     "Pipeline",
     "PromptPackError",
     "PromptStateError",
     "Provider",
     "ProviderError",
     "SCHEMA_VERSION",
+    "SQLiteStore",
     "SessionBusyError",
     "SlidingWindow",
     "State",
@@ -64,6 +75,7 @@ __all__ = [
     "TimeWindow",
     "TokenBudget",
     "TokenCounter",
+    "Tool",
     "ToolCall",
     "Usage",
     "ValidationError",
@@ -71,5 +83,6 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_store",
+    "tool",
     "truncate_messages",
 ]

@@ -24,7 +24,7 @@ leases. What makes a turn safe:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -42,9 +42,10 @@ from promptstate.locks import (
 )
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, LoadState, SaveState
-from promptstate.stores.base import Store, validate_key
+from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
+from promptstate.tools import Tool, ToolSpec, with_tool_loop
 from promptstate.truncation import TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 
@@ -131,6 +132,7 @@ class ExecutionContext:
         options: dict[str, Any],
         strategies: tuple[TruncationStrategy, ...] = (),
         emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
+        turn_id: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.input = input
@@ -150,7 +152,7 @@ class ExecutionContext:
         self.summary_usage = Usage()
         self.cost = 0.0
         self.message_count: int | None = None
-        self.turn_id = new_id()
+        self.turn_id = turn_id or new_id()
         self.lease: TurnLease | None = None
         self.data: dict[str, Any] = {}
 
@@ -241,6 +243,10 @@ class Pipeline:
             while the turn runs), for stores with leases. A dead holder blocks the session for
             at most this long.
         system: A system prompt (or system messages) sent first on every turn, never stored.
+        tools: Functions (plain or async), :class:`~promptstate.tools.Tool` s or JSON tool
+            objects the model may call. A :class:`~promptstate.tools.ToolLoop` is put right
+            before the chain's :class:`~promptstate.stages.CallProvider` to run them.
+        max_tool_rounds: How many rounds of tool calls one turn may run.
     """
 
     def __init__(
@@ -254,6 +260,8 @@ class Pipeline:
         lock_timeout: float | None = 30.0,
         lease_ttl: float = 30.0,
         system: str | Sequence[Message] | None = None,
+        tools: Sequence[Tool | Callable[..., Any] | ToolSpec] | None = None,
+        max_tool_rounds: int = 8,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
@@ -263,6 +271,8 @@ class Pipeline:
         self._owns_store = store is None
         self._store: Store = MemoryStore() if store is None else store
         stages = default_stages(max_tokens) if middleware is None else list(middleware)
+        if tools:
+            stages = with_tool_loop(stages, tools, max_tool_rounds)
         for stage in stages:
             if not callable(stage):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
@@ -276,6 +286,8 @@ class Pipeline:
         self._lease_ttl = ttl
         self._system = [with_tokens(m, self._counter) for m in _system_messages(system)]
         self._closed = False
+        self._tasks: set[Any] = set()
+        self._streams: dict[anyio.CancelScope, anyio.Event] = {}
         handler: CallNext = _end_of_chain
         for stage in reversed(self._middleware):
             handler = _bind(stage, handler)
@@ -335,12 +347,34 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        # Streams still running are cancelled (they save nothing, unless already saving).
+        streams = list(self._streams.items())
+        for scope, _ in streams:
+            scope.cancel()
+        with anyio.CancelScope(shield=True):
+            for _, finished in streams:
+                await finished.wait()
         if self._owns_store:
             await self._store.aclose()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("Pipeline is closed")
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``fn`` in a task that outlives the caller's frame (for :meth:`stream`)."""
+        import sniffio
+
+        if sniffio.current_async_library() != "asyncio":
+            raise PromptStateError("Pipeline.stream() runs on asyncio only (for now)")
+        import asyncio
+
+        async def main() -> None:
+            await fn()
+
+        task = asyncio.get_running_loop().create_task(main())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- turns --------------------------------------------------------------------------------
 
@@ -366,14 +400,22 @@ class Pipeline:
             if not isinstance(role, str):
                 raise ValidationError(f"role must be a str or a Message, got {role!r}")
             message = Message(role, content, metadata=dict(metadata) if metadata else {})
+        turn_id = new_id()
         if message.role == "assistant" or message.role == "system":
             raise ValidationError(
                 f"a turn starts with a user or tool message, not {message.role!r}"
             )
         counter = self._counter
+        # The turn id rides in the new message's metadata (see Store.append_turn).
+        message = msgspec.structs.replace(
+            message,
+            metadata={**message.metadata, TURN_ID_KEY: turn_id},
+            tokens=counter.count(message) if message.tokens is None else message.tokens,
+        )
         return ExecutionContext(
             session_id=session_id,
-            input=with_tokens(message, counter),
+            turn_id=turn_id,
+            input=message,
             store=self._store,
             provider=self._provider,
             counter=counter,
@@ -489,40 +531,52 @@ class Pipeline:
         send, receive = anyio.create_memory_object_stream[Chunk | None](0)
         ctx.emit = send.send
         failure: list[BaseException] = []
+        scope = anyio.CancelScope()
+        finished = anyio.Event()
 
+        # The turn runs in a task of its own, outside this generator's frame: no cancel scope
+        # or task group stays open across a ``yield``, so a consumer may leave the loop at any
+        # point (even without aclosing(), when the generator is finalised by another task).
         async def run() -> None:
             try:
-                async with (
-                    send,
-                    session_turn(
-                        self._store,
-                        session_id,
-                        max_wait=self._lock_timeout,
-                        lease_ttl=self._lease_ttl,
-                    ) as lease,
-                ):
-                    ctx.lease = lease
-                    await self._chain(ctx)
+                with scope:
+                    async with (
+                        send,
+                        session_turn(
+                            self._store,
+                            session_id,
+                            max_wait=self._lock_timeout,
+                            lease_ttl=self._lease_ttl,
+                        ) as lease,
+                    ):
+                        ctx.lease = lease
+                        await self._chain(ctx)
             except Exception as exc:
                 failure.append(exc)
+            finally:
+                self._streams.pop(scope, None)
+                finished.set()
 
-        interrupted: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            try:
-                async with receive:
-                    async for chunk in receive:
-                        if chunk is not None:
-                            yield chunk
-            except BaseException as exc:  # closed early, cancelled, or thrown into
-                # Stop the turn (nothing is saved unless its save already began) and raise
-                # the interruption itself, not a task-group wrapper around it.
-                tg.cancel_scope.cancel()
-                interrupted = exc
-        if interrupted is not None:
-            if isinstance(interrupted, GeneratorExit):
-                return
-            raise interrupted
+        self._streams[scope] = finished
+        try:
+            self._spawn(run)
+        except BaseException:
+            del self._streams[scope]
+            raise
+        try:
+            async with receive:
+                async for chunk in receive:
+                    if chunk is not None:
+                        yield chunk
+        finally:
+            if not finished.is_set():
+                # Left early (closed, cancelled or abandoned): stop the turn before it saves
+                # (a save already under way completes) and wait until its lock is released.
+                scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await finished.wait()
+        if scope.cancelled_caught:
+            raise ClosedError(f"the pipeline was closed while streaming session {session_id!r}")
         if failure:
             raise failure[0]
         result = self._result(ctx)

@@ -133,15 +133,21 @@ def truncate_messages(
     _positive_int(max_tokens, "max_tokens", allow_zero=True)
     counter = counter or _DEFAULT_COUNTER
     budget = max_tokens
+    total = 0
     plain = True
     for m in messages:
+        tokens = m.tokens
+        if tokens is None:
+            tokens = counter.count(m)
+        total += tokens
         role = m.role
         if role == "system":
-            tokens = m.tokens
-            budget -= counter.count(m) if tokens is None else tokens
+            budget -= tokens
         elif role == "tool" or m.tool_calls:
             plain = False
     if plain:
+        if total <= max_tokens:  # everything fits: the common case, decided in one pass
+            return list(messages)
         return _truncate_plain(messages, budget, counter)
     return _truncate_blocks(messages, budget, counter)
 
@@ -322,7 +328,7 @@ class TokenBudget(TruncationStrategy):
     def apply(self, messages: Sequence[Message], counter: TokenCounter) -> list[Message]:
         kept = truncate_messages(messages, self.max_tokens, counter=counter)
         # Start the next load near what this one needed (the estimate is shared by sessions).
-        self._window = max(16, len(kept) + len(kept) // 4 + 4)
+        self._window = max(16, len(kept) + len(kept) // 8 + 4)
         return kept
 
 
@@ -444,6 +450,11 @@ class Summarize(TruncationStrategy):
         messages = [*ctx.system, *context, ctx.input]
         if sum(_tokens(m, counter) for m in messages) > self.max_tokens:
             messages = await self._fold(ctx, history, counter)
+        if not messages or messages[-1] is not ctx.input:
+            raise ValidationError(
+                f"the new {ctx.input.role} message alone does not fit the context window of "
+                f"{self!r} for session {ctx.session_id!r}"
+            )
         ctx.messages = messages
         self._window = max(16, 2 * (len(context) + 1))
         await call_next(ctx)

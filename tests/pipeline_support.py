@@ -22,7 +22,7 @@ import pytest
 from promptstate import MemoryStore, Message, Store, StoreUnavailableError
 
 #: The store kinds the turn-safety tests run on. Server stores are skipped until they exist.
-STORE_KINDS = ["memory", "memory-leased", "sqlite", "redis", "postgres"]
+STORE_KINDS = ["memory", "memory-leased", "custom", "sqlite", "redis", "postgres"]
 
 
 class LeaseTable:
@@ -147,33 +147,47 @@ def _missing(module: str) -> bool:
     return False
 
 
-async def open_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """A new, empty, isolated store of ``kind`` (skips when that backend is not available)."""
+def server_for(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """The server URL ``kind`` needs (resolved outside the event loop), or skip.
+
+    Call it from a synchronous fixture: the server fixtures may start a throwaway server.
+    """
+    module = {"sqlite": "sqlite", "redis": "redis", "postgres": "postgres"}.get(kind)
+    if module is None:
+        return None
+    if _missing(f"promptstate.stores.{module}"):
+        pytest.skip(f"the {kind} store has not landed on this branch yet")
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    if kind == "postgres":
+        return str(request.getfixturevalue("postgres_dsn"))
+    return None
+
+
+async def open_kind(kind: str, url: str | None, tmp_path: Path) -> Store:
+    """A new, empty, isolated store of ``kind``."""
     if kind == "memory":
         return MemoryStore()
     if kind == "memory-leased":
         return LeasingMemoryStore()
+    if kind == "custom":  # only the four abstract methods: the base class's defaults
+        from tests.stores.test_custom_store import DictStore
+
+        return DictStore()
     tag = uuid.uuid4().hex[:12]
     if kind == "sqlite":
-        if _missing("promptstate.stores.sqlite"):
-            pytest.skip("SQLiteStore has not landed on this branch yet")
         from promptstate.stores.sqlite import SQLiteStore
 
         return SQLiteStore(tmp_path / f"turns-{tag}.db")
+    assert url is not None
     if kind == "redis":
-        if _missing("promptstate.stores.redis"):
-            pytest.skip("RedisStore has not landed on this branch yet")
         from promptstate.stores.redis import RedisStore
 
-        url = request.getfixturevalue("redis_url")
         return RedisStore.from_url(url, prefix=f"ps-pipe-{tag}:")
     if kind == "postgres":
-        if _missing("promptstate.stores.postgres"):
-            pytest.skip("PostgresStore has not landed on this branch yet")
         from promptstate.stores.postgres import PostgresStore
 
-        dsn = request.getfixturevalue("postgres_dsn")
-        return PostgresStore.from_dsn(dsn, table_name=f"ps_pipe_{tag}")
+        return PostgresStore.from_dsn(url, table_name=f"ps_pipe_{tag}")
     raise AssertionError(kind)
 
 

@@ -455,3 +455,60 @@ async def test_concurrent_turns_on_different_sessions_run_in_parallel() -> None:
             for i in range(10):
                 tg.start_soon(pipe.execute, f"s{i}", "user", "x")
         assert anyio.current_time() - started < 1.0
+
+
+async def test_a_stream_abandoned_without_aclosing_frees_the_session() -> None:
+    """Breaking out of ``async for`` and dropping the generator: no error, nothing saved."""
+    import gc
+
+    provider = MockProvider(["one two three four", "fine"])
+    pipe = Pipeline(provider, lock_timeout=2)
+    try:
+        async for chunk in pipe.stream("s", "user", "x"):
+            assert chunk.text == "one "
+            break
+        gc.collect()
+        await anyio.sleep(0.05)  # the finaliser closes the generator in a task of its own
+        assert await pipe.store.load("s") == []
+        result = await pipe.execute("s", "user", "y")  # the session is free
+        assert result.response.content == "fine"
+    finally:
+        await pipe.aclose()
+
+
+async def test_closing_the_pipeline_cancels_a_running_stream() -> None:
+    async def slow(messages: list[Message]) -> str:
+        await anyio.sleep(5)
+        return "never"
+
+    store = MemoryStore()
+    pipe = Pipeline(MockProvider(slow), store=store)
+    errors: list[BaseException] = []
+
+    async def consume() -> None:
+        try:
+            await drain(pipe.stream("s", "user", "x"))
+        except ClosedError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await anyio.sleep(0.05)
+        await pipe.aclose()
+    assert len(errors) == 1
+    assert await store.load("s") == []
+
+
+async def test_an_output_guardrail_between_provider_and_save_stores_nothing() -> None:
+    async def no_passwords_out(ctx: ExecutionContext, call_next: CallNext) -> None:
+        if ctx.response is not None and "password" in ctx.response.content.lower():
+            raise ValidationError("the answer looks like it leaks a password")
+        await call_next(ctx)
+
+    stages = [LoadState(), TokenBudget(4000), CallProvider(), no_passwords_out, SaveState()]
+    provider = MockProvider(["the password is hunter2", "fine"])
+    async with Pipeline(provider, middleware=stages) as pipe:
+        with pytest.raises(ValidationError, match="leaks"):
+            await pipe.execute("s", "user", "tell me")
+        assert await pipe.store.load("s") == []
+        assert (await pipe.execute("s", "user", "again")).response.content == "fine"

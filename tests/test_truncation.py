@@ -315,3 +315,17 @@ def test_summarize_arguments() -> None:
     with pytest.raises(ValidationError):
         Summarize(100, 2, object())  # type: ignore[arg-type]
     assert "keep_last=2" in repr(Summarize(100, 2, MockProvider(["x"])))
+
+
+@pytest.mark.anyio
+async def test_summarize_refuses_a_message_that_alone_exceeds_the_budget() -> None:
+    store = MemoryStore()
+    summarize = Summarize(50, keep_last=2, summarizer=MockProvider(["short"]))
+    async with Pipeline(
+        MockProvider(["never"]),
+        store=store,
+        middleware=[LoadState(), summarize, CallProvider(), SaveState()],
+    ) as pipe:
+        with pytest.raises(ValidationError, match="does not fit"):
+            await pipe.execute("s", "user", "word " * 100)
+    assert await store.load("s") == []

@@ -52,12 +52,19 @@ class LoadState:
         strategies = ctx.strategies
         if not strategies:
             return await store.load(key)
-        hints = [s.load_hint() for s in strategies]
-        if any(h is None for h in hints):
-            return await store.load(key)
-        window = max(1, *(h for h in hints if h is not None))
+        window = 1
+        for strategy in strategies:
+            hint = strategy.load_hint()
+            if hint is None:
+                return await store.load(key)
+            window = max(window, hint)
         while True:
             history = await store.load(key, last=window)
-            if len(history) < window or not any(s.needs_more(history) for s in strategies):
+            if len(history) < window:
+                return history
+            for strategy in strategies:
+                if strategy.needs_more(history):
+                    break
+            else:
                 return history
             window *= 4

@@ -74,6 +74,17 @@ class SaveState:
             await ctx.emit(None)
         if ctx.lease is not None:
             await ctx.lease.ensure(margin=ctx.lease.ttl / 2)
+        store = ctx.store
+        if self.timeout is None and getattr(
+            type(store).append_turn, "__promptstate_atomic_in_loop__", False
+        ):
+            # The store's append_turn never yields to the event loop (MemoryStore's): nothing
+            # can cancel it half-way, so the shield (a few microseconds) is not needed.
+            ctx.message_count = await store.append_turn(
+                ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
+            )
+            await call_next(ctx)
+            return
         with anyio.CancelScope(shield=True) as scope:
             if self.timeout is not None:
                 scope.deadline = anyio.current_time() + self.timeout

@@ -480,12 +480,20 @@ class Store(ABC):
           session holds exactly that many messages before the append (0 for a new session).
           Checked after the turn id, so a retried turn is not a conflict.
 
-        Backends override this with one native atomic operation; this default is a
-        compare-and-set loop on :meth:`get` / :meth:`set`.
+        Backends override this with one native atomic operation. The default composes other
+        methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``
+        (for the turn id check) and :meth:`append`, whose cost does not grow with the history;
+        otherwise it is a compare-and-set loop on :meth:`get` / :meth:`set`, which does.
 
         Returns:
             The number of messages after the append.
         """
+        if not cost and expected_count is None:
+            if turn_id is not None and messages:
+                tail = await self.load(session_id, last=len(messages))
+                if _turn_stored(tail, messages, turn_id):
+                    return await self.append(session_id, [])
+            return await self.append(session_id, messages)
         new = [with_tokens(m, self._counter) for m in messages]
         while True:
             state, expected = await self._get_or_new(session_id)

@@ -226,6 +226,9 @@ class MemoryStore(Store):
             )
         return self._append(session_id, messages, cost)
 
+    # It never suspends, so it cannot be interrupted half-way: no shield needed around it.
+    append_turn.__promptstate_atomic_in_loop__ = True  # type: ignore[attr-defined]
+
     def _append(self, session_id: str, messages: Sequence[Message], cost: float) -> int:
         entry = self._lookup(session_id, read=False)
         if not messages:

@@ -1,0 +1,1123 @@
+"""SQLiteStore: conversation state in one SQLite file, with no server (stdlib ``sqlite3``).
+
+Layout (the same ideas as :class:`~promptstate.PostgresStore`)::
+
+    promptstate_sessions   one row per session: key (PRIMARY KEY), user_id, version,
+                           token_count, total_cost, metadata (MessagePack), created_at,
+                           updated_at, expires_at (Unix microseconds, NULL = never),
+                           message_count
+    promptstate_messages   one row per message: (session_key, seq) PRIMARY KEY, data
+                           (MessagePack); seq counts from 0 within a session
+    promptstate_migrations the numbered migrations applied to this file
+
+So ``append`` inserts only the new rows and bumps the counters (cost follows the new
+messages), ``load(last=n)`` reads ``n`` rows by a range of the primary key, prefix listing is
+a range ``key >= prefix AND key < successor(prefix)`` on the primary key, and ``fork`` is
+``INSERT ... SELECT`` inside one transaction.
+
+Threads and connections: ``sqlite3`` blocks, so every call runs in a worker thread
+(``anyio.to_thread.run_sync``). Each store keeps a small pool of connections opened with
+``check_same_thread=False``; a connection is checked out by exactly one worker thread for one
+trip and returned after it, so no connection is ever used by two threads at once (that
+serialization is what makes ``check_same_thread=False`` safe, and a pool avoids one
+connection per anyio worker thread, which nobody could close).
+
+Calls are queued in two lanes, reads and writes. A caller that finds its lane with a free slot
+(``max_readers`` for reads, one for writes) takes every call queued in the lane and runs them
+in one trip to a worker thread; the others wait for their answers. Under load this turns many
+thread hops into one, and writes get *group commit*: the queued writes share one ``BEGIN
+IMMEDIATE`` transaction, each inside its own savepoint (a failing write rolls back to its
+savepoint and leaves the others alone), and every caller is answered after the ``COMMIT``.
+Writes of one store therefore never contend with each other for SQLite's write lock; other
+processes sharing the file are kept apart by SQLite's locking and the busy timeout. WAL mode
+lets reads proceed beside a writer.
+
+Cancellation: a call still in the queue can be cancelled (it never ran). Once taken, the
+worker thread is never abandoned (as with ``abandon_on_cancel=False``): the caller waits,
+shielded, until its transaction committed or rolled back. A write is all or nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+
+from promptstate.exceptions import (
+    ConflictError,
+    CorruptStateError,
+    NotFoundError,
+    PromptStateError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
+from promptstate.stores.base import TURN_ID_KEY, Store
+from promptstate.stores.url import register_scheme
+from promptstate.tokens import TokenCounter
+from promptstate.types import Message, State
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Mode = Literal["read", "write", "single"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_EMPTY_DICT = pack({})
+#: ``load(last=None)`` reads from ``message_count - _ALL``, i.e. from seq 0.
+_ALL = 1 << 62
+#: Rows per page when listing; each page is one short read transaction.
+_PAGE = 200
+#: A page of ``list_by_prefix`` ends once its states hold this many messages.
+_PAGE_MESSAGES = 5_000
+#: At most this many queued writes share one transaction (group commit).
+_GROUP = 64
+#: Expired sessions removed per opportunistic purge (keeps a write's extra work bounded).
+_PURGE_BATCH = 256
+
+# -- schema and migrations --------------------------------------------------------------------
+
+#: Numbered migrations: (version, description, statements). Append only; never edit one.
+_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "sessions and messages tables",
+        (
+            """CREATE TABLE promptstate_sessions (
+                key           TEXT PRIMARY KEY NOT NULL,
+                user_id       TEXT,
+                version       INTEGER NOT NULL,
+                token_count   INTEGER NOT NULL,
+                total_cost    REAL NOT NULL,
+                metadata      BLOB NOT NULL,
+                created_at    INTEGER NOT NULL,
+                updated_at    INTEGER NOT NULL,
+                expires_at    INTEGER,
+                message_count INTEGER NOT NULL
+            )""",
+            """CREATE INDEX promptstate_sessions_expires_at
+                ON promptstate_sessions (expires_at) WHERE expires_at IS NOT NULL""",
+            """CREATE TABLE promptstate_messages (
+                session_key TEXT NOT NULL,
+                seq         INTEGER NOT NULL,
+                data        BLOB NOT NULL,
+                PRIMARY KEY (session_key, seq)
+            )""",
+        ),
+    ),
+    (
+        2,
+        "turn leases shared by processes",
+        (
+            """CREATE TABLE promptstate_leases (
+                key        TEXT PRIMARY KEY NOT NULL,
+                owner      TEXT NOT NULL,
+                expires_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
+)
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_SESSION_COLUMNS = (
+    "user_id, version, token_count, total_cost, metadata, created_at, updated_at, message_count"
+)
+_SQL_GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM promptstate_sessions WHERE key = ? AND {_LIVE}"
+_SQL_MESSAGES = "SELECT data FROM promptstate_messages WHERE session_key = ? ORDER BY seq"
+_SQL_LOAD = (
+    "SELECT data FROM promptstate_messages WHERE session_key = ?1 AND seq >= "
+    "(SELECT message_count - ?2 FROM promptstate_sessions WHERE key = ?1 "
+    "AND (expires_at IS NULL OR expires_at > ?3)) ORDER BY seq"
+)
+_SQL_COUNT = f"SELECT message_count FROM promptstate_sessions WHERE key = ? AND {_LIVE}"
+_SQL_HEAD = "SELECT version, expires_at, message_count FROM promptstate_sessions WHERE key = ?"
+_SQL_TOUCH = f"UPDATE promptstate_sessions SET expires_at = ? WHERE key = ? AND {_LIVE}"
+_SQL_INSERT_SESSION = (
+    "INSERT INTO promptstate_sessions (key, user_id, version, token_count, total_cost, "
+    "metadata, created_at, updated_at, expires_at, message_count) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_UPDATE_SESSION = (
+    "UPDATE promptstate_sessions SET user_id = ?, version = ?, token_count = ?, "
+    "total_cost = ?, metadata = ?, created_at = ?, updated_at = ?, expires_at = ?, "
+    "message_count = ? WHERE key = ? AND version = ?"
+)
+_SQL_APPEND_SESSION = (
+    "UPDATE promptstate_sessions SET version = version + 1, token_count = token_count + ?, "
+    "total_cost = total_cost + ?, message_count = ?, updated_at = ?, expires_at = ? "
+    "WHERE key = ?"
+)
+_SQL_MESSAGE_AT = "SELECT data FROM promptstate_messages WHERE session_key = ? AND seq = ?"
+_SQL_SAVE_SESSION = (
+    "UPDATE promptstate_sessions SET version = version + 1, token_count = ?, "
+    "message_count = ?, updated_at = ?, expires_at = ? WHERE key = ?"
+)
+_SQL_INSERT_MESSAGE = "INSERT INTO promptstate_messages (session_key, seq, data) VALUES (?, ?, ?)"
+_SQL_DELETE_SESSION = "DELETE FROM promptstate_sessions WHERE key = ?"
+_SQL_DELETE_MESSAGES = "DELETE FROM promptstate_messages WHERE session_key = ?"
+_SQL_FORK_SESSION = (
+    "INSERT INTO promptstate_sessions (key, user_id, version, token_count, total_cost, "
+    "metadata, created_at, updated_at, expires_at, message_count) "
+    "SELECT ?, user_id, ?, token_count, total_cost, metadata, created_at, ?, ?, message_count "
+    "FROM promptstate_sessions WHERE key = ?"
+)
+_SQL_FORK_MESSAGES = (
+    "INSERT INTO promptstate_messages (session_key, seq, data) "
+    "SELECT ?, seq, data FROM promptstate_messages WHERE session_key = ?"
+)
+_SQL_EXPIRED = "SELECT key FROM promptstate_sessions WHERE expires_at <= ? LIMIT ?"
+_SQL_LEASE_ACQUIRE = (
+    "INSERT INTO promptstate_leases (key, owner, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE promptstate_leases.expires_at <= ?"
+)
+_SQL_LEASE_RENEW = (
+    "UPDATE promptstate_leases SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?"
+)
+_SQL_LEASE_RELEASE = "DELETE FROM promptstate_leases WHERE key = ? AND owner = ?"
+
+
+def _to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    SQLite compares TEXT with memcmp over UTF-8, which orders like code points, so this is
+    ``prefix`` with its last character bumped by one (dropping trailing U+10FFFF). ``None``
+    when no such string exists.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # surrogates cannot be encoded; skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+def _prefix_range(prefix: str, column: str) -> tuple[str, tuple[str, ...]]:
+    """A WHERE fragment selecting ``column`` values that start with ``prefix`` literally."""
+    if not prefix:
+        return "1", ()
+    upper = _successor(prefix)
+    if upper is None:
+        return f"{column} >= ?", (prefix,)
+    return f"{column} >= ? AND {column} < ?", (prefix, upper)
+
+
+class _Pool:
+    """Connections to one file, each used by one thread at a time (see the module docs)."""
+
+    def __init__(self, path: str, busy_timeout: float, synchronous: str) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if os.path.isdir(self.path):
+            raise StoreUnavailableError(
+                f"SQLite database path {self.path!r} is a directory, not a database file"
+            )
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # autocommit: transactions are explicit BEGIN/COMMIT
+            check_same_thread=False,  # safe: one thread at a time, see the module docs
+            cached_statements=64,
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def release(self, conn: sqlite3.Connection, *, broken: bool = False) -> None:
+        with self._lock:
+            if not broken and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Job:
+    """One queued call: what to run and, once run, its outcome."""
+
+    __slots__ = (
+        "done_in_thread",
+        "error",
+        "event",
+        "finished",
+        "fn",
+        "mode",
+        "result",
+        "started",
+        "taken",
+    )
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], mode: _Mode) -> None:
+        self.fn = fn
+        self.mode = mode
+        self.event = anyio.Event()
+        self.taken = False  # a flusher has it: it runs (or ran) in a worker thread
+        self.started = False  # the worker thread has begun the batch it is in
+        self.done_in_thread = False
+        self.finished = False  # its outcome is available to the caller
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Lane:
+    """The queued calls of one kind (reads or writes) and how many flushers run them."""
+
+    __slots__ = ("flushers", "limit", "pending")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.flushers = 0
+        self.pending: list[_Job] = []
+
+
+class _BrokenConnection(Exception):
+    """A transaction could not even be rolled back: drop the connection."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class SQLiteStore(Store):
+    """Conversations in one SQLite file: persistent, no server, safe across processes.
+
+    Args:
+        path: The database file; it and its folder are created on first use.
+        ttl: Session lifetime after its last write (``timedelta`` or seconds). Expired
+            sessions are invisible to every read and are deleted opportunistically by writes
+            and by :meth:`purge_expired`.
+        touch_on_read: Restart the TTL on reads too (each such read is then a write).
+        token_counter: Counter for ``State.token_count``.
+        busy_timeout: Seconds to wait for another process's write lock before raising
+            :class:`~promptstate.exceptions.StoreUnavailableError`.
+        synchronous: SQLite's ``synchronous`` setting. ``"NORMAL"`` (the default, safe with WAL
+            against application crashes; a power cut may lose the last commits) or ``"FULL"``
+            (an fsync on every commit).
+        max_readers: How many reads of this store may run at once (each holds one connection
+            in a worker thread). Writes run one at a time per store.
+
+    The file uses WAL mode, so reads proceed while a write is in progress. The schema is
+    created by :meth:`setup`, which runs on first use (or on ``async with``) and is
+    idempotent.
+
+    Raises:
+        ValidationError: ``path`` is empty or ``":memory:"`` (use
+            :class:`~promptstate.MemoryStore`), or an option is out of range.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ttl: timedelta | float | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        max_readers: int = 2,
+    ) -> None:
+        super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValidationError(f"SQLiteStore path must be a str or path, got {path!r}")
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text or text == ":memory:" or "\x00" in text:
+            raise ValidationError(
+                f"SQLiteStore needs a file path, got {text!r} (for an in-memory store use "
+                "MemoryStore)"
+            )
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, (int, float))
+            or not (0 <= busy_timeout < float("inf"))
+        ):
+            raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        sync = str(synchronous).upper()
+        if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValidationError(
+                f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}"
+            )
+        if isinstance(max_readers, bool) or not isinstance(max_readers, int) or max_readers < 1:
+            raise ValidationError(f"max_readers must be an int >= 1, got {max_readers!r}")
+        self._path = str(Path(text).expanduser())
+        self._busy_timeout = float(busy_timeout)
+        self._pool = _Pool(self._path, self._busy_timeout, sync)
+        self._reads = _Lane(max_readers)
+        self._writes = _Lane(1)
+        self._ready = False
+        self._setup_lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r}, ttl={self._ttl!r})"
+
+    @property
+    def path(self) -> str:
+        """The database file's path."""
+        return self._path
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create the file, its folder and the schema, applying any missing migrations.
+
+        Idempotent and safe to run from several processes at once; every other method runs it
+        on first use, so calling it is only needed to fail early.
+        """
+        self._check_open()
+        await self._run(lambda conn: None, "single", "set up the database")
+
+    async def _open(self) -> None:
+        await self.setup()
+
+    async def aclose(self) -> None:
+        """Close the store's connections. Idempotent."""
+        if not self._closed:
+            await super().aclose()
+            await anyio.to_thread.run_sync(self._pool.close)
+
+    def _setup_sync(self, conn: sqlite3.Connection) -> None:
+        with self._setup_lock:
+            if self._ready:
+                return
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning(
+                    "SQLite file %s could not use WAL mode (it is in %s mode); readers will "
+                    "wait for writers",
+                    self._path,
+                    mode,
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS promptstate_migrations ("
+                    "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                    "applied_at INTEGER NOT NULL)"
+                )
+                applied = {
+                    row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")
+                }
+                newer = [v for v in applied if v > SCHEMA_VERSION]
+                if newer:
+                    raise StoreUnavailableError(
+                        f"SQLite database {self._path!r} has schema version {max(newer)}, "
+                        f"newer than this release's {SCHEMA_VERSION}; upgrade promptstate"
+                    )
+                for version, description, statements in _MIGRATIONS:
+                    if version in applied:
+                        continue
+                    logger.info(
+                        "applying SQLite migration %d (%s) to %s", version, description, self._path
+                    )
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO promptstate_migrations VALUES (?, ?, ?)",
+                        (version, description, _now_us()),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._ready = True
+
+    # -- running calls in worker threads --------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, what: str) -> _T:
+        """Run ``fn`` in a worker thread; translate sqlite3 and OS errors at this boundary.
+
+        Calls are queued per lane (reads, writes). A caller that finds a free flusher slot
+        takes every queued call of its lane and runs them one after another, each in its own
+        transaction, in one trip to a worker thread; the others wait for their result. Under
+        load that turns many thread hops into one. A call still in the queue can be
+        cancelled (it never ran); once taken, its caller waits, shielded, until it committed
+        or rolled back, exactly like ``anyio.to_thread.run_sync`` without abandoning.
+        """
+        lane = self._writes if mode == "write" else self._reads
+        job = _Job(fn, mode)
+        lane.pending.append(job)
+        try:
+            while not job.finished:
+                if not job.taken and lane.flushers < lane.limit:
+                    await self._flush(lane)
+                else:
+                    await job.event.wait()
+                    if not job.finished:
+                        job.event = anyio.Event()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # it is running: let it finish whole
+                while job.taken and not job.finished:
+                    await job.event.wait()
+                    if not job.finished:
+                        job.event = anyio.Event()
+            if not job.finished:  # it never ran: nothing to undo
+                if job in lane.pending:
+                    lane.pending.remove(job)
+                self._wake(lane)  # hand on a takeover this job may have been given
+            raise
+        error = job.error
+        if error is None:
+            return job.result  # type: ignore[no-any-return]
+        if isinstance(error, PromptStateError):
+            raise error
+        if isinstance(error, sqlite3.Error):
+            raise self._translate(error, what) from error
+        if isinstance(error, OverflowError):
+            raise ValidationError(
+                f"a number is out of SQLite's 64-bit integer range ({what}): {error}"
+            ) from error
+        if isinstance(error, OSError):
+            raise StoreUnavailableError(
+                f"SQLite database {self._path!r} cannot be opened ({what}): {error}"
+            ) from error
+        raise error
+
+    async def _flush(self, lane: _Lane) -> None:
+        lane.flushers += 1
+        batch = list(lane.pending)
+        lane.pending.clear()
+        for job in batch:
+            job.taken = True
+        try:
+            await anyio.to_thread.run_sync(self._run_batch, batch)
+        finally:
+            lane.flushers -= 1
+            # Cancelled before the worker thread started: nothing ran, so requeue the calls
+            # (this flusher's own call is then dropped by its caller, which is cancelled).
+            unstarted = [job for job in batch if not job.started]
+            for job in unstarted:
+                job.taken = False
+                job.event.set()  # its caller looks again: flush it, or drop it if cancelled
+            lane.pending[:0] = unstarted
+            for job in batch:
+                if not job.started:
+                    continue
+                if not job.done_in_thread and job.error is None:
+                    job.error = StoreUnavailableError(
+                        f"SQLite call on {self._path!r} was interrupted"
+                    )
+                job.finished = True
+                job.event.set()
+            self._wake(lane)
+
+    @staticmethod
+    def _wake(lane: _Lane) -> None:
+        """Let the first queued caller of ``lane`` take over flushing, if a slot is free."""
+        if lane.pending and lane.flushers < lane.limit:
+            lane.pending[0].event.set()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """Run queued calls on one pooled connection (in a worker thread)."""
+        for job in batch:
+            job.started = True
+        conn: sqlite3.Connection | None = None
+        try:
+            for index, job in enumerate(batch):
+                try:
+                    if conn is None:
+                        if not self._ready:
+                            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                        conn = self._pool.acquire()
+                    if not self._ready:
+                        self._setup_sync(conn)
+                except Exception as exc:  # no connection or no schema: the rest fail alike
+                    for other in batch[index:]:
+                        other.error = exc
+                    break
+                if job.mode == "write":  # a lane holds one kind: all of them are writes
+                    conn = self._run_writes(conn, batch)
+                    if conn is not None and self._ttl is not None:
+                        self._maybe_purge(conn)
+                    break
+                try:
+                    job.result = self._transact(conn, job.fn, job.mode)
+                except _BrokenConnection as exc:
+                    job.error = exc.original
+                    self._pool.release(conn, broken=True)
+                    conn = None
+                except Exception as exc:
+                    job.error = exc
+            # Only now is every outcome recorded; anything escaping above (a BaseException)
+            # leaves the calls unmarked, and the flusher reports them as interrupted.
+            for job in batch:
+                job.done_in_thread = True
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
+
+    def _run_writes(self, conn: sqlite3.Connection, batch: list[_Job]) -> sqlite3.Connection | None:
+        """Group commit: queued writes share one transaction, each in its own savepoint.
+
+        A write that fails rolls back to its savepoint and leaves the others alone. Its
+        caller, like every caller of the group, gets its answer only after the COMMIT; if the
+        COMMIT fails (or SQLite abandons the transaction), every write of the group fails and
+        none is stored. Returns the connection, or ``None`` when it had to be dropped.
+        """
+        for start in range(0, len(batch), _GROUP):
+            group = batch[start : start + _GROUP]
+            done: list[_Job] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in group:
+                    conn.execute("SAVEPOINT promptstate_call")
+                    try:
+                        job.result = job.fn(conn)
+                    except Exception as exc:
+                        job.error = exc
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK TO promptstate_call")
+                            conn.execute("RELEASE promptstate_call")
+                        else:  # SQLite rolled the whole transaction back (disk full, I/O)
+                            for other in done:
+                                other.error = exc
+                            done = []
+                            conn.execute("BEGIN IMMEDIATE")
+                        continue
+                    conn.execute("RELEASE promptstate_call")
+                    done.append(job)
+                conn.execute("COMMIT")
+            except Exception as exc:
+                for job in group:
+                    if job.error is None or job in done:
+                        job.error = exc
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._pool.release(conn, broken=True)
+                    for job in batch[start + _GROUP :]:
+                        job.error = exc
+                    return None
+        return conn
+
+    @staticmethod
+    def _transact(
+        conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], mode: _Mode
+    ) -> Any:
+        if mode == "single":  # one statement: its own implicit transaction
+            return fn(conn)
+        conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                raise _BrokenConnection(exc) from exc
+            raise
+        return result
+
+    def _translate(self, exc: sqlite3.Error, what: str) -> PromptStateError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in text or "busy" in text:
+                return StoreUnavailableError(
+                    f"SQLite database {self._path!r} stayed locked by another writer for "
+                    f"longer than the busy timeout of {self._busy_timeout}s ({what}): {text}"
+                )
+            return StoreUnavailableError(
+                f"SQLite database {self._path!r} is unavailable ({what}): {text}"
+            )
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)) or (
+            type(exc) is sqlite3.DatabaseError
+        ):
+            return CorruptStateError(
+                f"SQLite file {self._path!r} is not a promptstate database or is corrupt "
+                f"({what}): {text}"
+            )
+        return StoreUnavailableError(f"SQLite database {self._path!r} failed ({what}): {text}")
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    def _expires(self, now: int) -> int | None:
+        return None if self._ttl is None else now + int(self._ttl * 1_000_000)
+
+    def _purge_batch(self, conn: sqlite3.Connection, now: int) -> int:
+        # Leases of holders that died long ago (a live holder renews well before this).
+        conn.execute("DELETE FROM promptstate_leases WHERE expires_at <= ?", (now - 3_600_000_000,))
+        keys = [row[0] for row in conn.execute(_SQL_EXPIRED, (now, _PURGE_BATCH))]
+        for key in keys:
+            conn.execute(_SQL_DELETE_MESSAGES, (key,))
+            conn.execute(_SQL_DELETE_SESSION, (key,))
+        return len(keys)
+
+    def _maybe_purge(self, conn: sqlite3.Connection) -> None:
+        """After a write, now and then, delete one batch of expired sessions (own txn)."""
+        assert self._ttl is not None
+        clock = time.monotonic()
+        if clock < self._next_purge:
+            return
+        self._next_purge = clock + min(max(self._ttl, 1.0), 60.0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = self._purge_batch(conn, _now_us())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:  # the caller's write is committed; purge another time
+            logger.warning("purging expired sessions from %s failed: %s", self._path, exc)
+            return
+        if removed:
+            logger.debug("purged %d expired sessions from %s", removed, self._path)
+
+    async def purge_expired(self) -> int:
+        """Delete every expired session now; return how many were deleted."""
+        self._check_open()
+        total = 0
+        while True:
+            removed = await self._run(
+                lambda conn: self._purge_batch(conn, _now_us()), "write", "purge expired"
+            )
+            total += removed
+            if removed < _PURGE_BATCH:
+                return total
+
+    # -- row helpers (worker thread) ------------------------------------------------------
+
+    def _state_sync(
+        self, conn: sqlite3.Connection, key: str, now: int, row: Any = None
+    ) -> State | None:
+        if row is None:
+            row = conn.execute(_SQL_GET_SESSION, (key, now)).fetchone()
+            if row is None:
+                return None
+        user_id, version, token_count, total_cost, metadata, created, updated, count = row
+        data = [r[0] for r in conn.execute(_SQL_MESSAGES, (key,))]
+        if len(data) != count:
+            raise CorruptStateError(
+                f"SQLite session {key!r} in {self._path!r} should have {count} messages but has "
+                f"{len(data)}"
+            )
+        return State(
+            conversation_id=key,
+            user_id=user_id,
+            messages=unpack_messages(data, key=key),
+            token_count=token_count,
+            total_cost=total_cost,
+            metadata=unpack_any(metadata, key=key),
+            created_at=_from_us(created),
+            updated_at=_from_us(updated),
+            version=version,
+        )
+
+    def _head_sync(self, conn: sqlite3.Connection, key: str, now: int) -> tuple[int, int] | None:
+        """(version, message_count) of a live session; an expired one is deleted first."""
+        row = conn.execute(_SQL_HEAD, (key,)).fetchone()
+        if row is None:
+            return None
+        version, expires_at, count = row
+        if expires_at is not None and expires_at <= now:
+            conn.execute(_SQL_DELETE_MESSAGES, (key,))
+            conn.execute(_SQL_DELETE_SESSION, (key,))
+            return None
+        return version, count
+
+    def _touch(self, conn: sqlite3.Connection, key: str, now: int) -> None:
+        conn.execute(_SQL_TOUCH, (self._expires(now), key, now))
+
+    @property
+    def _touching(self) -> bool:
+        return self._touch_on_read and self._ttl is not None
+
+    # -- the store interface --------------------------------------------------------------
+
+    async def get(self, key: str) -> State:
+        def work(conn: sqlite3.Connection) -> State | None:
+            now = _now_us()
+            if self._touching:
+                self._touch(conn, key, now)
+            return self._state_sync(conn, key, now)
+
+        state = await self._run(work, "write" if self._touching else "read", f"get {key!r}")
+        if state is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return state
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        if isinstance(state.total_cost, float) and math.isnan(state.total_cost):
+            raise ValidationError(f"total_cost of key {key!r} is NaN; SQLite cannot store it")
+        stored = self._prepare(key, state, 0)
+        encoded = [pack(m) for m in stored.messages]
+        metadata = pack(stored.metadata) if stored.metadata else _EMPTY_DICT
+        created, updated = _to_us(stored.created_at), _to_us(stored.updated_at)
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = _now_us()
+            head = self._head_sync(conn, key, now)
+            current = 0 if head is None else head[0]
+            if expected_version is not None and expected_version != current:
+                raise ConflictError(
+                    f"version conflict on key {key!r}: expected {expected_version}, "
+                    f"stored {current}"
+                )
+            values = (
+                stored.user_id,
+                current + 1,
+                stored.token_count,
+                stored.total_cost,
+                metadata,
+                created,
+                updated,
+                self._expires(now),
+                len(encoded),
+            )
+            if head is None:
+                conn.execute(_SQL_INSERT_SESSION, (key, *values))
+            else:
+                conn.execute(_SQL_DELETE_MESSAGES, (key,))
+                # Conditional on the version read above (we hold the write lock, so it holds).
+                if conn.execute(_SQL_UPDATE_SESSION, (*values, key, current)).rowcount != 1:
+                    raise ConflictError(f"version conflict on key {key!r}")
+            conn.executemany(_SQL_INSERT_MESSAGE, [(key, i, d) for i, d in enumerate(encoded)])
+            stored.version = current + 1
+
+        await self._run(work, "write", f"set {key!r}")
+        return stored
+
+    async def delete(self, key: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(_SQL_HEAD, (key,)).fetchone()
+            if row is None:
+                return False
+            conn.execute(_SQL_DELETE_MESSAGES, (key,))
+            conn.execute(_SQL_DELETE_SESSION, (key,))
+            return row[1] is None or row[1] > _now_us()
+
+        return await self._run(work, "write", f"delete {key!r}")
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        where, args = _prefix_range(prefix, "key")
+        sql = (
+            f"SELECT key FROM promptstate_sessions WHERE {where} AND key > ? AND {_LIVE} "
+            f"ORDER BY key LIMIT {_PAGE}"
+        )
+
+        def page_of(conn: sqlite3.Connection, after: str) -> list[str]:
+            return [row[0] for row in conn.execute(sql, (*args, after, _now_us()))]
+
+        after = ""
+        while True:
+            page = await self._run(
+                functools.partial(page_of, after=after), "single", f"list keys of {prefix!r}"
+            )
+            for key in page:
+                yield key
+            if len(page) < _PAGE:
+                return
+            after = page[-1]
+
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        if last == 0 and not self._touching:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            now = _now_us()
+            if self._touching:
+                self._touch(conn, session_id, now)
+            if last == 0:
+                return []
+            args = (session_id, _ALL if last is None else min(last, _ALL), now)
+            return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, args)], key=session_id)
+
+        mode: _Mode = "write" if self._touching else "single"
+        return await self._run(work, mode, f"load {session_id!r}")
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        if not messages:
+            row = await self._run(
+                lambda conn: conn.execute(_SQL_COUNT, (session_id, _now_us())).fetchone(),
+                "single",
+                f"count messages of {session_id!r}",
+            )
+            return 0 if row is None else int(row[0])
+        counted, tokens = self._count_new(messages)
+        encoded = [pack(m) for m in counted]
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = _now_us()
+            head = self._head_sync(conn, session_id, now)
+            return self._append_sync(conn, session_id, head, encoded, tokens, 0.0, now)
+
+        return await self._run(work, "write", f"append to {session_id!r}")
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        counted, tokens = self._count_new(messages)
+        encoded = [pack(m) for m in counted]
+        size = len(encoded)
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = _now_us()
+            head = self._head_sync(conn, session_id, now)
+            count = 0 if head is None else head[1]
+            if turn_id is not None and size and count >= size:
+                # A retried turn: the session already ends with it (one row read by index).
+                row = conn.execute(_SQL_MESSAGE_AT, (session_id, count - size)).fetchone()
+                if row is not None:
+                    first = unpack_message(row[0], key=session_id)
+                    if first.metadata.get(TURN_ID_KEY) == turn_id:
+                        return count
+            if expected_count is not None and expected_count != count:
+                raise ConflictError(
+                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
+                )
+            if not size:
+                return count
+            return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+
+        return await self._run(work, "write", f"append a turn to {session_id!r}")
+
+    def _append_sync(
+        self,
+        conn: sqlite3.Connection,
+        key: str,
+        head: tuple[int, int] | None,
+        encoded: list[bytes],
+        tokens: int,
+        cost: float,
+        now: int,
+    ) -> int:
+        """Insert the new rows and bump the session's counters; cost follows ``encoded``."""
+        start = 0 if head is None else head[1]
+        total = start + len(encoded)
+        expires = self._expires(now)
+        if head is None:
+            values = (None, 1, tokens, float(cost), _EMPTY_DICT, now, now, expires, total)
+            conn.execute(_SQL_INSERT_SESSION, (key, *values))
+        else:
+            conn.execute(_SQL_APPEND_SESSION, (tokens, float(cost), total, now, expires, key))
+        conn.executemany(
+            _SQL_INSERT_MESSAGE, [(key, start + i, data) for i, data in enumerate(encoded)]
+        )
+        return total
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        counted, tokens = self._count_new(messages)
+        encoded = [pack(m) for m in counted]
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = _now_us()
+            expires = self._expires(now)
+            if self._head_sync(conn, session_id, now) is None:
+                values = (None, 1, tokens, 0.0, _EMPTY_DICT, now, now, expires, len(encoded))
+                conn.execute(_SQL_INSERT_SESSION, (session_id, *values))
+            else:
+                conn.execute(_SQL_DELETE_MESSAGES, (session_id,))
+                conn.execute(_SQL_SAVE_SESSION, (tokens, len(encoded), now, expires, session_id))
+            conn.executemany(
+                _SQL_INSERT_MESSAGE, [(session_id, i, data) for i, data in enumerate(encoded)]
+            )
+
+        await self._run(work, "write", f"save {session_id!r}")
+
+    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+        def work(conn: sqlite3.Connection) -> State:
+            now = _now_us()
+            if self._touching:
+                self._touch(conn, source, now)
+            if self._head_sync(conn, source, now) is None:
+                raise NotFoundError(f"fork source {source!r} does not exist")
+            existing = self._head_sync(conn, target, now)
+            if existing is not None:
+                if not overwrite:
+                    raise ConflictError(f"fork target {target!r} exists already")
+                conn.execute(_SQL_DELETE_MESSAGES, (target,))
+                conn.execute(_SQL_DELETE_SESSION, (target,))
+            version = (0 if existing is None else existing[0]) + 1
+            conn.execute(_SQL_FORK_SESSION, (target, version, now, self._expires(now), source))
+            conn.execute(_SQL_FORK_MESSAGES, (target, source))
+            forked = self._state_sync(conn, target, now)
+            assert forked is not None
+            return forked
+
+        return await self._run(work, "write", f"fork {source!r} to {target!r}")
+
+    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        where, args = _prefix_range(prefix, "key")
+        sql = (
+            f"SELECT {_SESSION_COLUMNS}, key FROM promptstate_sessions "
+            f"WHERE {where} AND key > ? AND {_LIVE} ORDER BY key LIMIT {_PAGE}"
+        )
+        touching = self._touching
+
+        def page_of(conn: sqlite3.Connection, after: str) -> tuple[list[State], str | None]:
+            now = _now_us()
+            rows = conn.execute(sql, (*args, after, now)).fetchall()
+            states = []
+            messages = 0
+            for row in rows:
+                if touching:
+                    self._touch(conn, row[-1], now)
+                state = self._state_sync(conn, row[-1], now, row[:-1])
+                assert state is not None
+                states.append(state)
+                messages += len(state.messages)
+                if messages >= _PAGE_MESSAGES:  # bound the memory a page holds
+                    return states, row[-1]
+            return states, (rows[-1][-1] if len(rows) == _PAGE else None)
+
+        after: str | None = ""
+        while after is not None:
+            states, after = await self._run(
+                functools.partial(page_of, after=after),
+                "write" if touching else "read",
+                f"list states with prefix {prefix!r}",
+            )
+            for state in states:
+                yield state
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        where, args = _prefix_range(prefix, "key")
+        where_messages, _ = _prefix_range(prefix, "session_key")
+
+        def work(conn: sqlite3.Connection) -> int:
+            (live,) = conn.execute(
+                f"SELECT count(*) FROM promptstate_sessions WHERE {where} AND {_LIVE}",
+                (*args, _now_us()),
+            ).fetchone()
+            conn.execute(f"DELETE FROM promptstate_messages WHERE {where_messages}", args)
+            conn.execute(f"DELETE FROM promptstate_sessions WHERE {where}", args)
+            return int(live)
+
+        return await self._run(work, "write", f"delete prefix {prefix!r}")
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        wanted = list(keys)
+        if not wanted:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[State | None]:
+            now = _now_us()
+            found: list[State | None] = []
+            for key in wanted:  # a repeated key gets its own copy: no shared mutable State
+                if self._touching:
+                    self._touch(conn, key, now)
+                found.append(self._state_sync(conn, key, now))
+            return found
+
+        return await self._run(work, "write" if self._touching else "read", "get_many")
+
+    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+
+        Leases live in ``promptstate_leases`` (wall-clock expiry, so every process sharing
+        the file agrees); they keep pipelines in different processes from interleaving turns.
+        """
+        self._check_open()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            now = _now_us()
+            args = (key, owner, now + int(ttl * 1_000_000), now)
+            return bool(conn.execute(_SQL_LEASE_ACQUIRE, args).rowcount == 1)
+
+        return await self._run(work, "write", f"take the lease on {key!r}")
+
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            now = _now_us()
+            args = (now + int(ttl * 1_000_000), key, owner, now)
+            return bool(conn.execute(_SQL_LEASE_RENEW, args).rowcount == 1)
+
+        return await self._run(work, "write", f"renew the lease on {key!r}")
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Delete the lease on ``key`` if ``owner`` holds it."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(_SQL_LEASE_RELEASE, (key, owner)).rowcount == 1)
+
+        return await self._run(work, "write", f"release the lease on {key!r}")
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+@register_scheme("sqlite")
+def _open_sqlite(url: str, options: dict[str, Any]) -> Store:
+    """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValidationError(f"not a valid sqlite URL: {url!r}") from exc
+    if parts.netloc:
+        raise ValidationError(
+            f"a sqlite URL has no host: use sqlite:///relative/path.db or "
+            f"sqlite:////absolute/path.db, got {url!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ValidationError(f"a sqlite URL takes no query string or fragment, got {url!r}")
+    path = unquote(parts.path)
+    if not path.startswith("/") or len(path) < 2:
+        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {url!r}")
+    path = path[1:]
+    if path == ":memory:":
+        raise ValidationError("sqlite:///:memory: is not supported; use memory://")
+    return SQLiteStore(path, **options)
