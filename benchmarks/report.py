@@ -362,7 +362,7 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
         parts += ["", "### Notes from the run", ""]
         parts += [f"- {n}" for n in result.notes]
     for name, (command, output) in result.external.items():
-        parts += ["", f"### {name} (the store's own benchmark)", "", f"`{command}`", "", output]
+        parts += ["", f"### {name}: its own benchmark", "", f"`{command}`", "", output]
     return "\n".join(parts)
 
 

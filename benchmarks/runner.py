@@ -18,9 +18,10 @@ Scenarios (``--only`` takes a comma-separated list of these names):
 ``listing``
     ``list_by_prefix`` returning 10 sessions among few and among many.
 
-Other ``benchmarks/bench_*.py`` modules (the store-specific ones) are driven as they are
-(``python -m benchmarks.bench_x [--quick]``) when named with ``--only`` (or with
-``--store-benchmarks``), and their output is kept in the report.
+Other ``benchmarks/bench_*.py`` modules (the ones written with each store and the pipeline)
+are driven as they are (``python -m benchmarks.bench_x [--quick]``) when named with ``--only``
+by module name (``--only bench_sqlite``) or all with ``--store-benchmarks``, and their output
+is kept in the report.
 
 Every record has ``scenario, store, history, concurrency, turns_per_s, p50_ms, p99_ms,
 ratio_vs_raw, ratio_vs_peer``; both ratios are promptstate's time per turn divided by the
@@ -745,8 +746,8 @@ def parse(argv: Sequence[str] | None, default_only: str | None = None) -> argpar
         "--only",
         default=default_only,
         metavar="NAMES",
-        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}, or a store benchmark "
-        f"({', '.join(m.removeprefix('bench_') for m in external_modules()) or 'none found'})",
+        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}, or another module's own "
+        f"benchmark ({', '.join(external_modules()) or 'none found'})",
     )
     parser.add_argument(
         "--stores",
@@ -775,9 +776,8 @@ def config_from(args: argparse.Namespace) -> Config:
         unknown = [e for e in ext if e not in known]
         if unknown:
             raise SystemExit(
-                f"unknown scenario(s) {', '.join(u.removeprefix('bench_') for u in unknown)}; "
-                f"known: {', '.join(SCENARIOS)}, "
-                f"{', '.join(m.removeprefix('bench_') for m in sorted(known))}"
+                f"unknown scenario(s) {', '.join(unknown)}; "
+                f"known: {', '.join([*SCENARIOS, *sorted(known)])}"
             )
         config = replace(config, scenarios=tuple(scenarios), external=tuple(ext))
     elif args.store_benchmarks:
