@@ -428,7 +428,7 @@ class Store(ABC):
             return []
         if last is None:
             return state.messages
-        return state.messages[len(state.messages) - last :] if last else []
+        return state.messages[max(0, len(state.messages) - last) :] if last else []
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         """Replace the whole message list, creating the state when absent."""
