@@ -296,6 +296,25 @@ def targets(records: list[Any], meta: dict[str, Any]) -> list[tuple[str, bool | 
     return found
 
 
+def pipeline_overhead(records: list[Any]) -> str:
+    """The pipeline's time per turn over the bare store turn's, per backend."""
+    lines = []
+    rows = [r for r in records if r.scenario == "pipeline" and "ratio_vs_store" in r.extra]
+    for backend in sorted({r.backend for r in rows}, key=lambda b: _BACKEND_ORDER.get(b, 9)):
+        mine = sorted(
+            (r for r in rows if r.backend == backend), key=lambda r: (r.history, r.concurrency)
+        )
+        cells = ", ".join(
+            f"{r.history:,}/{r.concurrency}: {r.extra['ratio_vs_store']:.2f}x" for r in mine
+        )
+        note = next((r.note for r in mine if r.note), "")
+        lines.append(
+            f"- {backend} (history/sessions: pipeline ÷ store): {cells}"
+            + (f"; {note}" if note else "")
+        )
+    return "\n".join(lines)
+
+
 def targets_list(result: Any) -> str:
     lines = []
     for title, holds, detail in targets(result.records, result.meta):
@@ -356,6 +375,17 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
             serialization_table(records),
             "",
             "`ratio_vs_peer` = promptstate's time / the other's (below 1: promptstate faster).",
+        ]
+    overhead = pipeline_overhead(records)
+    if overhead:
+        parts += [
+            "",
+            "### What the pipeline adds",
+            "",
+            "Time per turn through `Pipeline.execute` divided by the bare store turn's, in the "
+            "same cell:",
+            "",
+            overhead,
         ]
     parts += ["", "### Targets", "", targets_list(result)]
     if result.notes:

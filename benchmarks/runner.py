@@ -508,6 +508,8 @@ def add_ratios(records: list[Record]) -> None:
                 r.ratio_vs_raw = raw.turns_per_s / r.turns_per_s  # type: ignore[operator]
             if r.scenario == "peers" and ours is not None:
                 r.ratio_vs_peer = r.turns_per_s / ours.turns_per_s  # type: ignore[operator]
+            if r.scenario == "pipeline" and ours is not None:
+                r.extra["ratio_vs_store"] = ours.turns_per_s / r.turns_per_s  # type: ignore[operator]
     mem: dict[str | None, dict[str, Record]] = {}
     for r in records:
         if r.scenario == "memory" and r.value:
