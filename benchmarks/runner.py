@@ -125,8 +125,8 @@ class Config:
         return cls(
             mode="quick",
             histories=(10, 1_000),
-            concurrencies=(1, 16),
-            pool={10: 256, 1_000: 16},
+            concurrencies=(1, 16, 64),
+            pool={10: 256, 1_000: 64},
             cell_seconds=0.3,
             cell_max_turns=600,
             rounds=2,
