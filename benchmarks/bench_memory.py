@@ -9,9 +9,13 @@ messages, about 230 characters of text each) under a prefix or schema of its own
   (a session's keys, plus any index the store keeps), divided by the number of messages.
 - PostgreSQL: ``pg_total_relation_size`` (table, indexes, TOAST) summed over the tables of the
   contender's schema, divided by the number of messages.
-- SQLite: the database file and its WAL.
+- SQLite: the pages in use (``page_count - freelist_count``, the WAL's commits included).
 - MemoryStore: the bytes ``tracemalloc`` sees allocated while the sessions are written; the
   raw counterpart is a plain Python list of the same ``Message`` objects.
+
+Then every session takes 5 turns and the same is measured again: what the server holds more,
+per message those turns wrote. For most stores that is what a message costs; for a
+checkpointer that writes the whole history again on every turn, it grows with the history.
 """
 
 from __future__ import annotations
@@ -39,7 +43,18 @@ async def _python_list_bytes(sessions: int, messages: int) -> int:
     return after - before
 
 
-async def _traced(contender: Contender, ids: list[str], messages: int) -> int:
+#: turns run on every session after it is filled, to see what a turn adds
+TURNS = 5
+
+
+async def _turns(contender: Contender, ids: list[str]) -> None:
+    for i in range(TURNS):
+        for sid in ids:
+            await contender.turn(sid, i)
+
+
+async def _traced(contender: Contender, ids: list[str], messages: int) -> tuple[int, int]:
+    """(bytes allocated filling the sessions, bytes more after TURNS turns on each)."""
     gc.collect()
     tracemalloc.start()
     try:
@@ -47,9 +62,25 @@ async def _traced(contender: Contender, ids: list[str], messages: int) -> int:
         for sid in ids:
             await contender.populate(sid, messages)
         gc.collect()
-        return tracemalloc.get_traced_memory()[0] - before
+        filled = tracemalloc.get_traced_memory()[0]
+        await _turns(contender, ids)
+        gc.collect()
+        return filled - before, tracemalloc.get_traced_memory()[0] - filled
     finally:
         tracemalloc.stop()
+
+
+async def _server(contender: Contender, ids: list[str], messages: int) -> tuple[int, int] | None:
+    for sid in ids:
+        await contender.populate(sid, messages)
+    await contender.settle()
+    filled = await contender.footprint()
+    if filled is None:
+        return None
+    await _turns(contender, ids)
+    await contender.settle()
+    after = await contender.footprint()
+    return filled, (after or filled) - filled
 
 
 def contenders(env: Env, backends: set[str]) -> list[Contender]:
@@ -110,12 +141,9 @@ async def run(
             continue
         try:
             if contender.backend == "memory":
-                used: int | None = await _traced(contender, ids, messages)
+                used: tuple[int, int] | None = await _traced(contender, ids, messages)
             else:
-                for sid in ids:
-                    await contender.populate(sid, messages)
-                await contender.settle()
-                used = await contender.footprint()
+                used = await _server(contender, ids, messages)
         except Exception as exc:
             notes.append(f"memory, {contender.name}: failed: {type(exc).__name__}: {exc}")
             used = None
@@ -130,9 +158,14 @@ async def run(
                 history=messages,
                 backend=contender.backend,
                 kind=contender.kind,
-                value=used / total,
+                value=used[0] / total,
                 unit="bytes/message",
-                extra={"sessions": sessions},
+                extra={
+                    "sessions": sessions,
+                    # what each message written by a turn added (a checkpointer that stores
+                    # the whole history again on every turn shows here)
+                    "turn_bytes_per_message": used[1] / (sessions * TURNS * 2),
+                },
             )
         )
     return records, notes

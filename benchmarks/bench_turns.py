@@ -24,7 +24,6 @@ default), 10 PostgreSQL connections (PostgresStore's default ``max_size``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +123,18 @@ class StoreTurn(Contender):
 
 
 def _file_bytes(path: str) -> int:
-    """A SQLite database's size on disk, its WAL included."""
-    return sum(
-        os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix)
-    )
+    """A SQLite database's size: its pages in use as of the last commit (the WAL's included,
+    not the WAL file's size, which depends on when it was last checkpointed)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(size * (pages - free))
+    finally:
+        conn.close()
 
 
 def pipeline_budget() -> int:

@@ -145,16 +145,18 @@ def memory_table(records: list[Any]) -> str:
             "implementation",
             "messages/session",
             "bytes per message",
+            "bytes per message a turn adds",
             "ratio_vs_raw",
             "ratio_vs_peer",
         ],
-        ["---", "---", "---:", "---:", "---:", "---:"],
+        ["---", "---", "---:", "---:", "---:", "---:", "---:"],
         (
             [
                 r.backend,
                 r.store,
                 f"{r.history:,}",
                 _f(r.value, 0),
+                _f(r.extra.get("turn_bytes_per_message"), 0),
                 _x(r.ratio_vs_raw),
                 _x(r.ratio_vs_peer),
             ]
