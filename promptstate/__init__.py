@@ -27,7 +27,7 @@ from promptstate.providers import (
     Provider,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, SQLiteStore, Store, open_store
+from promptstate.stores import MemoryStore, PostgresStore, SQLiteStore, Store, open_store
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
 from promptstate.tools import Tool, tool
 from promptstate.truncation import (
@@ -58,6 +58,7 @@ __all__ = [
     "NotFoundError",
     "OpenAIProvider",
     "Pipeline",
+    "PostgresStore",
     "PromptPackError",
     "PromptStateError",
     "Provider",

@@ -195,6 +195,10 @@ async def close_kind(store: Store) -> None:
     if not store.closed:
         await store.delete_by_prefix("")
         await store.aclose()
+    if type(store).__name__ == "PostgresStore":
+        from tests.servers import drop_postgres_tables
+
+        await drop_postgres_tables(store._dsn, store.table_name)  # type: ignore[attr-defined]
 
 
 async def drain(chunks: AsyncIterator[Any]) -> list[Any]:

@@ -13,6 +13,7 @@ restart a server of their own; the shared servers are never stopped or reconfigu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -158,10 +159,29 @@ def postgres_answers(dsn: str) -> bool:
         finally:
             await conn.close()
 
+    def run() -> bool:
+        try:
+            return asyncio.run(check())
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    # In a thread of its own, so that it works when an event loop is running here too.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+async def drop_postgres_tables(dsn: str, table: str) -> None:
+    """Drop the tables a PostgresStore with ``table_name=table`` created."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
     try:
-        return asyncio.run(check())
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return False
+        await conn.execute(
+            f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
+            f'"{table}_migrations", "{table}_leases"'
+        )
+    finally:
+        await conn.close()
 
 
 def _pg_bin(name: str) -> str | None:

@@ -2,12 +2,14 @@
 
 from promptstate.stores.base import MAX_KEY_LENGTH, Store, validate_key, validate_prefix
 from promptstate.stores.memory import MemoryStore
+from promptstate.stores.postgres import PostgresStore
 from promptstate.stores.sqlite import SQLiteStore
 from promptstate.stores.url import open_store
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "MemoryStore",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "open_store",

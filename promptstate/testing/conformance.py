@@ -553,3 +553,72 @@ class StoreConformance:
         with pytest.raises(ClosedError):
             async with store:
                 pass
+
+    # -- turns (append_turn) --------------------------------------------------------------
+
+    async def test_append_turn_adds_cost_and_checks_count(self, store: Store) -> None:
+        turn = [Message("user", "q1"), Message("assistant", "a1")]
+        assert await store.append_turn("t", turn, cost=0.25, expected_count=0) == 2
+        with pytest.raises(ConflictError):
+            await store.append_turn("t", [Message("user", "late")], expected_count=0)
+        assert await store.append_turn("t", [Message("user", "q2")], cost=0.5) == 3
+        state = await store.get("t")
+        assert [m.content for m in state.messages] == ["q1", "a1", "q2"]
+        assert state.total_cost == 0.75
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        with pytest.raises(ConflictError):
+            await store.append_turn("absent", [Message("user", "x")], expected_count=3)
+        assert await store.load("absent") == []
+
+    async def test_append_turn_is_retry_safe(self, store: Store) -> None:
+        turn = [Message("user", "q"), Message("assistant", "a")]
+        assert await store.append_turn("r", turn, cost=0.1, turn_id="turn-1") == 2
+        # The reply was lost and the turn is sent again: nothing is stored twice.
+        assert await store.append_turn("r", turn, cost=0.1, turn_id="turn-1") == 2
+        assert await store.append_turn("r", turn, cost=0.1, turn_id="turn-1", expected_count=0) == 2
+        state = await store.get("r")
+        assert [m.content for m in state.messages] == ["q", "a"]
+        assert state.total_cost == pytest.approx(0.1)
+        assert state.messages[0].metadata.get("turn_id") == "turn-1"
+        assert await store.append_turn("r", turn, turn_id="turn-2") == 4
+
+    async def test_concurrent_turns_lose_nothing(self, store: Store) -> None:
+        async def turn(i: int) -> None:
+            await store.append_turn(
+                "ct",
+                [Message("user", f"q{i}"), Message("assistant", f"a{i}")],
+                cost=0.5,
+                turn_id=f"id{i}",
+            )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(turn, i)
+        state = await store.get("ct")
+        assert len(state.messages) == 40
+        for start in range(0, 40, 2):
+            q, a = state.messages[start], state.messages[start + 1]
+            assert (q.content[1:], q.role, a.role) == (a.content[1:], "user", "assistant")
+        assert state.total_cost == 10.0
+
+    # -- leases (optional: stores that implement promptstate.locks.SupportsLease) ----------
+
+    async def test_leases_exclude_renew_release_and_expire(self, store: Store) -> None:
+        if not hasattr(store, "acquire_lease"):
+            pytest.skip(f"{type(store).__name__} has no cross-process leases")
+        lease: Any = store
+        assert await lease.acquire_lease("L", "alice", 5.0) is True
+        assert await lease.acquire_lease("L", "bob", 5.0) is False
+        assert await lease.renew_lease("L", "bob", 5.0) is False
+        assert await lease.renew_lease("L", "alice", 5.0) is True
+        assert await lease.release_lease("L", "bob") is False
+        assert await lease.acquire_lease("L", "bob", 5.0) is False
+        assert await lease.release_lease("L", "alice") is True
+        assert await lease.acquire_lease("L", "bob", 0.3) is True
+        await anyio.sleep(0.6)
+        assert await lease.renew_lease("L", "bob", 5.0) is False, "an expired lease renewed"
+        assert await lease.acquire_lease("L", "carol", 5.0) is True, "expired lease not taken"
+        assert await lease.release_lease("L", "bob") is False
+        assert await lease.release_lease("L", "carol") is True
+        # Leases are not sessions: none of this is listed.
+        assert [k async for k in store.list_keys("")] == []
