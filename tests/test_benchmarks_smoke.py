@@ -86,7 +86,7 @@ def test_command_line_writes_json_and_docs_section(
     text = page.read_text()
     assert text.startswith("# Benchmarks\n\nKept.\n")
     assert text.endswith("## After\n")
-    assert "old" not in text
+    assert "PREVIOUS-RUN-TEXT" not in text
     assert "promptstate MemoryStore" in text
     assert "| implementation | reads | history |" in capsys.readouterr().out
 
