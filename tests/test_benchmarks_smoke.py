@@ -63,7 +63,7 @@ def test_command_line_writes_json_and_docs_section(
     page.write_text(
         "# Benchmarks\n\nKept.\n\n## Results\n\n"
         + report.START
-        + "\nold\n"
+        + "\nPREVIOUS-RUN-TEXT\n"
         + report.END
         + "\n\n## After\n"
     )
