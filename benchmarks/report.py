@@ -309,7 +309,12 @@ def pipeline_overhead(records: list[Any]) -> str:
         cells = ", ".join(
             f"{r.history:,}/{r.concurrency}: {r.extra['ratio_vs_store']:.2f}x" for r in mine
         )
-        note = next((r.note for r in mine if r.note), "")
+        seen = {r.history: r.note.removeprefix("the model saw ") for r in mine if r.note}
+        note = (
+            "the model saw " + ", ".join(f"{v} at history {h:,}" for h, v in sorted(seen.items()))
+            if seen
+            else ""
+        )
         lines.append(
             f"- {backend} (history/sessions: pipeline ÷ store): {cells}"
             + (f"; {note}" if note else "")
