@@ -91,6 +91,9 @@ async def run(
                 started = time.perf_counter()
                 await fill(store, filled, size)
                 await contender.settle()
+                # let the server finish what the burst of writes started (Redis rehashes its
+                # key space incrementally after growing it; PostgreSQL autovacuum)
+                await asyncio.sleep(config.listing_settle_seconds)
                 fill_rate = (size - filled) / (time.perf_counter() - started)
                 filled = size
                 progress.step(f"listing: {contender.name} among {size:,}")

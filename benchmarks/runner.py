@@ -101,6 +101,7 @@ class Config:
     populate_seconds: float = 5.0
     listing_sizes: tuple[int, ...] = (1_000, 100_000)
     listing_repeats: int = 40
+    listing_settle_seconds: float = 2.0
     memory_sessions: int = 10
     memory_messages: int = 1_000
     serialization_sizes: tuple[int, ...] = (100, 1_000)
@@ -134,6 +135,7 @@ class Config:
             populate_seconds=1.0,
             listing_sizes=(1_000, 10_000),
             listing_repeats=15,
+            listing_settle_seconds=0.3,
             memory_sessions=4,
             memory_messages=500,
             serialization_budget=0.05,
@@ -154,6 +156,7 @@ class Config:
             warmup_seconds=0.0,
             listing_sizes=(100, 1_000),
             listing_repeats=3,
+            listing_settle_seconds=0.0,
             memory_sessions=2,
             memory_messages=50,
             serialization_sizes=(100,),
