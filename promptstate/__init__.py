@@ -39,6 +39,10 @@ from promptstate.truncation import (
 )
 from promptstate.types import Message, State, ToolCall, Usage
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from promptstate.stores.redis import RedisStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -63,6 +67,7 @@ __all__ = [
     "PromptStateError",
     "Provider",
     "ProviderError",
+    "RedisStore",
     "SCHEMA_VERSION",
     "SQLiteStore",
     "SessionBusyError",
@@ -87,3 +92,13 @@ __all__ = [
     "tool",
     "truncate_messages",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Stores whose driver is an optional extra are imported on first use (PEP 562), so that
+    # ``import promptstate`` works without them.
+    if name == "RedisStore":
+        from promptstate.stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'promptstate' has no attribute {name!r}")

@@ -363,16 +363,17 @@ class Pipeline:
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Start ``fn`` in a task that outlives the caller's frame (for :meth:`stream`)."""
-        import sniffio
-
-        if sniffio.current_async_library() != "asyncio":
-            raise PromptStateError("Pipeline.stream() runs on asyncio only (for now)")
         import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio, or no event loop at all
+            raise PromptStateError("Pipeline.stream() runs on asyncio only (for now)") from None
 
         async def main() -> None:
             await fn()
 
-        task = asyncio.get_running_loop().create_task(main())
+        task = loop.create_task(main())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -80,3 +80,10 @@ def _open_memory(url: str, options: dict[str, Any]) -> Store:
         except ValueError as exc:
             raise ValidationError(f"max_sessions must be an integer in {url!r}") from exc
     return MemoryStore(**options)
+
+
+@register_scheme("redis", "rediss", "redis+cluster", "rediss+cluster")
+def _open_redis(url: str, options: dict[str, Any]) -> Store:
+    from promptstate.stores.redis import RedisStore
+
+    return RedisStore.from_url(url, **options)

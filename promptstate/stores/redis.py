@@ -1,0 +1,879 @@
+"""The Redis store: append-only message lists, atomic scripts, ready for Redis Cluster.
+
+Layout (details in ``docs/redis.md``): every session has two keys that share one hash tag, so
+they live in one slot and every write is a single atomic Lua script on one node::
+
+    <prefix>{<escaped session id>}:h    the header hash: version, user id, tokens, cost,
+                                         metadata, created/updated timestamps
+    <prefix>{<escaped session id>}:m    the messages, a list of MessagePack items
+
+The escaping (``%`` → ``%25``, ``{`` → ``%7B``, ``}`` → ``%7D``) keeps braces out of the tag, so
+any session id works. ``append`` is one EVALSHA that pushes the new messages, bumps the version
+and sets the TTL of both keys, at a cost that does not depend on the history's length;
+``load(last=n)`` is one ``LRANGE``.
+
+Listing uses a sorted-set index per store prefix (members = session ids, all scored 0, queried
+with ``ZRANGEBYLEX``) plus a second sorted set of expiry hints, so listing costs what it
+returns, never ``KEYS`` and never ``SCAN``. On a single Redis the index is updated in the same
+script as the session. On a Cluster it lives in its own slots (sharded over
+``index_shards`` keys) and is updated by a second call; listing checks that each listed
+session exists and prunes what it finds gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from promptstate.exceptions import (
+    ConflictError,
+    CorruptStateError,
+    NotFoundError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from promptstate.serialization import pack, unpack_any, unpack_messages
+from promptstate.stores import _redis_scripts as scripts
+from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
+from promptstate.stores.url import _redact
+from promptstate.tokens import TokenCounter
+from promptstate.types import Message, State
+
+try:
+    import redis.exceptions as redis_errors
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "RedisStore needs the redis package: pip install 'promptstate[redis]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import ClusterPipeline
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+#: Sessions per listing / deletion batch: bounds how long one server step can take.
+_BATCH = 200
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _tag(session_id: str) -> str:
+    """The hash tag content for a session id: the id with ``%``, ``{`` and ``}`` escaped."""
+    if "%" in session_id or "{" in session_id or "}" in session_id:
+        session_id = session_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return session_id
+
+
+def _to_us(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _US
+
+
+def _from_us(value: bytes) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class RedisStore(Store):
+    """Conversation state in Redis or Redis Cluster, over ``redis.asyncio`` (with hiredis).
+
+    Three ways to make one:
+
+    * ``RedisStore.from_url("redis://:password@host:6379/0")`` builds and owns its client
+      (``rediss://`` for TLS, ``redis+cluster://`` or ``cluster=True`` for a Cluster) and
+      closes it in :meth:`aclose`.
+    * ``RedisStore(client)`` borrows a ``redis.asyncio.Redis`` or ``RedisCluster`` you made
+      (with ``decode_responses=False``) and never closes it.
+    * ``RedisStore(address="host:6379", password=..., db=0)`` builds and owns a client.
+
+    Args:
+        client: A client to borrow. Mutually exclusive with the connection keywords.
+        address: ``host:port`` to connect to (default ``localhost:6379``).
+        password: The password (``AUTH``); never shown in a repr, log or error.
+        username: The ACL user name, if any.
+        db: The database number (single Redis only).
+        ssl: Connect with TLS.
+        cluster: Talk to a Redis Cluster (``address`` is then any node of it).
+        prefix: Prepended to every key; stores with different prefixes never see each
+            other's sessions.
+        ttl: Session lifetime after its last write (``timedelta`` or seconds), kept in
+            milliseconds by Redis.
+        touch_on_read: Slide the TTL on reads too.
+        token_counter: Counter for ``State.token_count``.
+        max_connections: Pool size (per node on a Cluster).
+        socket_timeout: Seconds to wait for a reply before giving up.
+        socket_connect_timeout: Seconds to wait for a connection.
+        pool_timeout: Seconds to wait for a free pooled connection (single Redis).
+        index_shards: How many sorted sets hold the listing index (default 1 on a single
+            Redis, 8 on a Cluster, where they spread over the nodes).
+
+    Errors from Redis never reach you: a refused connection, a timeout or a server that went
+    away raise :class:`~promptstate.exceptions.StoreUnavailableError` (the redis-py error
+    chained as ``__cause__``); stored bytes that do not decode raise
+    :class:`~promptstate.exceptions.CorruptStateError` naming the key.
+
+    Writes made by a store that owns its client are never retried by redis-py, because a
+    retried ``append`` whose first attempt did reach the server would store its messages twice.
+    A borrowed client keeps whatever retry policy you gave it.
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster | None = None,
+        *,
+        address: str | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        db: int = 0,
+        ssl: bool = False,
+        cluster: bool = False,
+        prefix: str = "promptstate:",
+        ttl: timedelta | float | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+        max_connections: int = 64,
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 5.0,
+        pool_timeout: float | None = 5.0,
+        index_shards: int | None = None,
+    ) -> None:
+        super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
+        if not isinstance(prefix, str):
+            raise ValidationError(f"prefix must be a str, got {type(prefix).__name__}")
+        _check_positive("max_connections", max_connections)
+        if client is not None:
+            if address is not None or password is not None or username is not None or db:
+                raise ValidationError(
+                    "give RedisStore either a client or address/password/db, not both"
+                )
+            if not isinstance(client, (Redis, RedisCluster)):
+                raise ValidationError(
+                    "RedisStore(client) takes a redis.asyncio.Redis or RedisCluster, "
+                    f"got {type(client).__name__}"
+                )
+            if client.get_encoder().decode_responses:
+                raise ValidationError(
+                    "RedisStore needs a client made with decode_responses=False "
+                    "(it stores MessagePack bytes)"
+                )
+            self._client: Redis | RedisCluster = client
+            self._owns_client = False
+        else:
+            host, port = _split_address(address or "localhost:6379")
+            options: dict[str, Any] = {
+                "password": password,
+                "username": username,
+                "ssl": ssl,
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_connect_timeout,
+            }
+            if cluster:
+                if db:
+                    raise ValidationError("a Redis Cluster has only database 0")
+                self._client = _make_cluster(
+                    RedisCluster, options, max_connections, host=host, port=port
+                )
+            else:
+                scheme = "rediss" if ssl else "redis"
+                del options["ssl"]
+                url = f"{scheme}://{_bracket(host)}:{port}/{int(db)}"
+                self._client = _make_single(url, options, max_connections, pool_timeout)
+            self._owns_client = True
+        self._cluster = isinstance(self._client, RedisCluster)
+        self._pending_init = self._cluster
+        self._init_lock = asyncio.Lock()
+        self._prefix = prefix
+        self._pkey = prefix.encode()
+        shards = index_shards if index_shards is not None else (8 if self._cluster else 1)
+        _check_positive("index_shards", shards)
+        self._shards = shards
+        self._ttl_ms = b"0" if self._ttl is None else str(max(1, round(self._ttl * 1000))).encode()
+        self._next_prune = 0.0
+        self._prune_every = 0.0 if self._ttl is None else min(max(self._ttl, 0.05), 60.0)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        prefix: str = "promptstate:",
+        ttl: timedelta | float | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+        max_connections: int = 64,
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 5.0,
+        pool_timeout: float | None = 5.0,
+        index_shards: int | None = None,
+    ) -> RedisStore:
+        """A store that owns a client built from ``url``.
+
+        URL forms: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+        ``unix:///path/to/redis.sock?db=0``, and ``redis+cluster://host:port`` or
+        ``rediss+cluster://...`` (a Redis Cluster; any node's address will do; same as
+        ``cluster=True``). Query parameters redis-py understands (``ssl_cert_reqs``,
+        ``ssl_ca_certs``, ...) are passed on.
+
+        Raises:
+            ValidationError: The URL is not a Redis URL (the message hides its password).
+        """
+        if not isinstance(url, str) or "://" not in url:
+            raise ValidationError(
+                f"a Redis URL looks like redis://host:6379/0, got {_redact(url)!r}"
+            )
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in _SCHEMES:
+            raise ValidationError(
+                f"unsupported Redis URL scheme {scheme + '://'!r} in {_redact(url)!r}; "
+                "use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+            )
+        if scheme.endswith("+cluster"):
+            cluster = True
+            url = scheme.split("+", 1)[0] + url[len(scheme) :]
+        # Check the other arguments before a client exists that would then need closing.
+        _check_positive("max_connections", max_connections)
+        normalize_ttl(ttl)
+        if not isinstance(prefix, str):
+            raise ValidationError(f"prefix must be a str, got {type(prefix).__name__}")
+        if index_shards is not None:
+            _check_positive("index_shards", index_shards)
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+        }
+        try:
+            if cluster:
+                if scheme.startswith("unix"):
+                    raise ValidationError("a Redis Cluster can't be reached over a unix socket")
+                client: Redis | RedisCluster = _make_cluster(
+                    RedisCluster.from_url, options, max_connections, url=url
+                )
+            else:
+                client = _make_single(url, options, max_connections, pool_timeout)
+        except (ValueError, redis_errors.RedisError) as exc:
+            raise ValidationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+        store = cls(
+            client,
+            prefix=prefix,
+            ttl=ttl,
+            touch_on_read=touch_on_read,
+            token_counter=token_counter,
+            index_shards=index_shards,
+        )
+        store._owns_client = True
+        return store
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self._cluster else "single"
+        return f"RedisStore(prefix={self._prefix!r}, {kind}, ttl={self._ttl!r})"
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client the store talks through."""
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of this store."""
+        return self._prefix
+
+    async def _open(self) -> None:
+        with self._errors("connecting"):
+            if self._cluster:
+                await self._ready()
+            else:
+                await self._client.ping()
+
+    async def aclose(self) -> None:
+        if not self._closed and self._owns_client:
+            try:
+                await self._client.aclose()
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
+                logger.debug("closing the Redis client failed", exc_info=True)
+        await super().aclose()
+
+    # -- keys and errors ------------------------------------------------------------------
+
+    def _keys(self, session_id: str) -> tuple[bytes, bytes]:
+        base = self._pkey + b"{" + _tag(session_id).encode() + b"}:"
+        return base + b"h", base + b"m"
+
+    def _index_keys(self, shard: int) -> tuple[bytes, bytes]:
+        # '%i' never occurs in an escaped session id, so no session's keys can collide.
+        base = self._pkey + b"{%idx" + str(shard).encode() + b"}:"
+        return base + b"z", base + b"e"
+
+    def _shard(self, member: bytes) -> int:
+        return 0 if self._shards == 1 else zlib.crc32(member) % self._shards
+
+    def _write_keys(self, session_id: str) -> tuple[list[bytes], bytes]:
+        """The keys a write script gets (with the index on a single Redis) and the member."""
+        member = session_id.encode()
+        keys = list(self._keys(session_id))
+        if not self._cluster:
+            keys.extend(self._index_keys(self._shard(member)))
+        return keys, member
+
+    @staticmethod
+    def _errors(what: str, key: object = None) -> _Errors:
+        """Translate redis-py and socket errors at the boundary (``what`` + ``key`` name it)."""
+        return _Errors(what, key)
+
+    async def _eval(
+        self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
+    ) -> Any:
+        if self._pending_init:
+            await self._ready()
+        client = self._client
+        try:
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return await client.execute_command("EVAL", script.lua, len(keys), *keys, *args)
+
+    async def _ready(self) -> None:
+        """Initialise a cluster client once, before any concurrent use.
+
+        redis-py's async ``RedisCluster`` breaks connections when many commands race through
+        its first, lazy initialisation (some of them fail after they were executed), so the
+        store initialises it alone, under a lock, before the first command.
+        """
+        if self._pending_init:
+            async with self._init_lock:
+                if self._pending_init:
+                    assert isinstance(self._client, RedisCluster)
+                    await self._client.initialize()
+                    self._pending_init = False
+
+    async def _cmd(self, *args: Any) -> Any:
+        if self._pending_init:
+            await self._ready()
+        return await self._client.execute_command(*args)
+
+    async def _pipeline(self) -> Pipeline | ClusterPipeline:
+        if self._pending_init:
+            await self._ready()
+        return self._client.pipeline(transaction=False)
+
+    async def _run_read_pipeline(self, build: Any, used: Sequence[scripts.Script]) -> list[Any]:
+        """Run a read-only pipeline built by ``build(pipe)``, loading scripts on NOSCRIPT."""
+        for attempt in range(2):
+            pipe = await self._pipeline()
+            build(pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, redis_errors.NoScriptError) for r in results) or attempt:
+                break
+            for script in used:
+                await self._client.script_load(script.lua)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _state(self, key: str, flat: list[bytes], items: list[bytes]) -> State:
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        try:
+            user = fields.get(b"u")
+            raw_meta = fields.get(b"d")
+            metadata = unpack_any(raw_meta, key=key) if raw_meta else {}
+            if not isinstance(metadata, dict):
+                raise TypeError(f"metadata is a {type(metadata).__name__}, not a map")
+            state = State(
+                conversation_id=key,
+                user_id=None if user is None else user.decode(),
+                messages=unpack_messages(items, key=key),
+                token_count=int(fields.get(b"t", b"0")),
+                total_cost=float(fields.get(b"c", b"0")),
+                metadata=metadata,
+                created_at=_from_us(fields[b"ca"]),
+                updated_at=_from_us(fields.get(b"ua", fields[b"ca"])),
+                version=int(fields[b"v"]),
+            )
+        except CorruptStateError:
+            raise
+        except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError) as exc:
+            raise CorruptStateError(
+                f"stored header of key {key!r} is not valid: {type(exc).__name__}: {exc}"
+            ) from exc
+        return state
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, key: str) -> State:
+        with self._errors("reading key", key):
+            found = await self._eval(scripts.GET, self._keys(key), (self._read_ttl(),))
+        if not found:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return self._state(key, found[0], found[1])
+
+    def _read_ttl(self) -> bytes:
+        return self._ttl_ms if self._touch_on_read and self._ttl is not None else b"0"
+
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        if last == 0:
+            return []
+        h, m = self._keys(session_id)
+        with self._errors("loading key", session_id):
+            if self._touch_on_read and self._ttl is not None:
+                items = await self._eval(
+                    scripts.LOAD_TOUCH, (h, m), (self._ttl_ms, -1 if last is None else last)
+                )
+            else:
+                items = await self._cmd("LRANGE", m, 0 if last is None else -last, -1)
+        return unpack_messages(items, key=session_id) if items else []
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        keys = list(keys)
+        if not keys:
+            return []
+        ttl = self._read_ttl()
+
+        def build(pipe: Any) -> None:
+            for key in keys:
+                h, m = self._keys(key)
+                pipe.execute_command("EVALSHA", scripts.GET.sha, 2, h, m, ttl)
+
+        with self._errors(f"reading {len(keys)} keys, the first", keys[0]):
+            results = await self._run_read_pipeline(build, (scripts.GET,))
+        return [
+            None if not found else self._state(key, found[0], found[1])
+            for key, found in zip(keys, results, strict=True)
+        ]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _index_add(self, member: bytes) -> None:
+        """Cluster only: record a session in its index shard (just before each write)."""
+        await self._eval(
+            scripts.INDEX_ADD, self._index_keys(self._shard(member)), (member, self._ttl_ms)
+        )
+
+    async def _write(
+        self,
+        what: str,
+        key: str,
+        script: scripts.Script,
+        keys: list[bytes],
+        member: bytes,
+        args: list[Any],
+    ) -> Any:
+        with self._errors(what, key):
+            if self._cluster:
+                # Index first: if the write then fails or is cancelled, the entry points at
+                # nothing and listing prunes it; the other order could leave a session that
+                # no listing finds.
+                await self._index_add(member)
+            result = await self._eval(script, keys, args)
+        if self._ttl is not None and time.monotonic() >= self._next_prune:
+            try:
+                await self._maybe_prune()
+            except (StoreUnavailableError, CorruptStateError):
+                # The write succeeded: reporting a failure now would invite a retry that
+                # stores it twice. The next pass prunes what this one could not.
+                logger.debug("pruning the listing index failed", exc_info=True)
+        return result
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        # The version written is the stored one + 1, known only inside the script: prepare
+        # with a placeholder and put the real one in afterwards.
+        stored = self._prepare(key, state, 0)
+        fields: list[Any] = [
+            b"t", stored.token_count,
+            b"c", repr(float(stored.total_cost)),
+            b"ca", _to_us(stored.created_at),
+            b"ua", _to_us(stored.updated_at),
+        ]  # fmt: skip
+        if stored.user_id is not None:
+            fields += [b"u", stored.user_id]
+        if stored.metadata:
+            fields += [b"d", pack(stored.metadata)]
+        keys, member = self._write_keys(key)
+        args: list[Any] = [
+            -1 if expected_version is None else expected_version,
+            self._ttl_ms,
+            member,
+            len(fields) // 2,
+            *fields,
+            *(pack(m) for m in stored.messages),
+        ]
+        ok, version = await self._write("writing key", key, scripts.SET, keys, member, args)
+        if not ok:
+            raise ConflictError(
+                f"version conflict on key {key!r}: expected {expected_version}, stored {version}"
+            )
+        stored.version = int(version)
+        return stored
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        if not messages:
+            with self._errors("counting messages of key", session_id):
+                return int(await self._cmd("LLEN", self._keys(session_id)[1]))
+        counted, tokens = self._count_new(messages)
+        keys, member = self._write_keys(session_id)
+        args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
+        args.extend(pack(m) for m in counted)
+        count = await self._write(
+            "appending to key", session_id, scripts.APPEND, keys, member, args
+        )
+        return int(count)
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        """One pipeline turn in one script: turn id and count checks, append, cost, TTL.
+
+        Its cost follows the turn's messages, never the history: the turn id is looked up in
+        the single stored message where the turn would start.
+        """
+        counted, tokens = self._count_new(messages)
+        keys, member = self._write_keys(session_id)
+        args: list[Any] = [
+            self._ttl_ms,
+            _now_us(),
+            tokens,
+            member,
+            repr(float(cost)),
+            b"" if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
+            -1 if expected_count is None else expected_count,
+        ]
+        args.extend(pack(m) for m in counted)
+        status, count = await self._write(
+            "appending a turn to key", session_id, scripts.APPEND_TURN, keys, member, args
+        )
+        if status == -1:
+            raise ConflictError(
+                f"session {session_id!r} holds {count} messages, expected {expected_count}"
+            )
+        return int(count)
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        counted, tokens = self._count_new(messages)
+        keys, member = self._write_keys(session_id)
+        args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
+        args.extend(pack(m) for m in counted)
+        await self._write("saving key", session_id, scripts.SAVE, keys, member, args)
+
+    async def delete(self, key: str) -> bool:
+        keys, member = self._write_keys(key)
+        with self._errors("deleting key", key):
+            existed = await self._eval(scripts.DELETE, keys, (member,))
+            if self._cluster:
+                idx, exp = self._index_keys(self._shard(member))
+                pipe = await self._pipeline()
+                pipe.zrem(idx, member)
+                pipe.zrem(exp, member)
+                await pipe.execute()
+        return bool(existed)
+
+    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+        if self._cluster:
+            # Source and target live in different slots: read the source in one atomic step,
+            # then write the target guarded by its version (0 = must not exist).
+            state = await self.get(source)
+            try:
+                return await self.set(target, state, expected_version=None if overwrite else 0)
+            except ConflictError as exc:
+                raise ConflictError(f"fork target {target!r} exists already") from exc
+        keys = [*self._keys(source), *self._keys(target)]
+        member = target.encode()
+        keys.extend(self._index_keys(self._shard(member)))
+        args = (1 if overwrite else 0, self._ttl_ms, _now_us(), member)
+        result = await self._write(
+            f"forking {source!r} to key", target, scripts.FORK, keys, member, list(args)
+        )
+        if result[0] == 0:
+            raise NotFoundError(f"fork source {source!r} does not exist")
+        if result[0] == 1:
+            raise ConflictError(f"fork target {target!r} exists already")
+        return self._state(target, result[1], result[2])
+
+    # -- listing --------------------------------------------------------------------------
+
+    async def _index_members(self, prefix: str) -> AsyncIterator[tuple[int, list[bytes]]]:
+        """Batches of index members starting with ``prefix``, with their shard."""
+        raw = prefix.encode()
+        low = b"[" + raw if raw else b"-"
+        high = b"(" + raw + b"\xff" if raw else b"+"
+        for shard in range(self._shards):
+            idx, _ = self._index_keys(shard)
+            start = low
+            while True:
+                with self._errors("listing keys starting with", prefix):
+                    batch: list[bytes] = await self._cmd(
+                        "ZRANGEBYLEX", idx, start, high, "LIMIT", 0, _BATCH
+                    )
+                if batch:
+                    yield shard, batch
+                if len(batch) < _BATCH:
+                    break
+                start = b"(" + batch[-1]
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        async for shard, batch in self._index_members(prefix):
+
+            def build(pipe: Any, batch: list[bytes] = batch) -> None:
+                for member in batch:
+                    pipe.execute_command("EXISTS", self._keys(member.decode())[0])
+
+            with self._errors("listing keys starting with", prefix):
+                found = await self._run_read_pipeline(build, ())
+            gone = [m for m, e in zip(batch, found, strict=True) if not e]
+            if gone:
+                await self._prune(shard, gone)
+            for member, exists in zip(batch, found, strict=True):
+                if exists:
+                    yield member.decode()
+
+    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        async for shard, batch in self._index_members(prefix):
+            keys = [m.decode() for m in batch]
+            states = await self.get_many(keys)
+            gone = [m for m, s in zip(batch, states, strict=True) if s is None]
+            if gone:
+                await self._prune(shard, gone)
+            for state in states:
+                if state is not None:
+                    yield state
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        deleted = 0
+        while True:
+            batches = [b async for b in _first_batches(self._index_members(prefix))]
+            if not batches:
+                return deleted
+            for shard, batch in batches:
+                deleted += await self._delete_batch(shard, batch, prefix)
+
+    async def _delete_batch(self, shard: int, batch: list[bytes], prefix: str) -> int:
+        idx, exp = self._index_keys(shard)
+        with self._errors("deleting keys starting with", prefix):
+            if not self._cluster:
+                keys: list[bytes] = [idx, exp]
+                for member in batch:
+                    keys.extend(self._keys(member.decode()))
+                return int(await self._eval(scripts.DELETE_MANY, keys, batch))
+            pipe = await self._pipeline()
+            for member in batch:
+                h, m = self._keys(member.decode())
+                pipe.execute_command("EVAL", scripts.DELETE.lua, 2, h, m, member)
+            found = await pipe.execute()
+            pipe = await self._pipeline()
+            pipe.zrem(idx, *batch)
+            pipe.zrem(exp, *batch)
+            await pipe.execute()
+            return sum(int(f) for f in found)
+
+    # -- index upkeep ---------------------------------------------------------------------
+
+    async def _prune(self, shard: int, members: list[bytes]) -> None:
+        """Drop index entries of sessions that are gone (expired or deleted)."""
+        idx, exp = self._index_keys(shard)
+        with self._errors("pruning the listing index"):
+            if not self._cluster:
+                keys = [idx, exp, *(self._keys(m.decode())[0] for m in members)]
+                await self._eval(scripts.INDEX_PRUNE_CHECKED, keys, members)
+                return
+            pipe = await self._pipeline()
+            for member in members:
+                pipe.zscore(exp, member)
+            scores = await pipe.execute()
+            pipe = await self._pipeline()
+            for member in members:
+                pipe.pttl(self._keys(member.decode())[0])
+            ttls = await pipe.execute()
+            args: list[Any] = []
+            for member, score, ttl in zip(members, scores, ttls, strict=True):
+                args += [member, b"none" if score is None else repr(score), ttl]
+            await self._eval(scripts.INDEX_PRUNE, (idx, exp), args)
+
+    async def _maybe_prune(self) -> None:
+        """Now and then, drop index entries whose expiry hint has passed and that are gone.
+
+        Runs at most once per TTL period (capped at a minute) per store, and again right away
+        while a pass finds a full batch, so the index keeps up with any rate of expiry.
+        """
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self._prune_every
+        full = False
+        now_ms = time.time_ns() // 1_000_000
+        for shard in range(self._shards):
+            _, exp = self._index_keys(shard)
+            with self._errors("pruning the listing index"):
+                due: list[bytes] = await self._cmd(
+                    "ZRANGEBYSCORE", exp, "-inf", now_ms, "LIMIT", 0, _BATCH
+                )
+            if due:
+                await self._prune(shard, due)
+                full = full or len(due) == _BATCH
+        if full:
+            self._next_prune = 0.0
+
+    # -- turn leases (promptstate.locks.SupportsLease) ----------------------------------------
+
+    def _lease_key(self, key: str) -> bytes:
+        # In the session's slot, apart from its state keys (listing never sees it).
+        return self._pkey + b"{" + _tag(key).encode() + b"}:l"
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired (``SET NX PX``).
+
+        Leases keep pipelines in different processes from interleaving turns on one session;
+        Redis expires a lease whose holder died.
+        """
+        self._check_open()
+        with self._errors("taking the turn lease on key", key):
+            done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
+        return bool(done)
+
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""
+        self._check_open()
+        with self._errors("renewing the turn lease on key", key):
+            done = await self._eval(scripts.LEASE_RENEW, (self._lease_key(key),), (owner, _ms(ttl)))
+        return bool(done)
+
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete)."""
+        self._check_open()
+        with self._errors("releasing the turn lease on key", key):
+            done = await self._eval(scripts.LEASE_RELEASE, (self._lease_key(key),), (owner,))
+        return bool(done)
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+async def _first_batches(
+    batches: AsyncIterator[tuple[int, list[bytes]]],
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """The first batch of every shard: deleting them and listing again restarts the range."""
+    seen: set[int] = set()
+    async for shard, batch in batches:
+        if shard not in seen:
+            seen.add(shard)
+            yield shard, batch
+
+
+class _Errors:
+    """The boundary where redis-py and socket errors become promptstate errors.
+
+    A small class rather than a generator-based context manager: it is on every call's path.
+    """
+
+    __slots__ = ("key", "what")
+
+    def __init__(self, what: str, key: object) -> None:
+        self.what = what
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or not isinstance(
+            exc, (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
+        ):
+            return
+        what = self.what if self.key is None else f"{self.what} {self.key!r}"
+        if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
+            raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
+        if isinstance(exc, redis_errors.ResponseError):
+            _raise_response_error(exc, what)
+        # RedisClusterException (no node reachable, slot not covered), ClusterDownError,
+        # TryAgainError, ...: the cluster can't serve the call right now.
+        raise StoreUnavailableError(
+            f"Redis could not serve the call while {what}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _raise_response_error(exc: redis_errors.ResponseError, what: str) -> NoReturn:
+    text = str(exc)
+    # A key holding another type, or a script that stopped on a stored value it could not
+    # use. Everything else (BUSY, OOM, READONLY, LOADING, CLUSTERDOWN, ...) is the server
+    # refusing service for now.
+    if text.startswith(("WRONGTYPE", "ERR user_script", "ERR Error running script")):
+        raise CorruptStateError(
+            f"Redis refused the data while {what}: {text} (a key of this session holds "
+            "something promptstate did not write)"
+        ) from exc
+    raise StoreUnavailableError(f"Redis refused the call while {what}: {text}") from exc
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    if not isinstance(address, str) or not address:
+        raise ValidationError(f"address must be 'host:port', got {address!r}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        return address, 6379
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValidationError(f"address must be 'host:port', got {address!r}") from None
+    if not 0 < number < 65536:
+        raise ValidationError(f"port must be 1..65535 in address {address!r}")
+    return host, number
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def _make_single(
+    url: str, options: dict[str, Any], max_connections: int, pool_timeout: float | None
+) -> Redis:
+    extra = {k: v for k, v in options.items() if v is not None}
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, retry=_no_retry(), **extra
+    )
+    return Redis.from_pool(pool)
+
+
+def _make_cluster(
+    factory: Any, options: dict[str, Any], max_connections: int, **where: Any
+) -> RedisCluster:
+    extra = {k: v for k, v in options.items() if v is not None}
+    client: RedisCluster = factory(
+        max_connections=max_connections, retry=_no_retry(), **where, **extra
+    )
+    return client
