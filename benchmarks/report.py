@@ -354,7 +354,8 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
             "each on its own session. `reads`: `window` = the newest 50 messages, `full` = the "
             "whole history (the library cannot read less). `ratio_vs_raw` (on promptstate rows) "
             "= promptstate's time per turn / the raw floor's on the same server; "
-            "`ratio_vs_peer` (on peer rows) = promptstate's store time per turn / the peer's. "
+            "`ratio_vs_peer` = promptstate's store time per turn / the peer's (on a peer row: that "
+            "peer; on a promptstate store row: the fastest peer of the cell). "
             "Time per turn = 1 / turns/s of the cell. Above 1 means promptstate is slower.",
             "",
         ]
