@@ -91,10 +91,11 @@ class Config:
     pool: dict[int, int]
     #: the most concurrent sessions measured at a history length (default: all)
     max_concurrency: dict[int, int] = field(default_factory=dict)
-    cell_seconds: float = 1.5
-    cell_max_turns: int = 3000
-    #: each cell is measured in this many slices, the contenders' order alternating
-    rounds: int = 3
+    cell_seconds: float = 2.0
+    cell_max_turns: int = 4000
+    #: each cell is measured in this many slices, the contenders' order alternating (half as
+    #: many at 64 sessions and more, where a slice needs a turn from every task)
+    rounds: int = 4
     #: untimed turns before each cell
     warmup_seconds: float = 0.1
     #: filling sessions stops after this long, once the most concurrent cell has its sessions
@@ -395,9 +396,9 @@ async def run_turns(
                 before = {id(c): _peek(cursors[id(c)]) for c in live if id(c) in cursors}
                 # Rounds alternate the contenders' order, so a burst of load from elsewhere on
                 # the machine lands on all of them rather than on one.
-                # (one round at 64+ sessions: a round needs a turn from every task, which
-                # takes long on the slow peers)
-                rounds = config.rounds if concurrency < 64 else 1
+                # (fewer at 64+ sessions: a round needs a turn from every task, which takes
+                # long on the slow peers)
+                rounds = config.rounds if concurrency < 64 else max(1, config.rounds // 2)
                 for rnd in range(rounds):
                     last = rnd == rounds - 1
                     for contender in live if rnd % 2 == 0 else live[::-1]:
