@@ -118,7 +118,7 @@ class Config:
             mode="full",
             histories=(10, 1_000, 10_000),
             concurrencies=(1, 16, 64, 256),
-            pool={10: 2048, 1_000: 256, 10_000: 32},
+            pool={10: 4096, 1_000: 256, 10_000: 32},
             max_concurrency={10_000: 16},
         )
 
