@@ -297,7 +297,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 async def measure_cell(
     contender: Contender,
     ids: Sequence[str],
-    cursor: itertools.count[int],
+    cursor: Cursor,
     concurrency: int,
     seconds: float,
     max_turns: int,
@@ -372,7 +372,7 @@ async def run_turns(
         for history in config.histories:
             most = max(config.concurrencies_at(history))
             ids = session_ids(f"h{history}", max(config.pool.get(history, 16), most))
-            cursors: dict[int, itertools.count[int]] = {}
+            cursors: dict[int, Cursor] = {}
             pools: dict[int, list[str]] = {}
             for contender in live:
                 progress.step(f"populating {contender.name}: up to {len(ids)} x {history:,}")
@@ -389,11 +389,11 @@ async def run_turns(
                     await contender.settle()
                 except Exception as exc:
                     notes.append(f"{contender.name}: settling after filling failed: {exc}")
-                cursors[id(contender)] = itertools.count()
+                cursors[id(contender)] = Cursor()
                 pools[id(contender)] = ids[:filled]
             for concurrency in config.concurrencies_at(history):
                 got: dict[int, tuple[list[float], float]] = {}
-                before = {id(c): _peek(cursors[id(c)]) for c in live if id(c) in cursors}
+                before = {id(c): cursors[id(c)].value for c in live if id(c) in cursors}
                 # Rounds alternate the contenders' order, so a burst of load from elsewhere on
                 # the machine lands on all of them rather than on one.
                 # (fewer at 64+ sessions: a round needs a turn from every task, which takes
@@ -429,7 +429,7 @@ async def run_turns(
                     if id(contender) in failed or id(contender) not in got:
                         continue
                     latencies, wall = got[id(contender)]
-                    after = _peek(cursors[id(contender)])
+                    after = cursors[id(contender)].value
                     ordered = sorted(latencies)
                     records.append(
                         Record(
@@ -467,9 +467,20 @@ def turn_steps(config: Config) -> int:
     return sum(len(config.concurrencies_at(h)) + 1 for h in config.histories)
 
 
-def _peek(cursor: itertools.count[int]) -> int:
-    # itertools.count's repr is "count(N)": the next value, without consuming it
-    return int(repr(cursor)[6:-1])
+class Cursor:
+    """Numbers turns: ``next(cursor)`` is the next turn's number, ``value`` how many so far."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __iter__(self) -> Cursor:
+        return self
+
+    def __next__(self) -> int:
+        self.value += 1
+        return self.value - 1
 
 
 def _scenario_of(contender: Contender) -> str:
