@@ -400,6 +400,8 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
         parts += ["", "### Notes from the run", ""]
         parts += [f"- {n}" for n in result.notes]
     for name, (command, output) in result.external.items():
+        if not any(line.startswith("|") for line in output.splitlines()):
+            output = f"```text\n{output}\n```"  # plain text columns: keep them aligned
         parts += ["", f"### {name}: its own benchmark", "", f"`{command}`", "", output]
     return "\n".join(parts)
 
