@@ -27,7 +27,14 @@ from promptstate.providers import (
     Provider,
 )
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
-from promptstate.stores import MemoryStore, PostgresStore, SQLiteStore, Store, open_store
+from promptstate.stores import (
+    CachedStore,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 from promptstate.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter
 from promptstate.tools import Tool, tool
 from promptstate.truncation import (
@@ -47,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnthropicProvider",
+    "CachedStore",
     "Chunk",
     "ClosedError",
     "Completion",

@@ -1,6 +1,7 @@
 """Stores: where conversation state lives."""
 
 from promptstate.stores.base import MAX_KEY_LENGTH, Store, validate_key, validate_prefix
+from promptstate.stores.cached import CachedStore
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.postgres import PostgresStore
 from promptstate.stores.sqlite import SQLiteStore
@@ -8,6 +9,7 @@ from promptstate.stores.url import open_store
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "CachedStore",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",

@@ -426,11 +426,33 @@ class SQLiteStore(Store):
             await super().aclose()
             await anyio.to_thread.run_sync(self._pool.close)
 
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch the file to WAL mode (persistent, so usually it already is).
+
+        The switch needs an exclusive lock and SQLite may refuse it at once with "database is
+        locked" while another process sets up the same new file, without waiting on the busy
+        timeout; so it is retried until the busy timeout runs out.
+        """
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while mode != "wal":
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            break
+        return mode
+
     def _setup_sync(self, conn: sqlite3.Connection) -> None:
         with self._setup_lock:
             if self._ready:
                 return
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 logger.warning(
                     "SQLite file %s could not use WAL mode (it is in %s mode); readers will "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -789,3 +790,45 @@ async def test_pipelines_in_two_processes_share_one_session(tmp_path: Path) -> N
     questions = [m.content for m in messages[::2]]
     for tag in ("p1", "p2"):
         assert [q for q in questions if q.startswith(tag)] == [f"{tag}/{i}" for i in range(turns)]
+
+
+_OPENER = """
+import sys, anyio
+sys.path.insert(0, sys.argv[3])
+from promptstate import Message
+from promptstate.stores.sqlite import SQLiteStore
+
+async def main() -> None:
+    async with SQLiteStore(sys.argv[1]) as store:
+        for i in range(WRITES):
+            await store.append("s", [Message("user", sys.argv[2])])
+
+WRITES = int(sys.argv[4])
+anyio.run(main)
+"""
+
+
+ROUNDS, PROCS, WRITES = 3, 3, 10
+
+
+@pytest.mark.slow
+def test_processes_setting_up_one_new_file_at_once(tmp_path: Path) -> None:
+    """Several processes creating the same new file: none fails (WAL switch under contention)."""
+    root = str(Path(__file__).resolve().parents[2])
+    for round_ in range(ROUNDS):
+        path = tmp_path / f"fresh-{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPENER, str(path), f"p{i}", root, str(WRITES)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(PROCS)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err.decode()[-2000:]
+        count = (
+            sqlite3.connect(path).execute("SELECT COUNT(*) FROM promptstate_messages").fetchone()
+        )
+        assert count == (PROCS * WRITES,)

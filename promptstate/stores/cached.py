@@ -1,0 +1,227 @@
+"""``CachedStore``: a read-through LRU cache in front of any store."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from promptstate.exceptions import ValidationError
+from promptstate.stores.base import Store, normalize_ttl
+from promptstate.types import Message, State
+
+__all__ = ["CachedStore"]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(State)
+
+#: Optional capabilities passed straight through to the inner store when it has them.
+_PASS_THROUGH = frozenset(
+    {"acquire_lease", "renew_lease", "release_lease", "setup", "purge_expired"}
+)
+
+
+class CachedStore(Store):
+    """Wrap ``inner`` with a read-through LRU cache of whole states.
+
+    ``get``, ``get_many`` and ``load`` are answered from the cache when it holds the session;
+    every write made through this object goes to ``inner`` and drops (or refreshes) the
+    session's cache entry, so this process always reads its own writes. Writes made by other
+    processes or other store objects are not seen until the entry ages out: bound that with
+    ``ttl``. Compare-and-set (``expected_version``), ``append_turn`` and leases always go to
+    ``inner``, so they stay exact.
+
+    Args:
+        inner: The store to cache. Closed by :meth:`aclose` unless ``close_inner=False``.
+        max_entries: How many sessions to keep cached (least recently used dropped first).
+        ttl: How long a cached entry may be served (``timedelta`` or seconds); ``None`` keeps
+            it until evicted or written through this object. This is the cache's lifetime, not
+            the sessions': those follow ``inner``'s own TTL, and a cached entry is never served
+            past the moment ``inner`` would expire its session.
+        close_inner: Close ``inner`` in :meth:`aclose` (default), or leave it to its owner.
+
+    An inner store with ``touch_on_read=True`` is read through on every call (its reads must
+    reach it to slide the TTL), so caching it saves nothing.
+    """
+
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        max_entries: int = 1024,
+        ttl: timedelta | float | None = None,
+        close_inner: bool = True,
+    ) -> None:
+        if not isinstance(inner, Store):
+            raise ValidationError(f"CachedStore wraps a Store, got {type(inner).__name__}")
+        if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
+            raise ValidationError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        super().__init__(token_counter=inner.token_counter)
+        self._inner = inner
+        self._max_entries = max_entries
+        self._entry_ttl = normalize_ttl(ttl)
+        self._close_inner = close_inner
+        # key -> (encoded state, monotonic deadline or None)
+        self._cache: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"CachedStore({self._inner!r}, max_entries={self._max_entries})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _PASS_THROUGH:
+            return getattr(self._inner, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def inner(self) -> Store:
+        """The wrapped store."""
+        return self._inner
+
+    @property
+    def ttl(self) -> float | None:
+        """The sessions' TTL: the inner store's."""
+        return self._inner.ttl
+
+    # -- the cache --------------------------------------------------------------------------
+
+    def _cached(self, key: str) -> State | None:
+        if self._inner._touch_on_read:
+            return None
+        item = self._cache.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        data, deadline = item
+        if deadline is not None and deadline <= time.monotonic():
+            del self._cache[key]
+            self.misses += 1
+            return None
+        self._cache.move_to_end(key)
+        self.hits += 1
+        return _decoder.decode(data)
+
+    def _remember(self, state: State) -> None:
+        deadlines = []
+        if self._entry_ttl is not None:
+            deadlines.append(time.monotonic() + self._entry_ttl)
+        if self._inner.ttl is not None:
+            # Never serve past the session's own expiry: its last write plus the TTL.
+            left = state.updated_at.timestamp() + self._inner.ttl - time.time()
+            deadlines.append(time.monotonic() + left)
+        key = state.conversation_id
+        self._cache[key] = (_encoder.encode(state), min(deadlines) if deadlines else None)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+    def _forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop every cached entry (the inner store is untouched)."""
+        self._cache.clear()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> State:
+        state = self._cached(key)
+        if state is not None:
+            return state
+        state = await self._inner.get(key)
+        self._remember(state)
+        return _decoder.decode(_encoder.encode(state))
+
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        state = self._cached(session_id)
+        if state is None:
+            # A window read is not worth caching; the inner store serves it cheaply.
+            return await self._inner.load(session_id, last=last)
+        if last is None:
+            return state.messages
+        return state.messages[len(state.messages) - last :] if last else []
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        keys = list(keys)
+        found: list[State | None] = [self._cached(k) for k in keys]
+        missing = sorted({k for k, s in zip(keys, found, strict=True) if s is None})
+        if missing:
+            fetched = dict(zip(missing, await self._inner.get_many(missing), strict=True))
+            for state in fetched.values():
+                if state is not None:
+                    self._remember(state)
+            for i, key in enumerate(keys):
+                state = fetched.get(key)
+                if found[i] is None and state is not None:
+                    found[i] = _decoder.decode(_encoder.encode(state))
+        return found
+
+    def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        return self._inner.list_keys(prefix)
+
+    def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        return self._inner.list_by_prefix(prefix)
+
+    # -- writes: through to the inner store, then drop or refresh the entry -------------------
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        self._forget(key)
+        stored = await self._inner.set(key, state, expected_version=expected_version)
+        self._remember(stored)
+        return stored
+
+    async def delete(self, key: str) -> bool:
+        self._forget(key)
+        return await self._inner.delete(key)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        self._forget(session_id)
+        return await self._inner.append(session_id, messages)
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+    ) -> int:
+        self._forget(session_id)
+        return await self._inner.append_turn(
+            session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+        )
+
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        self._forget(session_id)
+        await self._inner.save(session_id, messages)
+
+    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+        self._forget(target)
+        forked = await self._inner.fork(source, target, overwrite=overwrite)
+        self._remember(forked)
+        return forked
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        for key in [k for k in self._cache if k.startswith(prefix)]:
+            del self._cache[key]
+        return await self._inner.delete_by_prefix(prefix)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self._inner._open()
+
+    async def aclose(self) -> None:
+        """Drop the cache and close the inner store (unless ``close_inner=False``)."""
+        if self._closed:
+            return
+        await super().aclose()
+        self._cache.clear()
+        if self._close_inner:
+            await self._inner.aclose()
