@@ -25,10 +25,26 @@ validated; the backend keeps leases in its own namespace, apart from the states)
         # delete it if `owner` holds it; True when something was released
 
 ``ttl`` is in seconds (a float; Redis rounds it up to whole milliseconds for ``SET NX PX``).
+
+Two optional capabilities let a turn on a leasing store cost two round trips instead of four
+(acquire, load, save, release):
+
+* :class:`SupportsLeasedLoad`: ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease
+  and, only when it was taken, reads the newest ``last`` messages, in one atomic step
+  (``None`` when another owner holds the lease). The turn uses it when its first stage is a
+  :class:`~promptstate.stages.LoadState`, whose first read it then serves.
+* ``append_turn(..., release_lease=owner)``: the store appends the turn only while ``owner``
+  holds the lease and deletes the lease in the same atomic step. A store declares it by
+  setting ``__promptstate_release_lease__ = True`` on its ``append_turn`` (see
+  :func:`releases_lease_on_save`).
+
+A turn that fails or is cancelled before its save still releases its lease with
+``release_lease``, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -37,15 +53,26 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import anyio
 
 from promptstate.exceptions import SessionBusyError, ValidationError
 
-__all__ = ["LeaseLostError", "SessionLock", "SupportsLease", "TurnLease", "session_turn"]
+if TYPE_CHECKING:
+    from promptstate.types import Message
+
+__all__ = [
+    "LeaseLostError",
+    "SessionLock",
+    "SupportsLease",
+    "SupportsLeasedLoad",
+    "TurnLease",
+    "run_turn",
+    "session_turn",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +112,23 @@ class SupportsLease(Protocol):
 
         Returns:
             True when ``owner``'s lease was released.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsLeasedLoad(Protocol):
+    """A leasing store that can take the lease and read the window in one atomic step."""
+
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the lease on ``key`` for ``owner`` (as ``acquire_lease``) and, only if it was
+        taken, read the newest ``last`` messages (all when ``None``), as ``load`` would.
+
+        Returns:
+            The messages, oldest first (``[]`` for an unknown session), or ``None`` when
+            another owner holds the lease (nothing was read).
         """
         ...
 
@@ -187,8 +231,32 @@ def supports_lease(store: object) -> bool:
     cls = type(store)
     known = _lease_support.get(cls)
     if known is None:
-        known = _lease_support[cls] = isinstance(store, SupportsLease)
+        known = isinstance(store, SupportsLease)
+        # A wrapper that forwards attributes (CachedStore) has leases when its inner store
+        # does: decide per object for those, never per class.
+        if not hasattr(cls, "__getattr__"):
+            _lease_support[cls] = known
     return known
+
+
+_leased_load_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def supports_leased_load(store: object) -> bool:
+    """Whether ``store`` has ``acquire_and_load`` (:class:`SupportsLeasedLoad`), per class."""
+    cls = type(store)
+    known = _leased_load_support.get(cls)
+    if known is None:
+        known = supports_lease(store) and isinstance(store, SupportsLeasedLoad)
+        if not hasattr(cls, "__getattr__"):
+            _leased_load_support[cls] = known
+    return known
+
+
+def releases_lease_on_save(store: object) -> bool:
+    """Whether ``store.append_turn`` takes ``release_lease=owner`` natively (atomically)."""
+    append_turn = getattr(type(store), "append_turn", None)
+    return bool(getattr(append_turn, "__promptstate_release_lease__", False))
 
 
 def local_locks(store: object) -> SessionLock:
@@ -208,7 +276,17 @@ class TurnLease:
         ttl: The lease lifetime in seconds.
     """
 
-    __slots__ = ("_renewed_at", "_store", "held", "key", "lost", "owner", "ttl")
+    __slots__ = (
+        "_renewed_at",
+        "_store",
+        "held",
+        "key",
+        "lost",
+        "owner",
+        "prefetch",
+        "release_on_save",
+        "ttl",
+    )
 
     def __init__(self, store: SupportsLease, key: str, ttl: float) -> None:
         self._store = store
@@ -218,16 +296,35 @@ class TurnLease:
         self.lost = False
         self.held = False
         self._renewed_at = 0.0
+        #: ``(last, messages)`` read with the lease by ``acquire_and_load``, until used.
+        self.prefetch: tuple[int | None, list[Message]] | None = None
+        #: Whether the save may release the lease in its own write (``release_lease=``).
+        self.release_on_save = releases_lease_on_save(store)
 
-    async def acquire(self, max_wait: float | None) -> None:
-        """Take the lease, polling with backoff; :class:`SessionBusyError` after ``max_wait``."""
+    async def acquire(
+        self, max_wait: float | None, *, load: tuple[int | None] | None = None
+    ) -> None:
+        """Take the lease, polling with backoff; :class:`SessionBusyError` after ``max_wait``.
+
+        With ``load=(last,)`` (for a store with ``acquire_and_load``) the newest ``last``
+        messages are read in the same step and kept in :attr:`prefetch`.
+        """
         deadline = None if max_wait is None else time.monotonic() + max_wait
         delay = 0.005
+        store = self._store
         while True:
             started = time.monotonic()
             # Shielded: a cancellation never leaves a lease taken on the server but unknown here.
             with anyio.CancelScope(shield=True):
-                taken = await self._store.acquire_lease(self.key, self.owner, self.ttl)
+                if load is None:
+                    taken = await store.acquire_lease(self.key, self.owner, self.ttl)
+                else:
+                    found = await cast(SupportsLeasedLoad, store).acquire_and_load(
+                        self.key, self.owner, self.ttl, last=load[0]
+                    )
+                    taken = found is not None
+                    if found is not None:
+                        self.prefetch = (load[0], found)
             if taken:
                 self._renewed_at = started
                 self.held = True
@@ -269,12 +366,26 @@ class TurnLease:
                 f"the lease on session {self.key!r} was lost before the turn was saved"
             )
 
-    async def _keep_alive(self) -> None:
-        while not self.lost:
-            await anyio.sleep(self.ttl / 3)
+    def take_prefetch(self) -> tuple[int | None, list[Message]] | None:
+        """``(last, messages)`` read with the lease, once; None when there are none."""
+        found = self.prefetch
+        self.prefetch = None
+        return found
+
+    def _active(self) -> bool:
+        return self.held and not self.lost
+
+    async def _keep_alive(self, *, wait_first: bool = True) -> None:
+        while self._active():
+            if wait_first:
+                await anyio.sleep(self.ttl / 3)
+            wait_first = True
+            if not self._active():  # released by the save
+                return
             try:
                 if not await self.renew():
-                    logger.warning("lost the lease on session %r while its turn ran", self.key)
+                    if self.held:  # not a lease the save released meanwhile
+                        logger.warning("lost the lease on session %r while its turn ran", self.key)
                     return
             except Exception:  # a failed renewal is retried; ensure() catches a real loss
                 logger.warning("could not renew the lease on session %r", self.key, exc_info=True)
@@ -289,27 +400,87 @@ class TurnLease:
                 logger.warning("could not release the lease on session %r", self.key, exc_info=True)
 
 
+class _TimerKeepAlive:
+    """Renews a turn's lease from a timer: a task exists only once a third of ``ttl`` passed.
+
+    Most turns end well before that, so they pay for a timer handle (set and cancelled)
+    instead of a task started, cancelled and awaited. asyncio only (elsewhere
+    :func:`session_turn` runs the renewal in a task group from the start).
+    """
+
+    __slots__ = ("_handle", "_lease", "_loop", "_task")
+
+    def __init__(self, lease: TurnLease, loop: asyncio.AbstractEventLoop) -> None:
+        self._lease = lease
+        self._loop = loop
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = loop.call_later(lease.ttl / 3, self._fire)
+
+    @classmethod
+    def start(cls, lease: TurnLease) -> _TimerKeepAlive | None:
+        """A running keeper, or None when the event loop is not asyncio's."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return cls(lease, loop)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._task = self._loop.create_task(self._lease._keep_alive(wait_first=False))
+
+    async def stop(self) -> None:
+        """Cancel the timer, or the renewal task and wait for it (shielded)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
+
+
 @asynccontextmanager
 async def session_turn(
-    store: object, key: str, *, max_wait: float | None, lease_ttl: float
+    store: object,
+    key: str,
+    *,
+    max_wait: float | None,
+    lease_ttl: float,
+    load: tuple[int | None] | None = None,
 ) -> AsyncIterator[TurnLease | None]:
     """Hold ``key`` for one turn: the in-process lock, then the store's lease if it has one.
 
     Yields the :class:`TurnLease` (renewed in the background while the block runs), or None
-    for a store without leases.
+    for a store without leases. With ``load=(last,)`` and a store with ``acquire_and_load``,
+    the lease is taken and the newest ``last`` messages read in one step
+    (:attr:`TurnLease.prefetch`). The lease is released when the block ends, unless the save
+    released it already (``append_turn(..., release_lease=owner)``).
 
     Raises:
         SessionBusyError: The lock or lease was not had within ``max_wait`` seconds.
     """
     started = time.monotonic()
-    async with local_locks(store).hold(key, max_wait):
+    locks = local_locks(store)
+    await locks.acquire(key, max_wait)
+    try:
         if not supports_lease(store):
             yield None
             return
         remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
         lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
+        if load is not None and not supports_leased_load(store):
+            load = None
         try:
-            await lease.acquire(remaining)
+            await lease.acquire(remaining, load=load)
+            keeper = _TimerKeepAlive.start(lease)
+            if keeper is not None:
+                try:
+                    yield lease
+                finally:
+                    await keeper.stop()
+                return
             failure: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease._keep_alive)
@@ -324,6 +495,62 @@ async def session_turn(
         finally:
             if lease.held:
                 await lease.release()
+    finally:
+        locks.release(key)
+
+
+async def run_turn(
+    store: object,
+    key: str,
+    body: Callable[[TurnLease | None], Awaitable[None]],
+    *,
+    max_wait: float | None,
+    lease_ttl: float,
+    load: tuple[int | None] | None = None,
+    locks: SessionLock | None = None,
+) -> None:
+    """:func:`session_turn` as a plain coroutine: ``await body(lease)`` while ``key`` is held.
+
+    The same locking, lease, renewal and release, without the generator-based context
+    managers (a few microseconds a turn); :meth:`Pipeline.execute` uses it. ``locks`` is
+    ``local_locks(store)`` when the caller has it at hand; ``load`` is passed on only to a
+    store with ``acquire_and_load`` (the caller checks).
+    """
+    started = time.monotonic()
+    if locks is None:
+        locks = local_locks(store)
+    await locks.acquire(key, max_wait)
+    try:
+        if not supports_lease(store):
+            await body(None)
+            return
+        remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
+        lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
+        try:
+            await lease.acquire(remaining, load=load)
+            keeper = _TimerKeepAlive.start(lease)
+            if keeper is not None:
+                try:
+                    await body(lease)
+                finally:
+                    await keeper.stop()
+                return
+            failure: BaseException | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lease._keep_alive)
+                try:
+                    await body(lease)
+                except BaseException as exc:  # re-raised below, not wrapped in a group
+                    failure = exc
+                finally:
+                    tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        finally:
+            if lease.held:
+                await lease.release()
+    finally:
+        locks.release(key)
 
 
 def check_timeout(value: object, what: str) -> float | None:

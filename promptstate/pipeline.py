@@ -37,15 +37,17 @@ from promptstate.locks import (
     check_timeout,
     local_locks,
     new_id,
+    run_turn,
     session_turn,
     supports_lease,
+    supports_leased_load,
 )
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, LoadState, SaveState
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
-from promptstate.tools import Tool, ToolSpec, with_tool_loop
+from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
 from promptstate.truncation import TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 
@@ -213,6 +215,23 @@ def default_stages(
     return stages
 
 
+def _saves_once(stages: Sequence[Middleware]) -> bool:
+    """Whether the save stage runs at most once per turn, so it may release the turn's lease.
+
+    True when every stage before the first :class:`SaveState` is one of the bundled stages
+    that run the rest of the chain once (a :class:`~promptstate.tools.ToolLoop` runs it once
+    per round, but its rounds that ask for tools are not the last, and the save stage keeps
+    the lease for those). A stage of your own there might call ``call_next`` again, so then
+    the lease is kept until the turn ends (one more round trip, as before).
+    """
+    for stage in stages:
+        if isinstance(stage, SaveState):
+            return True
+        if not isinstance(stage, (LoadState, TruncationStrategy, CallProvider, ToolLoop)):
+            return False
+    return False
+
+
 def _system_messages(system: str | Sequence[Message] | None) -> list[Message]:
     if system is None:
         return []
@@ -278,6 +297,15 @@ class Pipeline:
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
         self._middleware: tuple[Middleware, ...] = tuple(stages)
         self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
+        # When the chain starts with the load stage, a store with acquire_and_load reads its
+        # first window together with taking the turn's lease (one round trip, not two).
+        first = stages[0] if stages else None
+        self._first_load: LoadState | None = (
+            first if isinstance(first, LoadState) and supports_leased_load(self._store) else None
+        )
+        self._locks = local_locks(self._store)
+        self._leasing = supports_lease(self._store)
+        self._release_on_save = _saves_once(stages)
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
         ttl = check_timeout(lease_ttl, "lease_ttl")
@@ -465,20 +493,39 @@ class Pipeline:
             None,
         )
         store = self._store
-        if supports_lease(store):
-            async with session_turn(
-                store, session_id, max_wait=self._lock_timeout, lease_ttl=self._lease_ttl
-            ) as lease:
+        if self._leasing:
+            chain = self._chain
+
+            async def body(lease: TurnLease | None) -> None:
+                if lease is not None and not self._release_on_save:
+                    lease.release_on_save = False
                 ctx.lease = lease
-                await self._chain(ctx)
+                await chain(ctx)
+
+            await run_turn(
+                store,
+                session_id,
+                body,
+                max_wait=self._lock_timeout,
+                lease_ttl=self._lease_ttl,
+                load=self._prefetch(),
+                locks=self._locks,
+            )
         else:  # the same as session_turn() without a lease, minus a context manager
-            locks = local_locks(store)
+            locks = self._locks
             await locks.acquire(session_id, self._lock_timeout)
             try:
                 await self._chain(ctx)
             finally:
                 locks.release(session_id)
         return self._result(ctx)
+
+    def _prefetch(self) -> tuple[int | None] | None:
+        """What the turn's lease may read with it: ``(last,)`` of the first load, or None."""
+        first = self._first_load
+        if first is None:
+            return None
+        return (first.first_window(self._strategies),)
 
     def _result(self, ctx: ExecutionContext) -> ExecutionResult:
         if ctx.response is None:
@@ -548,8 +595,11 @@ class Pipeline:
                             session_id,
                             max_wait=self._lock_timeout,
                             lease_ttl=self._lease_ttl,
+                            load=self._prefetch(),
                         ) as lease,
                     ):
+                        if lease is not None and not self._release_on_save:
+                            lease.release_on_save = False
                         ctx.lease = lease
                         await self._chain(ctx)
             except Exception as exc:

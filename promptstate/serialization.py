@@ -76,16 +76,27 @@ def decode_state(data: bytes | bytearray | memoryview | str, *, key: str | None 
     """
     where = f" (key {key!r})" if key is not None else ""
     if isinstance(data, str):
-        data = data.encode()
+        try:
+            data = data.encode()
+        except UnicodeEncodeError as exc:
+            raise CorruptStateError(f"state data is not valid Unicode text{where}") from exc
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptStateError(
+            f"state data must be bytes or str, got {type(data).__name__}{where}"
+        )
     if bytes(data[: len(_CURRENT_PREFIX)]) == _CURRENT_PREFIX:
         try:
             return _state_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise CorruptStateError(f"state data is not a valid state{where}: {exc}") from exc
+        except RecursionError as exc:
+            raise CorruptStateError(f"state data is nested too deeply{where}") from exc
     try:
         raw = _any_json_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CorruptStateError(f"state data is not valid JSON{where}: {exc}") from exc
+    except RecursionError as exc:
+        raise CorruptStateError(f"state data is nested too deeply{where}") from exc
     return state_from_dict(raw, where=where)
 
 
@@ -109,7 +120,7 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
             raise CorruptStateError(f"no migration from schema_version {version}{where}")
         try:
             raw = step(raw)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptStateError(
                 f"state of schema_version {version} could not be migrated{where}: {exc!r}"
             ) from exc
@@ -119,6 +130,8 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
         return msgspec.convert(raw, State)
     except msgspec.ValidationError as exc:
         raise CorruptStateError(f"state data is not a valid state{where}: {exc}") from exc
+    except RecursionError as exc:
+        raise CorruptStateError(f"state data is nested too deeply{where}") from exc
 
 
 @migration(0)

@@ -74,7 +74,12 @@ def with_tokens(message: Message, counter: TokenCounter) -> Message:
     """``message`` with ``tokens`` filled in (the same object when it already has a count)."""
     if message.tokens is not None:
         return message
-    return msgspec.structs.replace(message, tokens=counter.count(message))
+    tokens = counter.count(message)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValidationError(
+            f"{type(counter).__name__}.count() must return an int >= 0, got {tokens!r}"
+        )
+    return msgspec.structs.replace(message, tokens=tokens)
 
 
 def count_tokens(messages: list[Message], counter: TokenCounter) -> int:

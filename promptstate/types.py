@@ -26,6 +26,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC already (as every store does)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 class ToolCall(msgspec.Struct, frozen=True):
     """A call the model asked for: which tool, with what arguments.
 
@@ -76,6 +83,11 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
             from promptstate.exceptions import ValidationError
 
             raise ValidationError(f"message role must be one of {sorted(ROLES)}, got {self.role!r}")
+        ts = self.timestamp
+        if isinstance(ts, datetime) and ts.tzinfo is not timezone.utc:
+            # A naive timestamp came back naive from every store and then broke comparisons
+            # with aware ones (TimeWindow raised TypeError on the whole session).
+            msgspec.structs.force_setattr(self, "timestamp", _as_utc(ts))
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -123,3 +135,10 @@ class State(msgspec.Struct, kw_only=True):
     created_at: datetime = msgspec.field(default_factory=utcnow)
     updated_at: datetime = msgspec.field(default_factory=utcnow)
     version: int = 0
+
+    def __post_init__(self) -> None:
+        # Aware UTC like the stores return them, whatever the caller passed.
+        if isinstance(self.created_at, datetime) and self.created_at.tzinfo is not timezone.utc:
+            self.created_at = _as_utc(self.created_at)
+        if isinstance(self.updated_at, datetime) and self.updated_at.tzinfo is not timezone.utc:
+            self.updated_at = _as_utc(self.updated_at)

@@ -107,6 +107,8 @@ async def test_closed() -> None:
     ("args", "kwargs"),
     [
         (("just a string",), {}),
+        ((5,), {}),  # neither a list nor a callable: was a bare TypeError
+        ((None,), {}),
         ((["ok", 3],), {}),
         ((["ok"],), {"chunk_size": 0}),
         ((["ok"],), {"delay": -1}),

@@ -98,6 +98,29 @@ def test_bad_bytes_raise_corrupt_state_error(data: bytes, match: str) -> None:
         decode_state(data, key="the-key")
 
 
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ("lone \ud800 surrogate", "not valid Unicode"),
+        (b'{"id": "x", "history": [{"role": "user", "ts": 1e300}]}', "could not be migrated"),
+        (b'{"id": "x", "created": 1e20}', "could not be migrated"),
+        (None, "bytes or str"),
+        (5, "bytes or str"),
+        (b'{"schema_version":1,"conversation_id":"x","metadata":{"a":%s}}' % _DEEP, "deeply"),
+        (_DEEP, "deeply"),
+        (b'{"id": "x", "meta": %s}' % _DEEP, "deeply"),
+    ],
+)
+def test_odd_input_never_leaks_a_bare_error(data: object, match: str) -> None:
+    with pytest.raises(CorruptStateError, match=match):
+        decode_state(data, key="the-key")  # type: ignore[arg-type]
+    with pytest.raises(CorruptStateError, match="the-key"):
+        decode_state(data, key="the-key")  # type: ignore[arg-type]
+
+
 def test_corrupt_error_chains_the_cause() -> None:
     with pytest.raises(CorruptStateError) as info:
         decode_state(b"{")

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
 
-from promptstate import Message, State, ToolCall, Usage, ValidationError
+from promptstate import (
+    HeuristicTokenCounter,
+    Message,
+    State,
+    TimeWindow,
+    ToolCall,
+    Usage,
+    ValidationError,
+)
 
 
 def test_message_positional_role_and_content() -> None:
@@ -66,3 +74,23 @@ def test_message_timestamp_keeps_microseconds() -> None:
     ts = datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
     m = Message("user", "x", timestamp=ts)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(m), type=Message).timestamp == ts
+
+
+def test_timestamps_are_aware_utc_whatever_was_given() -> None:
+    # A naive timestamp used to be kept naive (by every store too) and then broke every
+    # comparison with an aware one: TimeWindow raised TypeError for the whole session.
+    naive = datetime(2020, 1, 1, 12, 0)
+    plus5 = datetime(2020, 1, 1, 17, 0, tzinfo=timezone(timedelta(hours=5)))
+    expected = datetime(2020, 1, 1, 12, 0, tzinfo=timezone.utc)
+    for given in (naive, plus5):
+        message = Message("user", "x", timestamp=given)
+        assert message.timestamp == expected
+        assert message.timestamp.tzinfo is timezone.utc
+        state = State(conversation_id="c", created_at=given, updated_at=given)
+        assert state.created_at.tzinfo is state.updated_at.tzinfo is timezone.utc
+        assert state.created_at == state.updated_at == expected
+    # Data stored naive by an earlier release reads back aware.
+    stored = msgspec.msgpack.encode({"role": "user", "timestamp": "2020-01-01T12:00:00"})
+    assert msgspec.msgpack.decode(stored, type=Message).timestamp == expected
+    old = [Message("user", "old", timestamp=naive), Message("user", "new")]
+    assert [m.content for m in TimeWindow(3600).apply(old, HeuristicTokenCounter())] == ["new"]

@@ -13,22 +13,25 @@ flow, so it is never in the client's default headers, a repr, a log line or an e
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import enum
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import msgspec
 
-from promptstate.exceptions import ClosedError, ProviderError, ValidationError
+from promptstate.exceptions import ClosedError, PromptStateError, ProviderError, ValidationError
 from promptstate.providers.pricing import Price, PriceTable, cost_of, lookup_price
+from promptstate.types import Message
 
 __all__ = ["HTTPProvider", "SSEEvent", "Secret", "iter_sse", "parse_retry_after"]
 
@@ -143,6 +146,15 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             event = value
 
 
+def _hide_password(url: str) -> str:
+    """``url`` with the password of a ``user:password@`` part replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return "<unparsable URL>"
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
 def parse_retry_after(headers: httpx.Headers) -> float | None:
     """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
     raw_ms = headers.get("retry-after-ms")
@@ -251,7 +263,8 @@ class HTTPProvider:
     # -- lifecycle -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+        base_url = _hide_password(self.base_url)
+        return f"{type(self).__name__}(model={self.model!r}, base_url={base_url!r})"
 
     async def __aenter__(self: _P) -> _P:
         self._check_open()
@@ -319,6 +332,37 @@ class HTTPProvider:
         return ProviderError(
             self._scrub(f"{self.name}: {what}"), status_code=status_code, retryable=retryable
         )
+
+    @contextlib.contextmanager
+    def _malformed(self) -> Iterator[None]:
+        """Turn a response of the wrong shape into a :class:`ProviderError`.
+
+        The parsers read the provider's JSON freely (``doc.get(...)``, ``int(...)``, joins); a
+        server that sends a field of another type than the API documents (a number for the
+        content, a string for the token counts, a list where an object belongs) would
+        otherwise surface as a bare ``TypeError``/``ValueError``/``AttributeError``.
+        """
+        try:
+            yield
+        except PromptStateError:
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise self._error(f"response is malformed: {type(exc).__name__}: {exc}") from exc
+
+    def _check_answer(self, message: Message | None, text: object = "") -> None:
+        """Refuse an answer (or streamed text) whose fields are not the types they claim."""
+        if not isinstance(text, str) or (
+            message is not None
+            and (
+                not isinstance(message.content, str)
+                or not all(
+                    isinstance(part, str)
+                    for call in message.tool_calls
+                    for part in (call.id, call.name, call.arguments)
+                )
+            )
+        ):
+            raise self._error("response is malformed: the answer's content is not text")
 
     def _status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         status = response.status_code

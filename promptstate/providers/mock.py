@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -58,8 +58,10 @@ class MockProvider:
         if callable(responses):
             self._responder: Responder | None = responses
             self._responses: list[Reply | BaseException] = []
-        elif isinstance(responses, (str, bytes, Message)):
-            raise ValidationError("responses must be a list of replies or a callable")
+        elif isinstance(responses, (str, bytes, Message)) or not isinstance(responses, Iterable):
+            raise ValidationError(
+                f"responses must be a list of replies or a callable, got {type(responses).__name__}"
+            )
         else:
             self._responder = None
             self._responses = list(responses)

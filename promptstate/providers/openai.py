@@ -276,7 +276,10 @@ class OpenAIProvider(HTTPProvider):
         """
         body = self.build_body(messages, options, stream=False)
         doc = await self._post_json("/chat/completions", body)
-        return self._parse_completion(doc)
+        with self._malformed():
+            completion = self._parse_completion(doc)
+            self._check_answer(completion.message)
+        return completion
 
     async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
         """Send ``messages`` and yield the answer as it arrives; the last chunk is ``done``.
@@ -288,8 +291,10 @@ class OpenAIProvider(HTTPProvider):
         body = self.build_body(messages, options, stream=True)
         response = await self._send("/chat/completions", body, stream=True)
         try:
-            async for chunk in self._read_stream(response):
-                yield chunk
+            with self._malformed():
+                async for chunk in self._read_stream(response):
+                    self._check_answer(chunk.message, chunk.text)
+                    yield chunk
         finally:
             await response.aclose()
 

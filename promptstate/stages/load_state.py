@@ -10,6 +10,7 @@ from promptstate.types import Message
 
 if TYPE_CHECKING:
     from promptstate.pipeline import ExecutionContext
+    from promptstate.truncation import TruncationStrategy
 
 __all__ = ["LoadState"]
 
@@ -25,6 +26,10 @@ class LoadState:
             with ``store.load(session_id, last=...)`` and reads a longer tail (four times as
             long each time) only while a strategy says the tail may be too short. With no
             strategy in the pipeline it loads the whole history.
+
+    When it is the pipeline's first stage and the store can take the turn's lease and read
+    in one step (``acquire_and_load``), its first read is done with the lease
+    (:meth:`first_window` says how much) and served from there, saving a round trip.
     """
 
     __slots__ = ("last",)
@@ -44,22 +49,35 @@ class LoadState:
         ctx.messages = [*ctx.system, *ctx.history, ctx.input]
         await call_next(ctx)
 
-    async def load(self, ctx: ExecutionContext) -> list[Message]:
-        """The history this stage would load for ``ctx``."""
-        store, key = ctx.store, ctx.session_id
+    def first_window(self, strategies: tuple[TruncationStrategy, ...]) -> int | None:
+        """How many of the newest messages the first read asks for (``None``: all)."""
         if self.last is not None:
-            return await store.load(key, last=self.last)
-        strategies = ctx.strategies
+            return self.last
         if not strategies:
-            return await store.load(key)
+            return None
         window = 1
         for strategy in strategies:
             hint = strategy.load_hint()
             if hint is None:
-                return await store.load(key)
+                return None
             window = max(window, hint)
+        return window
+
+    async def load(self, ctx: ExecutionContext) -> list[Message]:
+        """The history this stage would load for ``ctx``."""
+        lease = ctx.lease
+        found = None if lease is None else lease.take_prefetch()
+        if found is not None and (self.last is None or found[0] == self.last):
+            # Read with the turn's lease (the window asked for then; strategies shared with
+            # concurrent turns may have moved it since, and any start window is correct).
+            window, history = found
+        else:
+            window = self.first_window(ctx.strategies)
+            history = await ctx.store.load(ctx.session_id, last=window)
+        if window is None or self.last is not None:
+            return history
+        strategies = ctx.strategies
         while True:
-            history = await store.load(key, last=window)
             if len(history) < window:
                 return history
             for strategy in strategies:
@@ -68,3 +86,4 @@ class LoadState:
             else:
                 return history
             window *= 4
+            history = await ctx.store.load(ctx.session_id, last=window)

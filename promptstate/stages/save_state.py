@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from promptstate.exceptions import PromptStateError, StoreUnavailableError, ValidationError
+from promptstate.locks import LeaseLostError
 from promptstate.tokens import with_tokens
 from promptstate.types import Message
 
@@ -31,7 +32,9 @@ class SaveState:
       ``retries`` times and the store skips it if it had in fact been applied.
     * With a cross-process lease, the lease is checked (and renewed if it is close to
       expiring) right before the write; a lost lease raises
-      :class:`~promptstate.locks.LeaseLostError` and nothing is written.
+      :class:`~promptstate.locks.LeaseLostError` and nothing is written. When the store can
+      (``append_turn(..., release_lease=owner)``), the write also checks that the lease is
+      still the turn's and releases it, in the same atomic step.
 
     Args:
         retries: How many times to retry a write whose outcome is unknown.
@@ -98,13 +101,41 @@ class SaveState:
 
     async def _write(self, ctx: ExecutionContext, messages: list[Message]) -> int:
         attempt = 0
+        lease = ctx.lease
+        # Not when the answer asks for tools: a tool loop saves again in this turn.
+        release = (
+            lease is not None
+            and lease.release_on_save
+            and not (ctx.response is not None and ctx.response.tool_calls)
+        )
         while True:
             try:
-                return await ctx.store.append_turn(
-                    ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
-                )
-            except StoreUnavailableError:
-                if attempt >= self.retries:
+                if not release:
+                    return await ctx.store.append_turn(
+                        ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
+                    )
+                assert lease is not None
+                try:
+                    count = await ctx.store.append_turn(
+                        ctx.session_id,
+                        messages,
+                        cost=ctx.cost,
+                        turn_id=ctx.turn_id,
+                        release_lease=lease.owner,  # type: ignore[call-arg]
+                    )
+                except LeaseLostError as exc:
+                    if not attempt:
+                        raise
+                    # An earlier attempt whose reply was lost may have stored the turn (and
+                    # released the lease, which someone else then took): nobody can tell now.
+                    raise StoreUnavailableError(
+                        f"saving the turn of session {ctx.session_id!r} failed and its lease "
+                        "is gone: the turn may or may not be stored"
+                    ) from exc
+                lease.held = False  # released by the write
+                return count
+            except StoreUnavailableError as exc:
+                if attempt >= self.retries or isinstance(exc.__cause__, LeaseLostError):
                     raise
                 attempt += 1
                 logger.warning(

@@ -23,6 +23,7 @@ import hashlib
 __all__ = [
     "APPEND",
     "APPEND_TURN",
+    "APPEND_TURN_RELEASE",
     "DELETE",
     "DELETE_MANY",
     "FORK",
@@ -30,6 +31,7 @@ __all__ = [
     "INDEX_ADD",
     "INDEX_PRUNE",
     "INDEX_PRUNE_CHECKED",
+    "LEASE_ACQUIRE_LOAD",
     "LEASE_RELEASE",
     "LEASE_RENEW",
     "LOAD_TOUCH",
@@ -184,6 +186,84 @@ else
 end
 expire(ARGV[1], h, m)
 return {1, n}
+"""
+)
+
+#: Append one pipeline turn while holding its lease, and release the lease in the same step.
+#: KEYS: h, m, lease[, idx, exp]. ARGV: as APPEND_TURN, then the lease owner (ARGV[8]), then
+#: the messages. Returns {1, new count} when written (lease released), {0, count} when the
+#: turn is stored already or there is nothing to write (lease released if still held),
+#: {-1, count} when the session does not hold the expected count, {-2, count} when ``owner``
+#: does not hold the lease and the turn is not stored (nothing written).
+APPEND_TURN_RELEASE = Script(
+    """
+local h, m, lease = KEYS[1], KEYS[2], KEYS[3]
+local head = redis.call('HMGET', h, 'v', 't', 'c')
+local v, t, c = head[1], head[2], head[3]
+if v and not (tonumber(v) and tonumber(t or '0') and tonumber(c or '0')) then
+  return redis.error_reply('WRONGTYPE the session header holds a count that is not a number')
+end
+local held = redis.call('GET', lease) == ARGV[8]
+local count = redis.call('LLEN', m)
+local k = #ARGV - 8
+if ARGV[6] ~= '' and k > 0 and count >= k then
+  if string.find(redis.call('LINDEX', m, count - k), ARGV[6], 1, true) then
+    if held then redis.call('DEL', lease) end
+    return {0, count}
+  end
+end
+if not held then return {-2, count} end
+if ARGV[7] ~= '-1' and tonumber(ARGV[7]) ~= count then return {-1, count} end
+if k == 0 then
+  redis.call('DEL', lease)
+  return {0, count}
+end
+local n = 0
+for i = 9, #ARGV, 4000 do
+  n = redis.call('RPUSH', m, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+end
+local cost = string.format('%.17g', tonumber(c or '0') + tonumber(ARGV[5]))
+if v then
+  redis.call('HSET', h, 'v', string.format('%d', tonumber(v) + 1),
+    't', string.format('%d', tonumber(t or '0') + tonumber(ARGV[3])), 'c', cost,
+    'ua', ARGV[2])
+else
+  redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'c', cost, 'ca', ARGV[2], 'ua', ARGV[2])
+  if #KEYS > 3 then
+    redis.call('ZADD', KEYS[4], 0, ARGV[4])
+    if ARGV[1] ~= '0' then
+      local tm = redis.call('TIME')
+      local at = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000) + tonumber(ARGV[1])
+      redis.call('ZADD', KEYS[5], at, ARGV[4])
+    end
+  end
+end
+if ARGV[1] == '0' then
+  redis.call('PERSIST', h)
+  redis.call('PERSIST', m)
+else
+  redis.call('PEXPIRE', h, ARGV[1])
+  redis.call('PEXPIRE', m, ARGV[1])
+end
+redis.call('DEL', lease)
+return {1, n}
+"""
+)
+
+#: Take a lease and read the newest messages in one step. KEYS: lease, h, m.
+#: ARGV: owner, lease ms, how many ('-1' all), ttl to slide ('0' none).
+#: Returns nil when another owner holds the lease (nothing read), else the messages.
+LEASE_ACQUIRE_LOAD = Script(
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if ARGV[4] ~= '0' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+if ARGV[3] == '0' then return {} end
+if ARGV[3] == '-1' then return redis.call('LRANGE', KEYS[3], 0, -1) end
+return redis.call('LRANGE', KEYS[3], -tonumber(ARGV[3]), -1)
 """
 )
 

@@ -15,10 +15,11 @@ done for it.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -32,10 +33,11 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
-from promptstate.types import Message, State, utcnow
+from promptstate.types import Message, State, ToolCall, utcnow
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_TTL",
     "TURN_ID_KEY",
     "Store",
     "normalize_ttl",
@@ -47,10 +49,30 @@ __all__ = [
 #: the first message of the turn), so a retried append can tell it was already applied.
 TURN_ID_KEY = "turn_id"
 
+#: The largest cost one turn may add, in USD: far above any real price, and low enough that
+#: ``total_cost`` can never overflow to infinity by adding turns.
+MAX_TURN_COST = 1e12
+
 #: The longest key any store accepts, in characters.
 MAX_KEY_LENGTH = 512
 
+#: The longest TTL any store accepts, in seconds (about 317 years); use ``None`` for none.
+MAX_TTL = 1e10
+
+#: ``expected_version`` above this can never match a stored version (a 64-bit counter).
+_MAX_VERSION = 2**63 - 1
+
+#: ``load(last=n)`` with a larger ``n`` reads as this (more messages than any session holds).
+_MAX_LAST = 2**62
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+_json_encode = msgspec.json.Encoder().encode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_msgpack_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
+    Message: msgspec.msgpack.Decoder(Message),
+    State: msgspec.msgpack.Decoder(State),
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,6 +126,10 @@ def normalize_ttl(ttl: timedelta | float | None) -> float | None:
         raise ValidationError(f"ttl must be a timedelta, a number of seconds or None, got {ttl!r}")
     if not seconds > 0 or seconds == float("inf"):
         raise ValidationError(f"ttl must be positive and finite, got {ttl!r}")
+    if seconds > MAX_TTL:
+        # Beyond this, "now + ttl" no longer fits the backends' timestamps (Redis PX, the
+        # PostgreSQL timestamp range, SQLite's 64-bit microseconds): every write would fail.
+        raise ValidationError(f"ttl must be at most {MAX_TTL:.0e} seconds, got {ttl!r}")
     return seconds
 
 
@@ -116,17 +142,104 @@ def _check_messages(messages: object, method: str) -> list[Message]:
             raise ValidationError(
                 f"{method}() takes a list of Message, got an item of type {type(item).__name__}"
             )
+        _check_storable(item, f"a message given to {method}()")
     return items
+
+
+def _check_storable(obj: Message | State, what: str) -> None:
+    """Refuse what a store could write but never read back, or not write at all.
+
+    Stores keep messages as MessagePack and export states as JSON. msgspec Structs do not
+    check field types on construction, so a message with ``content=5``, a ``str`` timestamp or
+    a non-``str`` metadata key would be written and then fail to decode on every later read of
+    the session; values neither format holds (arbitrary objects, lone surrogates, ints beyond
+    64 bits, non-``str`` keys in nested dicts) would raise a bare ``TypeError`` /
+    ``OverflowError`` from inside a backend.
+
+    The fields' types are checked with ``isinstance`` (a MessagePack round trip, which would
+    prove the same, costs three times as much and only runs to name what is wrong); one
+    MessagePack encoding catches unencodable values, and metadata is JSON-encoded once.
+    """
+    if not (_fields_ok(obj) if isinstance(obj, Message) else _state_fields_ok(obj)):
+        try:
+            _msgpack_decoders[type(obj)].decode(_msgpack_encode(obj))
+        except (msgspec.ValidationError, TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError(f"{what} cannot be stored: {exc}") from exc
+        except RecursionError as exc:
+            raise ValidationError(f"{what} cannot be stored: nested too deeply") from exc
+        raise ValidationError(f"{what} has a field of the wrong type: {obj!r:.200}")
+    metadata = obj.metadata
+    try:
+        if metadata:
+            for name in metadata:
+                if not isinstance(name, str):
+                    raise ValidationError(f"{what} has a metadata key that is not a str: {name!r}")
+            _json_encode(metadata)  # export and backup write JSON
+        _msgpack_encode(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        raise ValidationError(f"{what} cannot be stored: {exc}") from exc
+    except RecursionError as exc:
+        raise ValidationError(f"{what} cannot be stored: nested too deeply") from exc
+
+
+def _fields_ok(m: Message) -> bool:
+    tokens = m.tokens
+    calls = m.tool_calls
+    return (
+        isinstance(m.content, str)
+        and isinstance(m.timestamp, datetime)
+        and isinstance(m.metadata, dict)
+        and (m.name is None or isinstance(m.name, str))
+        and (m.tool_call_id is None or isinstance(m.tool_call_id, str))
+        and (tokens is None or (type(tokens) is int and tokens >= 0))
+        and (
+            not calls
+            or (
+                isinstance(calls, (tuple, list))
+                and all(
+                    type(c) is ToolCall
+                    and isinstance(c.id, str)
+                    and isinstance(c.name, str)
+                    and isinstance(c.arguments, str)
+                    for c in calls
+                )
+            )
+        )
+    )
+
+
+def _state_fields_ok(state: State) -> bool:
+    # Only what a store keeps: conversation_id, version, token_count and updated_at it sets.
+    cost = state.total_cost
+    return (
+        (state.user_id is None or isinstance(state.user_id, str))
+        and isinstance(cost, (float, int))
+        and not isinstance(cost, bool)
+        and isinstance(state.metadata, dict)
+        and isinstance(state.created_at, datetime)
+    )
+
+
+def _check_state(state: State, method: str) -> None:
+    what = f"the state given to {method}()"
+    cost = state.total_cost
+    if isinstance(cost, float) and not math.isfinite(cost):
+        # MessagePack would keep it, but JSON (export, backup) has no NaN or infinity.
+        raise ValidationError(f"{what} has a total_cost that is not a finite number: {cost!r}")
+    # Messages were checked one by one; the rest of the state must be storable too.
+    _check_storable(msgspec.structs.replace(state, messages=[]), what)
 
 
 def _check_version(expected_version: object) -> None:
     if expected_version is not None and (
         not isinstance(expected_version, int)
         or isinstance(expected_version, bool)
-        or expected_version < 0
+        or not 0 <= expected_version <= _MAX_VERSION
     ):
         raise ValidationError(
-            f"expected_version must be None or an int >= 0, got {expected_version!r}"
+            f"expected_version must be None or an int from 0 to 2**63 - 1, got {expected_version!r}"
         )
 
 
@@ -158,6 +271,7 @@ def _guard_set(fn: F) -> F:
         if not isinstance(state, State):
             raise ValidationError(f"set() takes a State, got {type(state).__name__}")
         _check_messages(state.messages, "set")
+        _check_state(state, "set")
         _check_version(expected_version)
         return await fn(self, key, state, expected_version=expected_version)
 
@@ -170,6 +284,9 @@ def _guard_load(fn: F) -> F:
         self._check_open()
         validate_key(key, what="session_id")
         _check_last(last)
+        if isinstance(last, int) and last > _MAX_LAST:
+            # "All of them" either way; backends pass it to Redis/PostgreSQL as a 64-bit int.
+            last = _MAX_LAST
         return await fn(self, key, last=last)
 
     return cast(F, guarded)
@@ -198,16 +315,23 @@ def _guard_append_turn(fn: F) -> F:
         cost: object = 0.0,
         turn_id: object = None,
         expected_count: object = None,
+        release_lease: object = None,
     ) -> Any:
         self._check_open()
         validate_key(key, what="session_id")
         items = _check_messages(messages, "append_turn")
+        if release_lease is not None and (not isinstance(release_lease, str) or not release_lease):
+            raise ValidationError(
+                f"release_lease must be None or a non-empty owner str, got {release_lease!r}"
+            )
         if (
             isinstance(cost, bool)
             or not isinstance(cost, (int, float))
-            or not 0 <= cost < float("inf")
+            or not 0 <= cost <= MAX_TURN_COST
         ):
-            raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}")
+            raise ValidationError(
+                f"cost must be a number of USD from 0 to {MAX_TURN_COST:g}, got {cost!r}"
+            )
         if turn_id is not None:
             if not isinstance(turn_id, str) or not turn_id:
                 raise ValidationError(f"turn_id must be None or a non-empty str, got {turn_id!r}")
@@ -224,9 +348,49 @@ def _guard_append_turn(fn: F) -> F:
             raise ValidationError(
                 f"expected_count must be None or an int >= 0, got {expected_count!r}"
             )
-        return await fn(
+        if release_lease is None:
+            return await fn(
+                self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
+            )
+        if getattr(fn, "__promptstate_release_lease__", False):
+            return await fn(
+                self,
+                key,
+                items,
+                cost=float(cost),
+                turn_id=turn_id,
+                expected_count=expected_count,
+                release_lease=release_lease,
+            )
+        # Not native: append, then release (two steps; the pipeline does not ask for this).
+        release = getattr(self, "release_lease", None)
+        if release is None:
+            raise ValidationError(
+                f"{type(self).__name__} has no leases: append_turn(release_lease=...) "
+                "needs a store with release_lease()"
+            )
+        count = await fn(
             self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
         )
+        await release(key, release_lease)
+        return count
+
+    return cast(F, guarded)
+
+
+def _guard_acquire_and_load(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(
+        self: Store, key: object, owner: object, ttl: object, *, last: object = None
+    ) -> Any:
+        self._check_open()
+        validate_key(key, what="session_id")
+        if not isinstance(owner, str) or not owner:
+            raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+            raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        _check_last(last)
+        return await fn(self, key, owner, ttl, last=last)
 
     return cast(F, guarded)
 
@@ -297,6 +461,7 @@ _GUARDS: dict[str, Callable[[Any], Any]] = {
     "save": _guard_messages("save"),
     "append": _guard_messages("append"),
     "append_turn": _guard_append_turn,
+    "acquire_and_load": _guard_acquire_and_load,
     "fork": _guard_fork,
     "list_keys": _guard_prefix_iter,
     "list_by_prefix": _guard_prefix_iter,
@@ -339,6 +504,10 @@ class Store(ABC):
     ) -> None:
         self._ttl = normalize_ttl(ttl)
         self._touch_on_read = bool(touch_on_read)
+        if token_counter is not None and not callable(getattr(token_counter, "count", None)):
+            raise ValidationError(
+                f"token_counter must have a count(message) method, got {token_counter!r}"
+            )
         self._counter: TokenCounter = token_counter or HeuristicTokenCounter()
         self._closed = False
 
@@ -428,7 +597,7 @@ class Store(ABC):
             return []
         if last is None:
             return state.messages
-        return state.messages[max(0, len(state.messages) - last) :] if last else []
+        return state.messages[max(len(state.messages) - last, 0) :] if last else []
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         """Replace the whole message list, creating the state when absent."""
@@ -479,6 +648,12 @@ class Store(ABC):
         * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
           session holds exactly that many messages before the append (0 for a new session).
           Checked after the turn id, so a retried turn is not a conflict.
+        * ``release_lease`` (a keyword the guard accepts for every store with leases): the
+          owner token of the turn's lease. A backend whose override takes it and is marked
+          ``__promptstate_release_lease__ = True`` writes only while that owner holds the
+          lease (else :class:`~promptstate.locks.LeaseLostError`, unless the turn is stored
+          already) and deletes the lease in the same atomic step. For any other store the base class
+          appends and then calls ``release_lease`` (two steps).
 
         Backends override this with one native atomic operation. The default composes other
         methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``

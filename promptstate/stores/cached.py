@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -25,6 +25,18 @@ _PASS_THROUGH = frozenset(
 )
 
 
+_T = TypeVar("_T")
+
+
+class _Flight:
+    """One call on the inner store in progress; ``stale`` once a write of its key began."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
 class CachedStore(Store):
     """Wrap ``inner`` with a read-through LRU cache of whole states.
 
@@ -36,13 +48,14 @@ class CachedStore(Store):
     ``inner``, so they stay exact.
 
     Args:
-        inner: The store to cache. Closed by :meth:`aclose` unless ``close_inner=False``.
+        inner: The store to cache. Borrowed: :meth:`aclose` leaves it open unless
+            ``close_inner=True``.
         max_entries: How many sessions to keep cached (least recently used dropped first).
         ttl: How long a cached entry may be served (``timedelta`` or seconds); ``None`` keeps
             it until evicted or written through this object. This is the cache's lifetime, not
             the sessions': those follow ``inner``'s own TTL, and a cached entry is never served
             past the moment ``inner`` would expire its session.
-        close_inner: Close ``inner`` in :meth:`aclose` (default), or leave it to its owner.
+        close_inner: Also close ``inner`` in :meth:`aclose` (hand it over to the cache).
 
     An inner store with ``touch_on_read=True`` is read through on every call (its reads must
     reach it to slide the TTL), so caching it saves nothing.
@@ -54,7 +67,7 @@ class CachedStore(Store):
         *,
         max_entries: int = 1024,
         ttl: timedelta | float | None = None,
-        close_inner: bool = True,
+        close_inner: bool = False,
     ) -> None:
         if not isinstance(inner, Store):
             raise ValidationError(f"CachedStore wraps a Store, got {type(inner).__name__}")
@@ -67,6 +80,10 @@ class CachedStore(Store):
         self._close_inner = close_inner
         # key -> (encoded state, monotonic deadline or None)
         self._cache: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        # Calls on the inner store in progress, by key. A write marks every other one on its
+        # key stale (when it starts and when it ends), and a stale call caches nothing: a read
+        # that fetched a state before a write must not put it back after the write dropped it.
+        self._flights: dict[str, list[_Flight]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -123,6 +140,38 @@ class CachedStore(Store):
     def _forget(self, key: str) -> None:
         self._cache.pop(key, None)
 
+    def _start(self, key: str, *, write: bool) -> _Flight:
+        flight = _Flight()
+        flights = self._flights.setdefault(key, [])
+        if write:
+            self._forget(key)
+            for other in flights:
+                other.stale = True
+        flights.append(flight)
+        return flight
+
+    def _end(self, key: str, flight: _Flight, *, write: bool) -> None:
+        flights = self._flights[key]
+        flights.remove(flight)
+        if not flights:
+            del self._flights[key]
+        elif write:  # a call that began during this write may have read what was before it
+            for other in flights:
+                other.stale = True
+
+    def _remember_unless_stale(self, state: State, flight: _Flight) -> None:
+        if not flight.stale:
+            self._remember(state)
+
+    async def _write(self, key: str, call: Awaitable[_T]) -> _T:
+        """Run a write of ``key`` on the inner store; the entry is dropped."""
+        flight = self._start(key, write=True)
+        try:
+            return await call
+        finally:
+            self._forget(key)
+            self._end(key, flight, write=True)
+
     def clear(self) -> None:
         """Drop every cached entry (the inner store is untouched)."""
         self._cache.clear()
@@ -133,8 +182,12 @@ class CachedStore(Store):
         state = self._cached(key)
         if state is not None:
             return state
-        state = await self._inner.get(key)
-        self._remember(state)
+        flight = self._start(key, write=False)
+        try:
+            state = await self._inner.get(key)
+            self._remember_unless_stale(state, flight)
+        finally:
+            self._end(key, flight, write=False)
         return _decoder.decode(_encoder.encode(state))
 
     async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
@@ -144,17 +197,23 @@ class CachedStore(Store):
             return await self._inner.load(session_id, last=last)
         if last is None:
             return state.messages
-        return state.messages[len(state.messages) - last :] if last else []
+        return state.messages[max(len(state.messages) - last, 0) :] if last else []
 
     async def get_many(self, keys: Iterable[str]) -> list[State | None]:
         keys = list(keys)
         found: list[State | None] = [self._cached(k) for k in keys]
         missing = sorted({k for k, s in zip(keys, found, strict=True) if s is None})
         if missing:
-            fetched = dict(zip(missing, await self._inner.get_many(missing), strict=True))
-            for state in fetched.values():
-                if state is not None:
-                    self._remember(state)
+            flights = [(key, self._start(key, write=False)) for key in missing]
+            try:
+                fetched = dict(zip(missing, await self._inner.get_many(missing), strict=True))
+                for key, flight in flights:
+                    state = fetched[key]
+                    if state is not None:
+                        self._remember_unless_stale(state, flight)
+            finally:
+                for key, flight in flights:
+                    self._end(key, flight, write=False)
             for i, key in enumerate(keys):
                 state = fetched.get(key)
                 if found[i] is None and state is not None:
@@ -170,18 +229,23 @@ class CachedStore(Store):
     # -- writes: through to the inner store, then drop or refresh the entry -------------------
 
     async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
-        self._forget(key)
-        stored = await self._inner.set(key, state, expected_version=expected_version)
-        self._remember(stored)
+        flight = self._start(key, write=True)
+        try:
+            stored = await self._inner.set(key, state, expected_version=expected_version)
+            # Unless another write of the key ran meanwhile (which of the two won is unknown).
+            self._remember_unless_stale(stored, flight)
+        except BaseException:
+            self._forget(key)
+            raise
+        finally:
+            self._end(key, flight, write=True)
         return stored
 
     async def delete(self, key: str) -> bool:
-        self._forget(key)
-        return await self._inner.delete(key)
+        return await self._write(key, self._inner.delete(key))
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
-        self._forget(session_id)
-        return await self._inner.append(session_id, messages)
+        return await self._write(session_id, self._inner.append(session_id, messages))
 
     async def append_turn(
         self,
@@ -192,25 +256,42 @@ class CachedStore(Store):
         turn_id: str | None = None,
         expected_count: int | None = None,
     ) -> int:
-        self._forget(session_id)
-        return await self._inner.append_turn(
-            session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+        return await self._write(
+            session_id,
+            self._inner.append_turn(
+                session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+            ),
         )
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
-        self._forget(session_id)
-        await self._inner.save(session_id, messages)
+        await self._write(session_id, self._inner.save(session_id, messages))
 
     async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
-        self._forget(target)
-        forked = await self._inner.fork(source, target, overwrite=overwrite)
-        self._remember(forked)
+        flight = self._start(target, write=True)
+        try:
+            forked = await self._inner.fork(source, target, overwrite=overwrite)
+            self._remember_unless_stale(forked, flight)
+        except BaseException:
+            self._forget(target)
+            raise
+        finally:
+            self._end(target, flight, write=True)
         return forked
 
     async def delete_by_prefix(self, prefix: str) -> int:
-        for key in [k for k in self._cache if k.startswith(prefix)]:
-            del self._cache[key]
-        return await self._inner.delete_by_prefix(prefix)
+        def drop() -> None:
+            for key in [k for k in self._cache if k.startswith(prefix)]:
+                del self._cache[key]
+            for key, flights in self._flights.items():
+                if key.startswith(prefix):
+                    for flight in flights:
+                        flight.stale = True
+
+        drop()
+        try:
+            return await self._inner.delete_by_prefix(prefix)
+        finally:
+            drop()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -218,7 +299,7 @@ class CachedStore(Store):
         await self._inner._open()
 
     async def aclose(self) -> None:
-        """Drop the cache and close the inner store (unless ``close_inner=False``)."""
+        """Drop the cache; close the inner store too when ``close_inner=True``."""
         if self._closed:
             return
         await super().aclose()

@@ -199,7 +199,7 @@ class MemoryStore(Store):
             return []
         items = entry.messages
         if last is not None:
-            items = items[max(0, len(items) - last) :] if last else []
+            items = items[max(len(items) - last, 0) :] if last else []
         return unpack_messages(items, key=session_id)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:

@@ -43,6 +43,7 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.stores.url import _redact, query_options, register_scheme
@@ -346,6 +347,27 @@ class _SQL:
         )
         self.lease_release = f"DELETE FROM {lease} WHERE key = $1 AND owner = $2 RETURNING true"
         self.lease_purge = f"DELETE FROM {lease} WHERE expires_at <= now() - interval '1 hour'"
+        # append_turn with release_lease: the probe also says whether owner $3 holds the live
+        # lease; the write deletes the lease in the same statement, only when it wrote.
+        self.turn_probe_lease = (
+            "SELECT p.message_count, p.version, p.start, EXISTS(SELECT 1 FROM"
+            f" {lease} l WHERE l.key = $1 AND l.owner = $3 AND l.expires_at > now())"
+            " FROM (SELECT 1) AS one LEFT JOIN (SELECT s.message_count, s.version,"
+            f" (SELECT m.data FROM {m} m WHERE m.session_key = s.key"
+            " AND s.message_count >= $2::bigint AND m.seq = s.last_seq - $2::bigint + 1)"
+            f" AS start FROM {t} s WHERE s.key = $1 AND {live_s}) AS p ON true"
+        )
+
+        def releasing(sql: str, owner: str) -> str:
+            tail = " SELECT message_count FROM up"
+            assert sql.endswith(tail)
+            return (
+                f"{sql[: -len(tail)]}, rel AS (DELETE FROM {lease} l USING up"
+                f" WHERE l.key = $1 AND l.owner = {owner}){tail}"
+            )
+
+        self.turn_cas_release = releasing(self.turn_cas, "$8")
+        self.turn_new_release = releasing(self.turn_new, "$7")
         self.sessions, self.messages_table, self.exp = t, m, exp
         self.head, self.msgs, self.live_s = head, msgs, live_s
 
@@ -565,9 +587,14 @@ class PostgresStore(Store):
                 self._check_open()
                 asyncpg = _import_asyncpg()
                 try:
-                    self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
+                    pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
                 except BaseException as exc:
                     _reraise_opening(exc, self._dsn)
+                if self._closed:
+                    # aclose() ran while the pool was being opened and saw no pool to close.
+                    await _close_pool(pool)
+                    self._check_open()
+                self._pool = pool
         return self._pool
 
     async def setup(self) -> list[int]:
@@ -622,11 +649,7 @@ class PostgresStore(Store):
         """Close the pool if the store built it (a borrowed pool stays open)."""
         if not self._closed and self._owns_pool and self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), timeout=10.0)
-            except (asyncio.TimeoutError, Exception):
-                logger.warning("the PostgreSQL pool did not close in time; terminating it")
-                pool.terminate()
+            await _close_pool(pool)
         await super().aclose()
 
     def _connection(self, what: str, key: str | None = None) -> _Op:
@@ -813,6 +836,7 @@ class PostgresStore(Store):
         cost: float = 0.0,
         turn_id: str | None = None,
         expected_count: int | None = None,
+        release_lease: str | None = None,
     ) -> int:
         """Append one turn and add ``cost``, in one statement; see :meth:`Store.append_turn`.
 
@@ -820,8 +844,16 @@ class PostgresStore(Store):
         :meth:`append`. With them it is two: a read of the count, the version and the one
         message where a retried turn would start, then an append conditional on the version
         (repeated if another writer came in between). Neither grows with the history.
+
+        With ``release_lease`` the first read also checks that this owner holds the live
+        turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing written, unless
+        the turn is stored already), and the append deletes the lease in the same statement.
         """
         sql = self._sql
+        if release_lease is not None:
+            return await self._append_turn_release(
+                session_id, messages, cost, turn_id, expected_count, release_lease
+            )
         if turn_id is None and expected_count is None:
             if not messages:
                 return await self.append(session_id, messages)
@@ -861,6 +893,57 @@ class PostgresStore(Store):
                     new_count = await conn.fetchval(sql.turn_cas, *args, version)
                 else:
                     new_count = await conn.fetchval(sql.turn_new, *args)
+                if new_count is None:
+                    continue  # another writer came in between: look again
+                if self._maybe_purge_due():
+                    await self._opportunistic_purge(conn)
+                return int(new_count)
+
+    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
+
+    async def _append_turn_release(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        owner: str,
+    ) -> int:
+        sql = self._sql
+        _, encoded, tokens = self._encode(messages, session_id)
+        while True:
+            async with self._conn("append_turn to", session_id) as conn:
+                row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
+                count, version, start, held = row
+                count, version = count or 0, version or 0
+                if (
+                    turn_id is not None
+                    and encoded
+                    and start is not None
+                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
+                    == turn_id
+                ):
+                    if held:  # a retried turn whose first try was stored: release now
+                        await conn.fetchval(sql.lease_release, session_id, owner)
+                    return int(count)
+                if not held:
+                    raise LeaseLostError(
+                        f"the lease on session {session_id!r} is not held by this turn: "
+                        "nothing stored"
+                    )
+                if expected_count is not None and expected_count != count:
+                    raise ConflictError(
+                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
+                    )
+                if not encoded:
+                    await conn.fetchval(sql.lease_release, session_id, owner)
+                    return int(count)
+                args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
+                if version:
+                    new_count = await conn.fetchval(sql.turn_cas_release, *args, version, owner)
+                else:
+                    new_count = await conn.fetchval(sql.turn_new_release, *args, owner)
                 if new_count is None:
                     continue  # another writer came in between: look again
                 if self._maybe_purge_due():
@@ -1005,6 +1088,15 @@ class PostgresStore(Store):
         self._check_open()
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
+
+
+async def _close_pool(pool: Any) -> None:
+    """Close a pool gracefully, terminating it when that takes longer than 10 seconds."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=10.0)
+    except (asyncio.TimeoutError, Exception):
+        logger.warning("the PostgreSQL pool did not close in time; terminating it")
+        pool.terminate()
 
 
 class _Op:

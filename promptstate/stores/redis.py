@@ -38,6 +38,7 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores import _redis_scripts as scripts
 from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
@@ -199,6 +200,9 @@ class RedisStore(Store):
         self._cluster = isinstance(self._client, RedisCluster)
         self._pending_init = self._cluster
         self._init_lock = asyncio.Lock()
+        # Calls under way, so that aclose() can let them finish before closing the client.
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
         self._prefix = prefix
         self._pkey = prefix.encode()
         shards = index_shards if index_shards is not None else (8 if self._cluster else 1)
@@ -268,7 +272,7 @@ class RedisStore(Store):
                 )
             else:
                 client = _make_single(url, options, max_connections, pool_timeout)
-        except (ValueError, redis_errors.RedisError) as exc:
+        except (ValueError, TypeError, redis_errors.RedisError) as exc:
             raise ValidationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
         store = cls(
             client,
@@ -302,13 +306,27 @@ class RedisStore(Store):
             else:
                 await self._client.ping()
 
-    async def aclose(self) -> None:
-        if not self._closed and self._owns_client:
+    async def aclose(self, *, timeout: float = 10.0) -> None:
+        """Refuse new calls, let the calls under way finish (for up to ``timeout`` seconds),
+        then close the client if the store created it. Idempotent."""
+        if self._closed:
+            return
+        await super().aclose()
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "closing RedisStore with %d calls still under way after %.1f s",
+                    self._in_flight,
+                    timeout,
+                )
+        if self._owns_client:
             try:
                 await self._client.aclose()
             except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
                 logger.debug("closing the Redis client failed", exc_info=True)
-        await super().aclose()
 
     # -- keys and errors ------------------------------------------------------------------
 
@@ -332,10 +350,10 @@ class RedisStore(Store):
             keys.extend(self._index_keys(self._shard(member)))
         return keys, member
 
-    @staticmethod
-    def _errors(what: str, key: object = None) -> _Errors:
-        """Translate redis-py and socket errors at the boundary (``what`` + ``key`` name it)."""
-        return _Errors(what, key)
+    def _errors(self, what: str, key: object = None) -> _Errors:
+        """The boundary of every call: translates redis-py and socket errors (``what`` and
+        ``key`` name the call) and counts the call as under way."""
+        return _Errors(self, what, key)
 
     async def _eval(
         self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
@@ -544,14 +562,22 @@ class RedisStore(Store):
         cost: float = 0.0,
         turn_id: str | None = None,
         expected_count: int | None = None,
+        release_lease: str | None = None,
     ) -> int:
         """One pipeline turn in one script: turn id and count checks, append, cost, TTL.
 
         Its cost follows the turn's messages, never the history: the turn id is looked up in
-        the single stored message where the turn would start.
+        the single stored message where the turn would start. With ``release_lease`` the
+        script also checks that this owner holds the session's turn lease (else
+        :class:`~promptstate.locks.LeaseLostError`, nothing written, unless the turn is
+        stored already) and deletes the lease, all in the same atomic step.
         """
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
+        script = scripts.APPEND_TURN
+        if release_lease is not None:
+            script = scripts.APPEND_TURN_RELEASE
+            keys.insert(2, self._lease_key(session_id))
         args: list[Any] = [
             self._ttl_ms,
             _now_us(),
@@ -561,15 +587,23 @@ class RedisStore(Store):
             b"" if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
             -1 if expected_count is None else expected_count,
         ]
+        if release_lease is not None:
+            args.append(release_lease)
         args.extend(pack(m) for m in counted)
         status, count = await self._write(
-            "appending a turn to key", session_id, scripts.APPEND_TURN, keys, member, args
+            "appending a turn to key", session_id, script, keys, member, args
         )
+        if status == -2:
+            raise LeaseLostError(
+                f"the lease on session {session_id!r} is not held by this turn: nothing stored"
+            )
         if status == -1:
             raise ConflictError(
                 f"session {session_id!r} holds {count} messages, expected {expected_count}"
             )
         return int(count)
+
+    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
@@ -752,6 +786,23 @@ class RedisStore(Store):
             done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
         return bool(done)
 
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the turn lease on ``key`` and read the newest ``last`` messages, in one script.
+
+        Returns ``None`` (nothing read) when another owner holds the lease; otherwise what
+        ``load(key, last=last)`` returns. One round trip, where ``acquire_lease`` and
+        ``load`` take two.
+        """
+        h, m = self._keys(key)
+        args = (owner, _ms(ttl), -1 if last is None else last, self._read_ttl())
+        with self._errors("taking the turn lease on key", key):
+            items = await self._eval(scripts.LEASE_ACQUIRE_LOAD, (self._lease_key(key), h, m), args)
+        if items is None:
+            return None
+        return unpack_messages(items, key=key) if items else []
+
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""
         self._check_open()
@@ -789,18 +840,23 @@ class _Errors:
     A small class rather than a generator-based context manager: it is on every call's path.
     """
 
-    __slots__ = ("key", "what")
+    __slots__ = ("key", "store", "what")
 
-    def __init__(self, what: str, key: object) -> None:
+    def __init__(self, store: RedisStore, what: str, key: object) -> None:
+        self.store = store
         self.what = what
         self.key = key
 
     def __enter__(self) -> None:
-        return None
+        self.store._in_flight += 1
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
+        store = self.store
+        store._in_flight -= 1
+        if store._in_flight == 0 and store._drained is not None:
+            store._drained.set()
         if exc is None or not isinstance(
             exc, (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
         ):
@@ -866,6 +922,10 @@ def _make_single(
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout, retry=_no_retry(), **extra
     )
+    # redis-py passes query parameters it does not know (``?prefix=x``) on to the connection
+    # class, which only refuses them with a TypeError on the first call. Building one
+    # connection object (no I/O: it connects lazily) makes that happen here instead.
+    pool.connection_class(**pool.connection_kwargs)
     return Redis.from_pool(pool)
 
 

@@ -63,9 +63,10 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
-from promptstate.stores.url import register_scheme
+from promptstate.stores.url import _redact, register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
 
@@ -191,6 +192,9 @@ _SQL_LEASE_RENEW = (
     "UPDATE promptstate_leases SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?"
 )
 _SQL_LEASE_RELEASE = "DELETE FROM promptstate_leases WHERE key = ? AND owner = ?"
+_SQL_LEASE_RELEASE_LIVE = (
+    "DELETE FROM promptstate_leases WHERE key = ? AND owner = ? AND expires_at > ?"
+)
 
 
 def _to_us(moment: datetime) -> int:
@@ -927,13 +931,24 @@ class SQLiteStore(Store):
         cost: float = 0.0,
         turn_id: str | None = None,
         expected_count: int | None = None,
+        release_lease: str | None = None,
     ) -> int:
+        """Append one turn in one transaction; see :meth:`Store.append_turn`.
+
+        With ``release_lease`` the same transaction checks that this owner holds the
+        session's live turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing
+        written, unless the turn is stored already) and deletes it.
+        """
         counted, tokens = self._count_new(messages)
         encoded = [pack(m) for m in counted]
         size = len(encoded)
 
         def work(conn: sqlite3.Connection) -> int:
             now = _now_us()
+            held = release_lease is not None and (
+                conn.execute(_SQL_LEASE_RELEASE_LIVE, (session_id, release_lease, now)).rowcount
+                == 1
+            )
             head = self._head_sync(conn, session_id, now)
             count = 0 if head is None else head[1]
             if turn_id is not None and size and count >= size:
@@ -943,6 +958,10 @@ class SQLiteStore(Store):
                     first = unpack_message(row[0], key=session_id)
                     if first.metadata.get(TURN_ID_KEY) == turn_id:
                         return count
+            if release_lease is not None and not held:
+                raise LeaseLostError(
+                    f"the lease on session {session_id!r} is not held by this turn: nothing stored"
+                )
             if expected_count is not None and expected_count != count:
                 raise ConflictError(
                     f"session {session_id!r} holds {count} messages, expected {expected_count}"
@@ -952,6 +971,8 @@ class SQLiteStore(Store):
             return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
 
         return await self._run(work, "write", f"append a turn to {session_id!r}")
+
+    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     def _append_sync(
         self,
@@ -1100,6 +1121,26 @@ class SQLiteStore(Store):
 
         return await self._run(work, "write", f"take the lease on {key!r}")
 
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the turn lease on ``key`` and read the newest ``last`` messages, in one
+        transaction (one trip to a worker thread); ``None`` when another owner holds it."""
+
+        def work(conn: sqlite3.Connection) -> list[Message] | None:
+            now = _now_us()
+            args = (key, owner, now + int(ttl * 1_000_000), now)
+            if conn.execute(_SQL_LEASE_ACQUIRE, args).rowcount != 1:
+                return None
+            if self._touching:
+                self._touch(conn, key, now)
+            if last == 0:
+                return []
+            found = (key, _ALL if last is None else min(last, _ALL), now)
+            return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, found)], key=key)
+
+        return await self._run(work, "write", f"take the lease on {key!r}")
+
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
 
@@ -1128,17 +1169,19 @@ def _open_sqlite(url: str, options: dict[str, Any]) -> Store:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValidationError(f"not a valid sqlite URL: {url!r}") from exc
+        raise ValidationError(f"not a valid sqlite URL: {_redact(url)!r}") from exc
     if parts.netloc:
         raise ValidationError(
             f"a sqlite URL has no host: use sqlite:///relative/path.db or "
-            f"sqlite:////absolute/path.db, got {url!r}"
+            f"sqlite:////absolute/path.db, got {_redact(url)!r}"
         )
     if parts.query or parts.fragment:
-        raise ValidationError(f"a sqlite URL takes no query string or fragment, got {url!r}")
+        raise ValidationError(
+            f"a sqlite URL takes no query string or fragment, got {_redact(url)!r}"
+        )
     path = unquote(parts.path)
     if not path.startswith("/") or len(path) < 2:
-        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {url!r}")
+        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {_redact(url)!r}")
     path = path[1:]
     if path == ":memory:":
         raise ValidationError("sqlite:///:memory: is not supported; use memory://")

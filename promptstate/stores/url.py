@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -43,11 +44,19 @@ def open_store(url: str, *, ttl: timedelta | float | None = None, **options: Any
     scheme = url.split("://", 1)[0].lower()
     opener = _SCHEMES.get(scheme)
     if opener is None:
-        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES))
+        # The SQLAlchemy forms are registered only to explain what to write instead.
+        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES if "+asyncpg" not in s))
         raise ValidationError(f"unknown store URL scheme {scheme + '://'!r}; known: {known}")
     if ttl is not None:
         options["ttl"] = ttl
     return opener(url, options)
+
+
+# A password wherever one is written: "user:secret@host" (also in a URL too malformed for
+# urlsplit to find it, such as "redis:/:secret@host"), "?password=secret" and libpq's
+# "host=db password=secret".
+_USERINFO_PASSWORD = re.compile(r"(?<=:)[^:@/\s]+(?=@)")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)('[^']*'|[^\s&;]*)")
 
 
 def _redact(url: object) -> object:
@@ -58,10 +67,11 @@ def _redact(url: object) -> object:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        url = parts._replace(netloc=netloc).geturl()
+    url = _USERINFO_PASSWORD.sub("***", url)
+    return _KEYWORD_PASSWORD.sub(r"\1\2***", url)
 
 
 def query_options(url: str) -> dict[str, str]:
@@ -78,7 +88,7 @@ def _open_memory(url: str, options: dict[str, Any]) -> Store:
         try:
             options["max_sessions"] = int(query["max_sessions"])
         except ValueError as exc:
-            raise ValidationError(f"max_sessions must be an integer in {url!r}") from exc
+            raise ValidationError(f"max_sessions must be an integer in {_redact(url)!r}") from exc
     return MemoryStore(**options)
 
 

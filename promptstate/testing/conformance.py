@@ -70,6 +70,13 @@ def _sample_messages() -> list[Message]:
     ]
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def _batch(tag: str, size: int) -> list[Message]:
     return [Message("user", f"{tag}/{i}", metadata={"batch": tag, "i": i}) for i in range(size)]
 
@@ -472,6 +479,8 @@ class StoreConformance:
         bad_calls: list[Callable[[], Awaitable[object]]] = [
             lambda: store.set("v", {"messages": []}),  # type: ignore[arg-type]
             lambda: store.set("v", State(conversation_id="v"), expected_version=-1),
+            # PostgresStore raised CorruptStateError, the others ConflictError.
+            lambda: store.set("v", State(conversation_id="v"), expected_version=2**70),
             lambda: store.set("v", State(conversation_id="v", messages=[{"role": "user"}])),  # type: ignore[list-item]
             lambda: store.append("v", [{"role": "user", "content": "x"}]),  # type: ignore[list-item]
             lambda: store.append("v", Message("user", "not a list")),  # type: ignore[arg-type]
@@ -487,6 +496,51 @@ class StoreConformance:
         state = await store.get("v")
         assert [m.content for m in state.messages] == ["keep"]
         assert state.version == 1
+
+    async def test_load_with_a_huge_last_returns_everything(self, store: Store) -> None:
+        # Redis (LRANGE) and PostgreSQL (LIMIT) used to refuse a last beyond 64 bits.
+        await store.append("h", [Message("user", "a"), Message("assistant", "b")])
+        for last in (2, 10**6, 2**63, 10**30):
+            assert [m.content for m in await store.load("h", last=last)] == ["a", "b"]
+
+    async def test_unstorable_values_are_refused_and_the_session_stays_readable(
+        self, store: Store
+    ) -> None:
+        await store.append("u", [Message("user", "keep")])
+        # A non-str metadata key used to be written and then make every read of the session fail.
+        bad_messages = [
+            Message("user", "x", metadata={1: "int key"}),  # type: ignore[dict-item]
+            Message("user", "x", metadata={"o": object()}),
+            Message("user", "x", metadata={"big": 2**80}),
+            Message("user", "x", metadata={"nested": {(1, 2): "tuple key"}}),
+            Message("user", "lone \ud800 surrogate"),
+            Message("user", 5),  # type: ignore[arg-type]
+            Message("user", "x", timestamp="yesterday"),  # type: ignore[arg-type]
+            Message("assistant", tool_calls=({"id": "c1"},)),  # type: ignore[arg-type]
+            Message("user", "x", tokens=-5),  # made token_count negative
+        ]
+        for bad in bad_messages:
+            for call in (store.append, store.save):
+                with pytest.raises(ValidationError):
+                    await call("u", [bad])
+            with pytest.raises(ValidationError):
+                await store.set("u", State(conversation_id="u", messages=[bad]))
+        bad_states = [
+            State(conversation_id="u", total_cost=float("nan")),
+            State(conversation_id="u", total_cost=float("inf")),
+            State(conversation_id="u", metadata={1: "int key"}),  # type: ignore[dict-item]
+            State(conversation_id="u", metadata={"o": {1, object()}}),
+            State(conversation_id="u", user_id=5),  # type: ignore[arg-type]
+            State(conversation_id="u", created_at="yesterday"),  # type: ignore[arg-type]
+            State(conversation_id="u", metadata={"deep": _nested(5000)}),  # RecursionError
+        ]
+        for state in bad_states:
+            with pytest.raises(ValidationError):
+                await store.set("u", state)
+        stored = await store.get("u")
+        assert [m.content for m in stored.messages] == ["keep"]
+        assert stored.version == 1
+        assert [m.content for m in await store.load("u")] == ["keep"]
 
     # -- TTL ------------------------------------------------------------------------------
 
@@ -506,6 +560,15 @@ class StoreConformance:
             await store.fork("ttl:1", "ttl:3")
         # An expired session starts afresh when written again.
         assert await store.append("ttl:1", [Message("user", "c")]) == 1
+
+    async def test_a_ttl_no_backend_can_hold_is_refused(self, store_factory: StoreFactory) -> None:
+        # It used to be accepted, then every write failed (each backend differently).
+        for ttl in (1e300, timedelta(days=999_999_999)):
+            with pytest.raises(ValidationError, match="ttl"):
+                await store_factory(ttl=ttl)
+        store = await store_factory(ttl=timedelta(days=365 * 300))
+        assert await store.append("long", [Message("user", "x")]) == 1
+        assert len(await store.load("long")) == 1
 
     async def test_ttl_is_refreshed_by_writes(self, store_factory: StoreFactory) -> None:
         store = await store_factory(ttl=timedelta(seconds=self.ttl_seconds))

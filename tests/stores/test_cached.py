@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import pytest
@@ -24,7 +25,7 @@ class TestCachedMemoryConformance(StoreConformance):
         made: list[Store] = []
 
         async def make(**options: object) -> Store:
-            store = CachedStore(MemoryStore(**options), max_entries=8)  # type: ignore[arg-type]
+            store = CachedStore(MemoryStore(**options), max_entries=8, close_inner=True)  # type: ignore[arg-type]
             made.append(store)
             return store
 
@@ -42,7 +43,7 @@ class TestCachedSQLiteConformance(StoreConformance):
 
         async def make(**options: object) -> Store:
             inner = SQLiteStore(tmp_path / f"cached-{len(made)}.db", **options)  # type: ignore[arg-type]
-            store = CachedStore(inner)
+            store = CachedStore(inner, close_inner=True)
             made.append(store)
             return store
 
@@ -69,7 +70,7 @@ async def test_reads_are_served_from_cache_and_writes_invalidate() -> None:
 
 async def test_other_writers_are_seen_after_the_entry_ttl() -> None:
     inner = MemoryStore()
-    store = CachedStore(inner, ttl=0.2, close_inner=False)
+    store = CachedStore(inner, ttl=0.2)
     await store.set("s", State(conversation_id="s", user_id="old"))
     assert (await store.get("s")).user_id == "old"
     await inner.set("s", State(conversation_id="s", user_id="new"))  # behind the cache's back
@@ -80,7 +81,10 @@ async def test_other_writers_are_seen_after_the_entry_ttl() -> None:
     with pytest.raises(Exception, match="version"):
         await store.set("s", State(conversation_id="s"), expected_version=1)
     await store.aclose()
-    assert not inner.closed
+    assert not inner.closed  # borrowed, so left open
+    owning = CachedStore(inner, close_inner=True)
+    await owning.aclose()
+    assert inner.closed
 
 
 async def test_lru_bound_and_isolation() -> None:
@@ -97,7 +101,7 @@ async def test_lru_bound_and_isolation() -> None:
 
 
 async def test_leases_pass_through(tmp_path: Path) -> None:
-    store = CachedStore(SQLiteStore(tmp_path / "l.db"))
+    store = CachedStore(SQLiteStore(tmp_path / "l.db"), close_inner=True)
     assert await store.acquire_lease("k", "me", 5.0) is True
     assert await store.release_lease("k", "me") is True
     assert not hasattr(CachedStore(MemoryStore()), "acquire_lease")
@@ -111,3 +115,95 @@ def test_bad_arguments() -> None:
         CachedStore(MemoryStore(), max_entries=0)
     with pytest.raises(ValidationError):
         CachedStore(MemoryStore(), ttl=-1)
+
+
+class _GatedGets(MemoryStore):
+    """A MemoryStore whose get() reads, then waits at a gate before answering."""
+
+    gate: anyio.Event | None = None
+
+    async def get(self, key: str) -> State:
+        state = await super().get(key)
+        if self.gate is not None:
+            await self.gate.wait()
+        return state
+
+    async def get_many(self, keys: object) -> list[State | None]:
+        found = await super().get_many(keys)  # type: ignore[arg-type]
+        if self.gate is not None:
+            await self.gate.wait()
+        return found
+
+
+async def _race(store: CachedStore, inner: _GatedGets, read: str, write: object) -> None:
+    """Start a cache-missing ``read`` of "s", run ``write`` while it is in flight, finish it."""
+    inner.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        if read == "get":
+            tg.start_soon(store.get, "s")
+        else:
+            tg.start_soon(store.get_many, ["s"])
+        await anyio.sleep(0.01)  # the read has fetched the old state and waits at the gate
+        await write()  # type: ignore[operator]
+        inner.gate.set()
+    inner.gate = None
+
+
+@pytest.mark.parametrize("read", ["get", "get_many"])
+@pytest.mark.parametrize("write", ["append", "append_turn", "save", "set", "delete", "prefix"])
+async def test_a_read_in_flight_during_a_write_does_not_cache_the_old_state(
+    read: str, write: str
+) -> None:
+    # The read fetched the state before the write and remembered it after the write had
+    # dropped the entry: this process then read its own write wrong until the entry aged out.
+    inner = _GatedGets()
+    store = CachedStore(inner)
+    await store.append("s", [Message("user", "old")])
+    writes = {
+        "append": lambda: store.append("s", [Message("user", "new")]),
+        "append_turn": lambda: store.append_turn("s", [Message("user", "new")], cost=1.0),
+        "save": lambda: store.save("s", [Message("user", "old"), Message("user", "new")]),
+        "set": lambda: store.set(
+            "s",
+            State(conversation_id="s", messages=[Message("user", "old"), Message("user", "new")]),
+        ),
+        "delete": lambda: store.delete("s"),
+        "prefix": lambda: store.delete_by_prefix("s"),
+    }
+    await _race(store, inner, read, writes[write])
+    expected = await inner.get_many(["s"])
+    got = await store.get_many(["s"])
+    assert (got[0] and [m.content for m in got[0].messages]) == (
+        expected[0] and [m.content for m in expected[0].messages]
+    )
+    assert [m.content for m in await store.load("s")] == (
+        [m.content for m in expected[0].messages] if expected[0] else []
+    )
+    await store.aclose()
+
+
+class _GatedSets(MemoryStore):
+    """A MemoryStore whose set() writes, then waits at a gate (when given one) before answering."""
+
+    gates: ClassVar[dict[str, anyio.Event]] = {}
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        stored = await super().set(key, state, expected_version=expected_version)
+        gate = self.gates.get(state.user_id or "")
+        if gate is not None:
+            await gate.wait()
+        return stored
+
+
+async def test_two_racing_sets_do_not_leave_the_loser_cached() -> None:
+    inner = _GatedSets()
+    inner.gates = {"first": anyio.Event()}
+    store = CachedStore(inner)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.set, "s", State(conversation_id="s", user_id="first"))
+        await anyio.sleep(0.01)  # "first" is stored and waits before answering
+        await store.set("s", State(conversation_id="s", user_id="second"))  # stored last
+        inner.gates["first"].set()  # "first" answers last
+    assert (await inner.get("s")).user_id == "second"
+    assert (await store.get("s")).user_id == "second"
+    await store.aclose()

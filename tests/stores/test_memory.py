@@ -64,3 +64,13 @@ def test_max_sessions_must_be_a_positive_int(bad: object) -> None:
 def test_ttl_must_be_positive(bad: object) -> None:
     with pytest.raises(ValidationError, match="ttl"):
         MemoryStore(ttl=bad)  # type: ignore[arg-type]
+
+
+async def test_turn_cost_is_bounded_so_total_cost_stays_finite() -> None:
+    store = MemoryStore()
+    await store.append_turn("c", [Message("user", "x")], cost=1e12)
+    with pytest.raises(ValidationError, match="cost"):
+        await store.append_turn("c", [Message("user", "y")], cost=1e308)
+    state = await store.get("c")
+    assert state.total_cost == 1e12
+    assert len(state.messages) == 1

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from promptstate import (
+    ClosedError,
     ConflictError,
     CorruptStateError,
     Message,
@@ -646,3 +647,17 @@ async def test_bad_dsn_parts_are_validation_errors_without_password() -> None:
     await store.aclose()
     # Several hosts are asyncpg's to parse; the store accepts the form.
     await PostgresStore.from_dsn("postgresql://u:hunter2@h1:5432,h2:5433/db").aclose()
+
+
+async def test_aclose_while_the_pool_is_opening_leaves_no_pool(
+    postgres_dsn: str, table: str
+) -> None:
+    store = PostgresStore.from_dsn(postgres_dsn, table_name=table, min_size=1, max_size=2)
+    calls = [asyncio.ensure_future(store.append("a", [Message("user", "x")])) for _ in range(3)]
+    await asyncio.sleep(0)  # the calls are now opening the pool
+    await store.aclose()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, ClosedError) for r in results), results
+    # The pool that finished opening after aclose() was closed, not kept (it used to be kept,
+    # open for ever, with min_size connections).
+    assert store._pool is None

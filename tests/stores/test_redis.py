@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 pytest.importorskip("redis")
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from promptstate import (
+    ClosedError,
     CorruptStateError,
     Message,
     NotFoundError,
@@ -316,6 +318,32 @@ def test_bad_construction_raises_validation_error() -> None:
         RedisStore("redis://localhost")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:1/0?prefix=app:",
+        "redis://:hunter2@127.0.0.1:1/0?ttl=60",
+        "redis://:hunter2@127.0.0.1:1/0?no_such_option=1",
+        "redis+cluster://:hunter2@127.0.0.1:1?no_such_option=1",
+    ],
+)
+def test_unknown_url_query_options_are_refused_when_opening(url: str) -> None:
+    # redis-py passes unknown query parameters on to its connection class: the store used to
+    # open fine and then raise a bare TypeError from redis-py on every call.
+    with pytest.raises(ValidationError, match=r"no_such_option|prefix|ttl") as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_known_url_query_options_still_work() -> None:
+    for url in (
+        "rediss://:pw@127.0.0.1:1/0?ssl_cert_reqs=none",
+        "unix:///tmp/no-such-redis.sock?db=2",
+        "redis://127.0.0.1:1/3?health_check_interval=5&client_name=app",
+    ):
+        assert isinstance(RedisStore.from_url(url), RedisStore)
+
+
 def test_repr_hides_the_password() -> None:
     store = RedisStore.from_url("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in repr(store)
@@ -410,3 +438,26 @@ async def test_lease_lives_apart_from_the_state(make: StoreFactory, raw: Redis) 
     assert await store.load("s") == []
     assert 0 < await raw.pttl(store._lease_key("s")) <= 5000
     assert await store.release_lease("s", "owner-1")
+
+
+async def test_aclose_lets_calls_under_way_finish_and_leaves_no_connection(redis_url: str) -> None:
+    prefix = f"ps-close-{uuid.uuid4().hex}:"
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    results: list[int] = []
+
+    async def add(i: int) -> None:
+        results.append(await store.append(f"s{i}", [Message("user", str(i))]))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(add, i)
+        await anyio.lowlevel.checkpoint()
+        await store.aclose()
+    assert results == [1, 1, 1]  # the calls under way finished, on a still-open client
+    pool = store.client.connection_pool
+    assert not any(c.is_connected for c in pool._available_connections)
+    assert not pool._in_use_connections
+    with pytest.raises(ClosedError):
+        await store.append("s0", [Message("user", "late")])
+    async with RedisStore.from_url(redis_url, prefix=prefix) as check:
+        assert await check.delete_by_prefix("") == 3

@@ -30,3 +30,42 @@ def test_unknown_scheme_lists_known_ones_and_hides_password() -> None:
 def test_bad_query_option() -> None:
     with pytest.raises(ValidationError, match="max_sessions"):
         open_store("memory://?max_sessions=lots")
+
+
+@pytest.mark.parametrize(
+    ("opener", "target"),
+    [
+        ("open_store", "sqlite://u:hunter2@host/x.db"),  # a host: refused, the URL echoed
+        ("open_store", "sqlite:///x.db?password=hunter2"),
+        ("open_store", "redis:/:hunter2@127.0.0.1/0"),  # one slash: not parsed as a URL
+        ("redis", "redis:/:hunter2@127.0.0.1/0"),
+        ("redis", "redis://127.0.0.1:notaport/0?password=hunter2"),
+        ("postgres", "host=db user=app password=hunter2"),  # libpq's keyword form
+        ("postgres", "postgresql:/app:hunter2@db/chat"),
+        ("open_store", "memory://?max_sessions=x&password=hunter2"),
+    ],
+)
+def test_a_password_in_a_malformed_url_never_reaches_the_message(opener: str, target: str) -> None:
+    # These echoed the URL with its password: the redaction only knew a well-formed
+    # "scheme://user:password@host".
+    if opener == "redis":
+        from promptstate.stores.redis import RedisStore
+
+        open_it: object = RedisStore.from_url
+    elif opener == "postgres":
+        from promptstate import PostgresStore
+
+        open_it = PostgresStore.from_dsn
+    else:
+        open_it = open_store
+    with pytest.raises(ValidationError) as info:
+        open_it(target)  # type: ignore[operator]
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_unknown_scheme_does_not_list_the_rejected_sqlalchemy_forms() -> None:
+    with pytest.raises(ValidationError) as info:
+        open_store("nosuch://x")
+    assert "postgresql://" in str(info.value)
+    assert "+asyncpg" not in str(info.value)
