@@ -35,5 +35,6 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[all]", "--group", "bench")
-    session.run("python", "-m", "benchmarks.bench_serialization", *session.posargs)
+    """All benchmarks with their peers: ``nox -s bench -- --quick`` (any runner options)."""
+    session.install("-e", ".[all]", "--group", "bench", "--group", "plots")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,148 @@
+"""Plots of a run (matplotlib, the optional ``plots`` group): latency against history length and
+throughput against concurrency, one panel per backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+_STYLE = {"raw": ":", "promptstate": "-", "pipeline": "--", "peer": "-."}
+_BACKENDS = ("redis", "postgres", "sqlite", "memory")
+_KIND_ORDER = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3}
+_FIXED = {"raw": "#555555", "promptstate": "#1f77b4", "pipeline": "#6baed6"}
+_PEER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _turns(result: Any) -> list[Any]:
+    return [
+        r
+        for r in result.records
+        if r.scenario in ("turns", "pipeline", "raw", "peers") and r.turns_per_s
+    ]
+
+
+def _panels(rows: list[Any]) -> list[str]:
+    present = {r.backend for r in rows}
+    return [b for b in _BACKENDS if b in present]
+
+
+def _colors(rows: list[Any]) -> dict[str, str]:
+    """One colour per implementation, the same in every panel: grey and blues for ours."""
+    peers = sorted({r.store for r in rows if r.kind == "peer"})
+    colors = {name: _PEER_COLORS[i % len(_PEER_COLORS)] for i, name in enumerate(peers)}
+    for r in rows:
+        if r.kind in _FIXED:
+            colors[r.store] = _FIXED[r.kind]
+    return colors
+
+
+def _ordered(rows: list[Any]) -> list[str]:
+    kinds = {r.store: r.kind for r in rows}
+    return sorted(kinds, key=lambda name: (_KIND_ORDER.get(kinds[name], 9), name))
+
+
+def _short(name: str) -> str:
+    return (
+        name.replace("PostgresChatMessageHistory", "PostgresChatMsgHistory")
+        .replace("Pipeline + MockProvider on ", "Pipeline on ")
+        .replace(" + AsyncPostgresSaver", "+AsyncPostgresSaver")
+    )
+
+
+def _figure(n: int) -> tuple[Any, list[Any]]:
+    cols = min(2, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.8 * cols, 5.6 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _axes(ax: Any, ticks: list[int], base: float) -> None:
+    ax.set_xscale("log", base=base)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+
+
+def _lines(ax: Any, rows: list[Any], colors: dict[str, str], x: str, y: str) -> None:
+    for store in _ordered(rows):
+        pts = sorted((getattr(r, x), getattr(r, y), r.kind) for r in rows if r.store == store)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            _STYLE.get(pts[0][2], "-"),
+            marker="o",
+            color=colors[store],
+            label=_short(store),
+        )
+
+
+def latency_vs_history(result: Any, path: Path, concurrency: int = 1) -> Path | None:
+    rows = [r for r in _turns(result) if r.concurrency == concurrency]
+    panels = _panels(rows)
+    histories = sorted({r.history for r in rows})
+    if not panels or len(histories) < 2:
+        return None
+    fig, axes = _figure(len(panels))
+    colors = _colors(rows)
+    for ax, backend in zip(axes, panels, strict=True):
+        _lines(ax, [r for r in rows if r.backend == backend], colors, "history", "p50_ms")
+        ax.set_title(f"{backend}: median turn latency, {concurrency} session(s)")
+        ax.set_xlabel("messages in the session (history)")
+        ax.set_ylabel("ms per turn (p50, log scale)")
+        _axes(ax, histories, 10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def throughput_vs_concurrency(result: Any, path: Path, history: int = 1000) -> Path | None:
+    rows = _turns(result)
+    if not any(r.history == history for r in rows):
+        histories = sorted({r.history for r in rows})
+        if not histories:
+            return None
+        history = histories[len(histories) // 2]
+    rows = [r for r in rows if r.history == history]
+    panels = _panels(rows)
+    levels = sorted({r.concurrency for r in rows})
+    if not panels or len(levels) < 2:
+        return None
+    fig, axes = _figure(len(panels))
+    colors = _colors(rows)
+    for ax, backend in zip(axes, panels, strict=True):
+        _lines(ax, [r for r in rows if r.backend == backend], colors, "concurrency", "turns_per_s")
+        ax.set_title(f"{backend}: throughput at history {history:,}")
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel("turns per second (log scale)")
+        _axes(ax, levels, 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write(result: Any, directory: Path) -> list[Path]:
+    """Write the plots into ``directory``; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = [
+        latency_vs_history(result, directory / "bench_latency_vs_history.png"),
+        throughput_vs_concurrency(result, directory / "bench_throughput_vs_concurrency.png"),
+    ]
+    return [p for p in made if p is not None]
