@@ -224,6 +224,9 @@ class StoreConformance:
         assert _plain_all(await store.load("l", last=1)) == messages[-1:]
         assert await store.load("l", last=0) == []
         assert _plain_all(await store.load("l", last=100)) == messages
+        # Between the length and twice it: a negative slice start would drop the oldest ones.
+        for last in (len(messages), len(messages) + 1, 2 * len(messages) - 1):
+            assert _plain_all(await store.load("l", last=last)) == messages, last
 
     async def test_append(self, store: Store) -> None:
         assert await store.append("a", []) == 0
