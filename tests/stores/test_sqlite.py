@@ -550,15 +550,21 @@ async def test_cancelling_queued_calls_under_load(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             for w in range(32):
                 tg.start_soon(worker, w)
+        stored = 0
         for s in range(4):
-            state = await store.get(f"s{s}")
+            try:
+                state = await store.get(f"s{s}")
+            except NotFoundError:  # every append to it was cancelled: nothing, which is whole
+                continue
             contents = [m.content for m in state.messages]
+            stored += len(contents)
             assert len(contents) % 3 == 0
             for start in range(0, len(contents), 3):
                 head = contents[start].rsplit("/", 1)[0]
                 assert contents[start : start + 3] == [f"{head}/{i}" for i in range(3)]
             assert state.version == len(contents) // 3
             assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        assert stored > 0, "every append was cancelled: the test exercised nothing"
         assert await store.append("s0", [Message("user", "x")]) == len(
             (await store.get("s0")).messages
         )
