@@ -19,7 +19,7 @@ import enum
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ import httpx
 import msgspec
 
 from promptstate.exceptions import ClosedError, PromptStateError, ProviderError, ValidationError
+from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import Price, PriceTable, cost_of, lookup_price
 from promptstate.types import Message
 
@@ -202,12 +203,66 @@ def _error_text(body: bytes) -> str:
 class HTTPProvider:
     """The shared machinery of the HTTP providers (not a provider by itself).
 
-    Subclasses set :attr:`name`, :attr:`env_key`, and build requests with
-    :meth:`_send`, :meth:`_post_json` and :meth:`_open_stream`.
+    Subclasses set :attr:`name`, :attr:`env_key` and :attr:`path`, and supply the API's
+    shapes: :meth:`build_body`, :meth:`_parse_completion` and :meth:`_read_stream`. The
+    calls themselves, :meth:`complete` and :meth:`stream`, are shared.
     """
 
     #: Short provider name used in error messages ("openai", "anthropic").
     name = "http"
+    #: The endpoint both calls POST to, relative to ``base_url``.
+    path = ""
+
+    # -- the API's shapes, supplied by each provider -------------------------------------------
+
+    def build_body(
+        self, messages: Sequence[Message], options: Mapping[str, Any], *, stream: bool
+    ) -> dict[str, Any]:
+        """The JSON body for ``POST`` :attr:`path` (public so it can be inspected)."""
+        raise NotImplementedError
+
+    def _parse_completion(self, doc: Any) -> Completion:
+        raise NotImplementedError
+
+    def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+        raise NotImplementedError
+
+    # -- the calls -----------------------------------------------------------------------------
+
+    async def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        """Send ``messages`` and return the whole answer.
+
+        Raises:
+            ProviderError: The request failed (after retries where it may help), or the answer
+                was malformed.
+            ValidationError: An option the provider's API does not have.
+            ClosedError: The provider was closed.
+        """
+        body = self.build_body(messages, options, stream=False)
+        doc = await self._post_json(self.path, body)
+        with self._malformed():
+            completion = self._parse_completion(doc)
+            self._check_answer(completion.message)
+        return completion
+
+    async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
+        """Send ``messages`` and yield the answer as it arrives; the last chunk is ``done``.
+
+        Raises:
+            ProviderError: The request failed, the API sent an error event, or the stream
+                broke off before it ended.
+            ValidationError: An option the provider's API does not have.
+            ClosedError: The provider was closed.
+        """
+        body = self.build_body(messages, options, stream=True)
+        response = await self._send(self.path, body, stream=True)
+        try:
+            with self._malformed():
+                async for chunk in self._read_stream(response):
+                    self._check_answer(chunk.message, chunk.text)
+                    yield chunk
+        finally:
+            await response.aclose()
 
     def __init__(
         self,

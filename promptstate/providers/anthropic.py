@@ -146,6 +146,7 @@ class AnthropicProvider(HTTPProvider):
     """
 
     name = "anthropic"
+    path = "/v1/messages"
 
     def __init__(
         self,
@@ -265,39 +266,6 @@ class AnthropicProvider(HTTPProvider):
             finish_reason=_STOP_REASONS.get(stop, stop) if isinstance(stop, str) else None,
             model=doc.get("model"),
         )
-
-    async def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
-        """Send ``messages`` and return the whole answer.
-
-        Raises:
-            ProviderError: The request failed (after retries where it may help).
-            ClosedError: The provider was closed.
-            ValidationError: An option the messages API does not have.
-        """
-        body = self.build_body(messages, options, stream=False)
-        doc = await self._post_json("/v1/messages", body)
-        with self._malformed():
-            completion = self._parse_completion(doc)
-            self._check_answer(completion.message)
-        return completion
-
-    async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
-        """Send ``messages`` and yield the answer as it arrives; the last chunk is ``done``.
-
-        Raises:
-            ProviderError: The request failed, the API sent an ``error`` event, or the stream
-                broke off before ``message_stop``.
-            ClosedError: The provider was closed.
-        """
-        body = self.build_body(messages, options, stream=True)
-        response = await self._send("/v1/messages", body, stream=True)
-        try:
-            with self._malformed():
-                async for chunk in self._read_stream(response):
-                    self._check_answer(chunk.message, chunk.text)
-                    yield chunk
-        finally:
-            await response.aclose()
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         text: list[str] = []

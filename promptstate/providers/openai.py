@@ -155,6 +155,7 @@ class OpenAIProvider(HTTPProvider):
     """
 
     name = "openai"
+    path = "/chat/completions"
 
     def __init__(
         self,
@@ -266,37 +267,6 @@ class OpenAIProvider(HTTPProvider):
             finish_reason=choice.get("finish_reason"),
             model=doc.get("model"),
         )
-
-    async def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
-        """Send ``messages`` and return the whole answer.
-
-        Raises:
-            ProviderError: The request failed (after retries where it may help).
-            ClosedError: The provider was closed.
-        """
-        body = self.build_body(messages, options, stream=False)
-        doc = await self._post_json("/chat/completions", body)
-        with self._malformed():
-            completion = self._parse_completion(doc)
-            self._check_answer(completion.message)
-        return completion
-
-    async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
-        """Send ``messages`` and yield the answer as it arrives; the last chunk is ``done``.
-
-        Raises:
-            ProviderError: The request failed, or the stream broke off before it ended.
-            ClosedError: The provider was closed.
-        """
-        body = self.build_body(messages, options, stream=True)
-        response = await self._send("/chat/completions", body, stream=True)
-        try:
-            with self._malformed():
-                async for chunk in self._read_stream(response):
-                    self._check_answer(chunk.message, chunk.text)
-                    yield chunk
-        finally:
-            await response.aclose()
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         text: list[str] = []
