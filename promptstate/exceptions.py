@@ -7,12 +7,16 @@ handler can catch exactly what it can act on::
      ├── NotFoundError          (also LookupError)  no state under that key
      ├── ConflictError                              version mismatch, or fork target exists
      ├── SessionBusyError                           a session lock not had in time
+     │    └── LeaseLostError                        a turn's lease expired or was taken over
      ├── StoreUnavailableError                      refused, pool timeout, server gone
+     ├── StoreAuthError                             the server refused the credentials
      ├── CorruptStateError                          bytes that do not decode to a state
+     │    └── DecryptionError                       sealed data under an unknown key, or tampered
      ├── InvalidKeyError        (also ValueError)   a key that no store accepts
      ├── ValidationError        (also ValueError)   a bad argument, option, URL or field
      │    └── PromptPackError                       a prompt pack that cannot be used
      ├── ClosedError                                used after aclose()
+     ├── GuardrailError                             a reply violated a prompt-pack validator
      └── ProviderError                              the model provider failed
 
 Backend errors (``redis.exceptions.*``, ``asyncpg.*``, ``httpx.*``, ``sqlite3.*``) never reach a
@@ -27,12 +31,16 @@ __all__ = [
     "ClosedError",
     "ConflictError",
     "CorruptStateError",
+    "DecryptionError",
+    "GuardrailError",
     "InvalidKeyError",
+    "LeaseLostError",
     "NotFoundError",
     "PromptPackError",
     "PromptStateError",
     "ProviderError",
     "SessionBusyError",
+    "StoreAuthError",
     "StoreUnavailableError",
     "ValidationError",
 ]
@@ -54,12 +62,28 @@ class SessionBusyError(PromptStateError):
     """A session's turn lock could not be acquired within the lock timeout."""
 
 
+class LeaseLostError(SessionBusyError):
+    """A turn's cross-process lease expired or was taken over before the turn was saved."""
+
+
 class StoreUnavailableError(PromptStateError):
     """The store's server could not be reached: refused, timed out, or gone mid-call."""
 
 
+class StoreAuthError(PromptStateError):
+    """The store's server refused the credentials: a wrong password, or no permission.
+
+    Deliberately not a :class:`StoreUnavailableError`: retrying cannot help, so code that
+    retries on unavailability (the pipeline's save retry included) must not loop on it.
+    """
+
+
 class CorruptStateError(PromptStateError):
     """Stored or supplied bytes do not decode to a valid state."""
+
+
+class DecryptionError(CorruptStateError):
+    """Sealed data could not be opened: an unknown key id, a wrong key, or tampered bytes."""
 
 
 class InvalidKeyError(PromptStateError, ValueError):
@@ -76,6 +100,10 @@ class PromptPackError(ValidationError):
 
 class ClosedError(PromptStateError):
     """The store, pipeline or provider was used after ``aclose()``."""
+
+
+class GuardrailError(PromptStateError):
+    """An assistant reply violated a prompt-pack validator with ``fail_on_violation: true``."""
 
 
 class ProviderError(PromptStateError):

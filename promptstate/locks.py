@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import anyio
 
-from promptstate.exceptions import SessionBusyError, ValidationError
+from promptstate.exceptions import LeaseLostError, SessionBusyError, ValidationError
 
 if TYPE_CHECKING:
     from promptstate.types import Message
@@ -131,10 +131,6 @@ class SupportsLeasedLoad(Protocol):
             another owner holds the lease (nothing was read).
         """
         ...
-
-
-class LeaseLostError(SessionBusyError):
-    """The turn's lease expired or was taken over before the turn could be saved."""
 
 
 class _Slot:

@@ -33,3 +33,13 @@ def test_provider_error_fields_and_pickling() -> None:
 @pytest.mark.parametrize("name", exc.__all__)
 def test_reexported_from_package(name: str) -> None:
     assert getattr(promptstate, name) is getattr(exc, name)
+
+
+def test_additions_for_0_2() -> None:
+    assert issubclass(exc.DecryptionError, exc.CorruptStateError)
+    assert issubclass(exc.LeaseLostError, exc.SessionBusyError)
+    assert not issubclass(exc.StoreAuthError, exc.StoreUnavailableError)
+    assert issubclass(exc.GuardrailError, exc.PromptStateError)
+    from promptstate.locks import LeaseLostError
+
+    assert LeaseLostError is exc.LeaseLostError
