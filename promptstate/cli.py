@@ -56,9 +56,9 @@ def _default_store() -> str:
 
 
 def _redacted(url: str) -> str:
-    from promptstate.stores.url import _redact
+    from promptstate.redaction import redact
 
-    return str(_redact(url))
+    return str(redact(url))
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -44,9 +45,9 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.locks import LeaseLostError
+from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
-from promptstate.stores.url import _redact, query_options, register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, utcnow
 
@@ -511,6 +512,7 @@ class PostgresStore(Store):
             ValidationError: The DSN or an option is unusable. Never shows the password.
         """
         _check_dsn(dsn)
+        _refuse_store_options_in(dsn)
         _positive_or_none(connect_timeout, "connect_timeout")
         _positive_or_none(command_timeout, "command_timeout")
         for name, value, low in (("min_size", min_size, 0), ("max_size", max_size, 1)):
@@ -1266,6 +1268,20 @@ def _check_dsn(dsn: object) -> None:
     )
 
 
+def _refuse_store_options_in(dsn: str) -> None:
+    """asyncpg would send ``?table_name=x`` to the server as a setting and fail on connect."""
+    if "://" not in dsn or "?" not in dsn:
+        return
+    names = {pair.split("=", 1)[0] for pair in urlsplit(dsn).query.split("&") if pair}
+    ours = sorted(names & inspect.signature(PostgresStore.from_dsn).parameters.keys())
+    if ours:
+        raise ValidationError(
+            f"{ours[0]!r} is a store option, not a DSN parameter: pass {ours[0]}=... to "
+            "PostgresStore.from_dsn, or open the URL with open_store(), which reads store "
+            f"options from the query string (in {_redact(dsn)!r})"
+        )
+
+
 def _check_user_id(user_id: object, key: str) -> str | None:
     if user_id is None:
         return None
@@ -1378,36 +1394,3 @@ def _reraise_opening(exc: BaseException, dsn: str) -> NoReturn:
 def _safe(exc: BaseException) -> str:
     """An exception's text, for messages: socket errors carry no credentials."""
     return str(exc)[:300]
-
-
-# -- open_store("postgresql://...") -----------------------------------------------------------
-
-_URL_OPTIONS = {"table_name", "pgbouncer", "min_size", "max_size", "acquire_timeout"}
-
-
-@register_scheme("postgresql", "postgres", "postgresql+asyncpg", "postgres+asyncpg")
-def _open_postgres(url: str, options: dict[str, Any]) -> Store:
-    _check_dsn(url)
-    query = query_options(url)
-    for name in _URL_OPTIONS & query.keys():
-        if name in options:
-            continue
-        value: Any = query[name]
-        if name == "pgbouncer":
-            value = value.lower() in ("1", "true", "yes", "on")
-        elif name in ("min_size", "max_size"):
-            try:
-                value = int(value)
-            except ValueError as exc:
-                raise ValidationError(f"{name} must be an integer in the store URL") from exc
-        elif name == "acquire_timeout":
-            try:
-                value = float(value)
-            except ValueError as exc:
-                raise ValidationError(f"{name} must be a number in the store URL") from exc
-        options[name] = value
-    parts = urlsplit(url)
-    rest = "&".join(
-        p for p in parts.query.split("&") if p and p.split("=", 1)[0] not in _URL_OPTIONS
-    )
-    return PostgresStore.from_dsn(urlunsplit(parts._replace(query=rest)), **options)

@@ -23,14 +23,18 @@ session exists and prunes what it finds gone.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
+import promptstate.stores._redis_scripts as scripts
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
@@ -39,10 +43,9 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.locks import LeaseLostError
+from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores import _redis_scripts as scripts
 from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
-from promptstate.stores.url import _redact
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
 
@@ -252,6 +255,7 @@ class RedisStore(Store):
         if scheme.endswith("+cluster"):
             cluster = True
             url = scheme.split("+", 1)[0] + url[len(scheme) :]
+        _check_db_path(url, scheme)
         # Check the other arguments before a client exists that would then need closing.
         _check_positive("max_connections", max_connections)
         normalize_ttl(ttl)
@@ -273,7 +277,7 @@ class RedisStore(Store):
             else:
                 client = _make_single(url, options, max_connections, pool_timeout)
         except (ValueError, TypeError, redis_errors.RedisError) as exc:
-            raise ValidationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+            raise ValidationError(f"bad Redis URL {_redact(url)!r}: {_explain(exc)}") from None
         store = cls(
             client,
             prefix=prefix,
@@ -913,6 +917,37 @@ def _bracket(host: str) -> str:
 
 def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
+
+
+def _check_db_path(url: str, scheme: str) -> None:
+    """redis-py ignores a database path that is not a number (``redis://host/x``): refuse it."""
+    if scheme.startswith("unix"):
+        return
+    try:
+        path = urlsplit(url).path
+    except ValueError as exc:
+        raise ValidationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+    db = unquote(path).strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValidationError(
+            f"the database in a Redis URL is a number (redis://host:6379/0), got {db!r} "
+            f"in {_redact(url)!r}"
+        )
+
+
+def _explain(exc: BaseException) -> str:
+    """redis-py's complaint about a URL, saying where promptstate's own options go."""
+    text = str(exc)
+    match = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if match is None:
+        return text
+    name = match.group(1)
+    if name in inspect.signature(RedisStore.from_url).parameters:
+        return (
+            f"{name!r} is a store option: pass {name}=... to RedisStore.from_url, or open the "
+            "URL with open_store(), which reads store options from the query string"
+        )
+    return f"unknown option {name!r} (neither a store option nor one redis-py knows)"
 
 
 def _make_single(

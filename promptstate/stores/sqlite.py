@@ -50,7 +50,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -66,7 +65,6 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
-from promptstate.stores.url import _redact, register_scheme
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
 
@@ -1158,31 +1156,3 @@ class SQLiteStore(Store):
             return bool(conn.execute(_SQL_LEASE_RELEASE, (key, owner)).rowcount == 1)
 
         return await self._run(work, "write", f"release the lease on {key!r}")
-
-
-# -- URLs ------------------------------------------------------------------------------------
-
-
-@register_scheme("sqlite")
-def _open_sqlite(url: str, options: dict[str, Any]) -> Store:
-    """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValidationError(f"not a valid sqlite URL: {_redact(url)!r}") from exc
-    if parts.netloc:
-        raise ValidationError(
-            f"a sqlite URL has no host: use sqlite:///relative/path.db or "
-            f"sqlite:////absolute/path.db, got {_redact(url)!r}"
-        )
-    if parts.query or parts.fragment:
-        raise ValidationError(
-            f"a sqlite URL takes no query string or fragment, got {_redact(url)!r}"
-        )
-    path = unquote(parts.path)
-    if not path.startswith("/") or len(path) < 2:
-        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {_redact(url)!r}")
-    path = path[1:]
-    if path == ":memory:":
-        raise ValidationError("sqlite:///:memory: is not supported; use memory://")
-    return SQLiteStore(path, **options)

@@ -1,99 +1,226 @@
-"""``open_store(url)``: one entry point for every backend, chosen by the URL's scheme."""
+"""``open_store(url)``: one entry point for every backend, chosen by the URL's scheme.
+
+One table (:data:`SCHEMES`) says which store each scheme opens and which store options its
+query string may carry; every URL takes ``ttl`` and ``touch_on_read`` too. So
+``redis://host/0?prefix=app:&ttl=3600`` opens the same store as
+``RedisStore.from_url("redis://host/0", prefix="app:", ttl=3600)``, and the command line
+reaches every store a program uses. A keyword argument given to :func:`open_store` wins over
+the same option in the URL. Query parameters that are not store options go to the client
+library where it has its own (redis-py's ``ssl_cert_reqs``, asyncpg's ``sslmode``, ...) and
+are refused elsewhere.
+
+This module imports no backend until a URL asks for it, and no backend imports it.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from promptstate.exceptions import ValidationError
+from promptstate.redaction import redact
 from promptstate.stores.base import Store
 
-__all__ = ["open_store", "register_scheme"]
+__all__ = ["SCHEMES", "Scheme", "open_store"]
 
-_Opener = Callable[[str, dict[str, Any]], Store]
-_SCHEMES: dict[str, _Opener] = {}
+_Parser = Callable[[str], Any]
 
 
-def register_scheme(*schemes: str) -> Callable[[_Opener], _Opener]:
-    """Register a function ``(url, options) -> Store`` for URL schemes."""
+def _integer(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
-    def register(fn: _Opener) -> _Opener:
-        for scheme in schemes:
-            _SCHEMES[scheme] = fn
-        return fn
 
-    return register
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+#: Options every store takes, in its URL as in its constructor.
+COMMON_OPTIONS: Mapping[str, _Parser] = {"ttl": _seconds, "touch_on_read": _flag}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What a URL scheme opens: a store, the options its query string may carry, and whether
+    other query parameters belong to the client library (``passthrough``)."""
+
+    opener: Callable[[str, dict[str, Any]], Store]
+    options: Mapping[str, _Parser]
+    passthrough: bool
+    #: What the options' table in the docs says the scheme is for.
+    summary: str
+
+
+def _open_memory(url: str, options: dict[str, Any]) -> Store:
+    from promptstate.stores.memory import MemoryStore
+
+    parts = urlsplit(url)
+    if parts.netloc or parts.path not in ("", "/"):
+        raise ValidationError(f"memory:// takes no host or path, got {redact(url)!r}")
+    return MemoryStore(**options)
+
+
+def _open_sqlite(url: str, options: dict[str, Any]) -> Store:
+    """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+    from promptstate.stores.sqlite import SQLiteStore
+
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ValidationError(
+            f"a sqlite URL has no host: use sqlite:///relative/path.db or "
+            f"sqlite:////absolute/path.db, got {redact(url)!r}"
+        )
+    path = unquote(parts.path)
+    if not path.startswith("/") or len(path) < 2:
+        raise ValidationError(f"a sqlite URL needs a path: sqlite:///path.db, got {redact(url)!r}")
+    path = path[1:]
+    if path == ":memory:":
+        raise ValidationError("sqlite:///:memory: is not supported; use memory://")
+    return SQLiteStore(path, **options)
+
+
+def _open_redis(url: str, options: dict[str, Any]) -> Store:
+    from promptstate.stores.redis import RedisStore
+
+    return RedisStore.from_url(url, **options)
+
+
+def _open_postgres(url: str, options: dict[str, Any]) -> Store:
+    from promptstate.stores.postgres import PostgresStore
+
+    return PostgresStore.from_dsn(url, **options)
+
+
+_REDIS_OPTIONS: Mapping[str, _Parser] = {
+    "prefix": _text,
+    "cluster": _flag,
+    "max_connections": _integer,
+    "socket_timeout": _seconds,
+    "socket_connect_timeout": _seconds,
+    "pool_timeout": _seconds,
+    "index_shards": _integer,
+}
+_POSTGRES_OPTIONS: Mapping[str, _Parser] = {
+    "table_name": _text,
+    "pgbouncer": _flag,
+    "min_size": int,
+    "max_size": _integer,
+    "acquire_timeout": _seconds,
+}
+_REDIS = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis; `rediss` is TLS")
+_REDIS_CLUSTER = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis Cluster (any node will do)")
+_POSTGRES = Scheme(_open_postgres, _POSTGRES_OPTIONS, True, "PostgreSQL, through asyncpg")
+
+#: Every scheme :func:`open_store` knows.
+SCHEMES: Mapping[str, Scheme] = {
+    "memory": Scheme(_open_memory, {"max_sessions": _integer}, False, "this process's memory"),
+    "sqlite": Scheme(
+        _open_sqlite,
+        {"busy_timeout": _seconds, "synchronous": str.upper, "max_readers": _integer},
+        False,
+        "a SQLite file",
+    ),
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "unix": _REDIS,
+    "redis+cluster": _REDIS_CLUSTER,
+    "rediss+cluster": _REDIS_CLUSTER,
+    "postgresql": _POSTGRES,
+    "postgres": _POSTGRES,
+}
+
+# SQLAlchemy's forms are known only to say what to write instead.
+_SQLALCHEMY_FORMS = ("postgresql+asyncpg", "postgres+asyncpg")
 
 
 def open_store(url: str, *, ttl: timedelta | float | None = None, **options: Any) -> Store:
     """A store for ``url``. The store is not connected until first used or entered.
 
-    Schemes: ``memory://``, ``redis://``, ``rediss://``, ``redis+cluster://``,
+    Schemes: ``memory://``, ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
     ``postgresql://`` (or ``postgres://``) and ``sqlite:///path`` (``sqlite:///:memory:`` is
-    not supported; use ``memory://``). Keyword options go to the store's constructor.
+    not supported; use ``memory://``). Store options may be given in the query string
+    (``?prefix=app:&ttl=3600``; the table is in the docs' "Stores" page) or as keyword
+    arguments, which win.
 
     Raises:
-        ValidationError: The URL is not a string or its scheme is unknown. The message never
-            contains the URL's password.
+        ValidationError: The URL is not a string, its scheme is unknown, or a part of it or an
+            option is not valid. The message never contains the URL's password.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise ValidationError(f"a store URL looks like 'scheme://...', got {_redact(url)!r}")
-    scheme = url.split("://", 1)[0].lower()
-    opener = _SCHEMES.get(scheme)
-    if opener is None:
-        # The SQLAlchemy forms are registered only to explain what to write instead.
-        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES if "+asyncpg" not in s))
-        raise ValidationError(f"unknown store URL scheme {scheme + '://'!r}; known: {known}")
+        raise ValidationError(f"a store URL looks like 'scheme://...', got {redact(url)!r}")
+    name = url.split("://", 1)[0].lower()
+    if name in _SQLALCHEMY_FORMS:
+        fixed = "postgresql://" + url.split("://", 1)[1]
+        raise ValidationError(
+            f"{name}:// is SQLAlchemy's URL form; PostgresStore speaks asyncpg directly, so "
+            f"write {redact(fixed)!r} instead"
+        )
+    scheme = SCHEMES.get(name)
+    if scheme is None:
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        raise ValidationError(f"unknown store URL scheme {name + '://'!r}; known: {known}")
+    rest, from_url = _split_options(url, scheme)
+    from_url.update(options)
     if ttl is not None:
-        options["ttl"] = ttl
-    return opener(url, options)
+        from_url["ttl"] = ttl
+    return scheme.opener(rest, from_url)
 
 
-# A password wherever one is written: "user:secret@host" (also in a URL too malformed for
-# urlsplit to find it, such as "redis:/:secret@host"), "?password=secret" and libpq's
-# "host=db password=secret".
-_USERINFO_PASSWORD = re.compile(r"(?<=:)[^:@/\s]+(?=@)")
-_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)('[^']*'|[^\s&;]*)")
-
-
-def _redact(url: object) -> object:
-    """``url`` with any password replaced by ``***``."""
-    if not isinstance(url, str):
-        return url
+def _split_options(url: str, scheme: Scheme) -> tuple[str, dict[str, Any]]:
+    """The URL without promptstate's store options, and those options parsed."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is not None:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        url = parts._replace(netloc=netloc).geturl()
-    url = _USERINFO_PASSWORD.sub("***", url)
-    return _KEYWORD_PASSWORD.sub(r"\1\2***", url)
-
-
-def query_options(url: str) -> dict[str, str]:
-    """The URL's query string as single values."""
-    return {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
-
-
-@register_scheme("memory")
-def _open_memory(url: str, options: dict[str, Any]) -> Store:
-    from promptstate.stores.memory import MemoryStore
-
-    query = query_options(url)
-    if "max_sessions" in query and "max_sessions" not in options:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ValidationError(f"not a valid store URL: {redact(url)!r}: {exc}") from None
+    if parts.fragment:
+        raise ValidationError(f"a store URL takes no #fragment, got {redact(url)!r}")
+    options: dict[str, Any] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in pairs:
+        parser = COMMON_OPTIONS.get(key) or scheme.options.get(key)
+        if parser is None:
+            if not scheme.passthrough:
+                known = ", ".join(sorted({*COMMON_OPTIONS, *scheme.options}))
+                raise ValidationError(
+                    f"unknown option {key!r} in the store URL {redact(url)!r}; "
+                    f"this scheme takes: {known}"
+                )
+            kept.append((key, value))
+            continue
+        if key in options:
+            raise ValidationError(f"option {key!r} is given twice in {redact(url)!r}")
         try:
-            options["max_sessions"] = int(query["max_sessions"])
+            options[key] = parser(value)
         except ValueError as exc:
-            raise ValidationError(f"max_sessions must be an integer in {_redact(url)!r}") from exc
-    return MemoryStore(**options)
-
-
-@register_scheme("redis", "rediss", "redis+cluster", "rediss+cluster")
-def _open_redis(url: str, options: dict[str, Any]) -> Store:
-    from promptstate.stores.redis import RedisStore
-
-    return RedisStore.from_url(url, **options)
+            shown = "***" if key == "password" else value
+            raise ValidationError(
+                f"option {key}={shown!r} in the store URL {redact(url)!r}: {exc}"
+            ) from None
+    # Rebuilt by hand: urlunsplit turns "unix:///path" into "unix:/path".
+    rest = url.split("?", 1)[0]
+    if kept:
+        rest += "?" + urlencode(kept, safe=":/,")
+    return rest, options

@@ -69,3 +69,94 @@ def test_unknown_scheme_does_not_list_the_rejected_sqlalchemy_forms() -> None:
         open_store("nosuch://x")
     assert "postgresql://" in str(info.value)
     assert "+asyncpg" not in str(info.value)
+
+
+# -- store options in the URL (one table for every backend) ----------------------------------
+
+
+def _constructor_parameters(scheme: str) -> set[str]:
+    import inspect
+
+    from promptstate import PostgresStore, SQLiteStore
+    from promptstate.stores.redis import RedisStore
+
+    target = {
+        "memory": MemoryStore,
+        "sqlite": SQLiteStore,
+        "redis": RedisStore.from_url,
+        "postgresql": PostgresStore.from_dsn,
+    }[scheme]
+    return set(inspect.signature(target).parameters)
+
+
+@pytest.mark.parametrize("scheme", ["memory", "sqlite", "redis", "postgresql"])
+def test_every_url_option_is_a_constructor_argument(scheme: str) -> None:
+    from promptstate.stores.url import COMMON_OPTIONS, SCHEMES
+
+    options = {*COMMON_OPTIONS, *SCHEMES[scheme].options}
+    assert options <= _constructor_parameters(scheme)
+
+
+def test_options_reach_every_backend() -> None:
+    from promptstate import PostgresStore, SQLiteStore
+
+    memory = open_store("memory://?ttl=5&max_sessions=3&touch_on_read=true")
+    assert repr(memory) == "MemoryStore(ttl=5.0, max_sessions=3)"
+    assert memory._touch_on_read is True
+    sqlite = open_store("sqlite:///some/dir/x.db?ttl=2.5&busy_timeout=1&synchronous=full")
+    assert isinstance(sqlite, SQLiteStore)
+    assert sqlite.ttl == 2.5
+    assert sqlite._busy_timeout == 1.0
+    postgres = open_store(
+        "postgresql://u:pw@127.0.0.1:1/db?table_name=app.chats&ttl=60&sslmode=disable"
+    )
+    assert isinstance(postgres, PostgresStore)
+    assert (postgres.table_name, postgres.ttl) == ("app.chats", 60.0)
+    # Not a store option: left in the DSN for asyncpg.
+    assert "sslmode=disable" in repr(postgres)
+    assert "dsn='postgresql://u:***@127.0.0.1:1/db?sslmode=disable'" in repr(postgres)
+
+
+def test_a_keyword_wins_over_the_url() -> None:
+    assert open_store("memory://?ttl=5", ttl=7).ttl == 7.0
+    store = open_store("memory://?max_sessions=3", max_sessions=4)
+    assert repr(store) == "MemoryStore(ttl=None, max_sessions=4)"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("memory://?ttl=0", "ttl='0'.*positive"),
+        ("memory://?ttl=soon", "ttl='soon'"),
+        ("memory://?ttl=inf", "positive"),
+        ("memory://?touch_on_read=maybe", "true or false"),
+        ("memory://?max_sessions=0", "at least 1"),
+        ("memory://?ttl=5&ttl=6", "given twice"),
+        ("memory://?prefix=x", "unknown option 'prefix'.*max_sessions"),
+        ("memory://somehost", "no host"),
+        ("memory://?ttl=5#frag", "fragment"),
+        ("sqlite:///x.db?table_name=t", "unknown option 'table_name'"),
+        ("sqlite:///x.db?max_readers=-1", "at least 1"),
+        ("redis://127.0.0.1:1/0?pool_timeout=-1", "positive"),
+        ("redis://127.0.0.1:1/0?cluster=2", "true or false"),
+        ("postgresql://127.0.0.1:1/db?max_size=none", "max_size"),
+        ("postgresql://127.0.0.1:1/db?pgbouncer=perhaps", "true or false"),
+    ],
+)
+def test_bad_url_options_are_validation_errors_at_construction(url: str, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        open_store(url)
+
+
+def test_sqlalchemy_form_says_what_to_write() -> None:
+    with pytest.raises(ValidationError, match="write 'postgresql://u:\\*\\*\\*@h/db' instead"):
+        open_store("postgresql+asyncpg://u:secret@h/db")
+
+
+def test_store_options_given_to_from_dsn_say_where_they_go() -> None:
+    from promptstate import PostgresStore
+
+    # asyncpg sent "table_name" to the server as a setting: the first call failed.
+    with pytest.raises(ValidationError, match=r"store option.*pass table_name=") as info:
+        PostgresStore.from_dsn("postgresql://u:hunter2@127.0.0.1:1/db?table_name=t")
+    assert "hunter2" not in str(info.value)
