@@ -48,7 +48,7 @@ from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
 from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
-from promptstate.truncation import TokenBudget, TruncationStrategy
+from promptstate.truncation import SlidingWindow, TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 
 __all__ = [
@@ -200,14 +200,19 @@ def _bind(stage: Middleware, call_next: CallNext) -> CallNext:
 
 def default_stages(
     max_tokens: int | None = None,
+    *,
+    max_messages: int | None = None,
 ) -> list[Middleware]:
-    """The default chain: load -> :class:`TokenBudget` (with ``max_tokens``) -> call -> save.
+    """The default chain: load -> :class:`SlidingWindow` (with ``max_messages``) ->
+    :class:`TokenBudget` (with ``max_tokens``) -> call -> save.
 
     Use it to add your own stages around the defaults::
 
         Pipeline(provider, middleware=[my_logger, *default_stages(max_tokens=4000)])
     """
     stages: list[Middleware] = [LoadState()]
+    if max_messages is not None:
+        stages.append(SlidingWindow(max_messages))
     if max_tokens is not None:
         stages.append(TokenBudget(max_tokens))
     stages.append(CallProvider())
@@ -255,6 +260,10 @@ class Pipeline(AsyncResource):
             ``max_tokens`` only shapes the default chain.
         max_tokens: The prompt budget of the default chain's :class:`TokenBudget`; ``None``
             sends the whole history.
+        max_messages: Send only the newest ``max_messages`` messages (and the system
+            messages): the default chain's :class:`SlidingWindow`. With ``max_tokens`` too,
+            both limits hold. Only for the default chain: with ``middleware``, put a
+            :class:`SlidingWindow` in it instead.
         token_counter: Counts message tokens (default: the store's counter).
         lock_timeout: Seconds a turn waits for its session to be free before
             :class:`~promptstate.exceptions.SessionBusyError`; ``None`` waits for ever.
@@ -275,6 +284,7 @@ class Pipeline(AsyncResource):
         store: Store | None = None,
         middleware: Sequence[Middleware] | None = None,
         max_tokens: int | None = None,
+        max_messages: int | None = None,
         token_counter: TokenCounter | None = None,
         lock_timeout: float | None = 30.0,
         lease_ttl: float = 30.0,
@@ -289,7 +299,15 @@ class Pipeline(AsyncResource):
         self._provider = provider
         self._owns_store = store is None
         self._store: Store = MemoryStore() if store is None else store
-        stages = default_stages(max_tokens) if middleware is None else list(middleware)
+        if middleware is None:
+            stages = default_stages(max_tokens, max_messages=max_messages)
+        elif max_messages is not None:
+            raise ValidationError(
+                "max_messages shapes the default stages; with middleware=..., put a "
+                f"SlidingWindow({max_messages!r}) in it instead"
+            )
+        else:
+            stages = list(middleware)
         if tools:
             stages = with_tool_loop(stages, tools, max_tool_rounds)
         for stage in stages:

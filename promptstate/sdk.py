@@ -611,6 +611,8 @@ class ConversationConfig(msgspec.Struct, kw_only=True):
         max_tokens: The prompt budget: older messages are left out of what the model sees so
             that the prompt fits (the stored history keeps everything). ``None``: the
             manager's default.
+        max_messages: Show the model only the newest ``max_messages`` messages (the stored
+            history keeps everything). ``None``: the manager's default.
         metadata: Your own JSON-compatible data, stored in ``State.metadata`` (the key
             ``"promptstate"`` is reserved).
         system_prompt: A system prompt to use instead of (or without) a pack.
@@ -622,6 +624,7 @@ class ConversationConfig(msgspec.Struct, kw_only=True):
     prompt_name: str | None = None
     variables: dict[str, Any] = {}
     max_tokens: int | None = None
+    max_messages: int | None = None
     metadata: dict[str, Any] = {}
     system_prompt: str | None = None
     options: dict[str, Any] = {}
@@ -663,6 +666,7 @@ class _Settings(msgspec.Struct, kw_only=True, omit_defaults=True):
     system: str | None = None
     options: dict[str, Any] = {}
     max_tokens: int | None = None
+    max_messages: int | None = None
 
 
 class Conversation:
@@ -685,6 +689,7 @@ class Conversation:
             message), if any.
         options: The provider request options sent on every turn.
         max_tokens: Its prompt budget, if any.
+        max_messages: How many of the newest messages the model sees, if limited.
     """
 
     def __init__(self, manager: ConversationManager, state: State, settings: _Settings) -> None:
@@ -698,6 +703,7 @@ class Conversation:
         self.system_prompt = settings.system
         self.options = dict(settings.options)
         self.max_tokens = settings.max_tokens
+        self.max_messages = settings.max_messages
         self._settings = settings
 
     def __repr__(self) -> str:
@@ -721,7 +727,7 @@ class Conversation:
             ProviderError: The model failed; nothing was stored.
             SessionBusyError: Another turn held the conversation for the lock timeout.
         """
-        pipe = self._manager._pipeline(self.max_tokens)
+        pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
         if isinstance(content, Message):
             result = await pipe.execute(
                 self.id, content, system=self.system_prompt, options=self._turn_options(options)
@@ -748,7 +754,7 @@ class Conversation:
         ``usage`` and ``cost`` and comes after the turn is stored. A stream that fails or is
         left early stores nothing.
         """
-        pipe = self._manager._pipeline(self.max_tokens)
+        pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
         if isinstance(content, Message):
             chunks = pipe.stream(
                 self.id, content, system=self.system_prompt, options=self._turn_options(options)
@@ -809,6 +815,9 @@ class ConversationManager(AsyncResource):
             ``"redis://localhost:6379/0"`` (opened and owned), or ``None`` for a new
             :class:`~promptstate.MemoryStore` (owned).
         max_tokens: The default prompt budget of conversations that set none.
+        max_messages: The default message window of conversations that set none: the model
+            sees the newest ``max_messages`` messages. Shapes the default stages only; with
+            ``stages``, put a :class:`~promptstate.truncation.SlidingWindow` in them instead.
         token_counter: Counts tokens for truncation (default: the store's counter).
         lock_timeout: Seconds a turn waits for its conversation to be free.
         stages: A function from a prompt budget (``int | None``) to the pipeline stages
@@ -829,6 +838,7 @@ class ConversationManager(AsyncResource):
         store: Store | str | None = None,
         *,
         max_tokens: int | None = None,
+        max_messages: int | None = None,
         token_counter: TokenCounter | None = None,
         lock_timeout: float | None = 30.0,
         stages: Callable[[int | None], Sequence[Middleware]] | None = None,
@@ -836,6 +846,7 @@ class ConversationManager(AsyncResource):
         if not callable(getattr(provider, "complete", None)):
             raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
         _check_budget(max_tokens)
+        _check_window(max_messages, stages)
         if store is None:
             self._store: Store = MemoryStore()
             self._owns_store = True
@@ -849,12 +860,13 @@ class ConversationManager(AsyncResource):
             raise ValidationError(f"store must be a Store, a URL or None, got {store!r}")
         self._provider = provider
         self._max_tokens = max_tokens
+        self._max_messages = max_messages
         self._counter = token_counter
         self._lock_timeout = lock_timeout
         if stages is not None and not callable(stages):
             raise ValidationError(f"stages must be a function of the budget, got {stages!r}")
         self._stages = stages
-        self._pipelines: dict[int | None, Pipeline] = {}
+        self._pipelines: dict[tuple[int | None, int | None], Pipeline] = {}
         self._packs: dict[str, PromptPack] = {}
         self._closed = False
 
@@ -896,16 +908,18 @@ class ConversationManager(AsyncResource):
         if self._owns_store:
             await self._store.aclose()
 
-    def _pipeline(self, max_tokens: int | None) -> Pipeline:
+    def _pipeline(self, max_tokens: int | None, max_messages: int | None) -> Pipeline:
         self._check_open()
         budget = self._max_tokens if max_tokens is None else max_tokens
-        pipe = self._pipelines.pop(budget, None)
+        window = self._max_messages if max_messages is None else max_messages
+        pipe = self._pipelines.pop((budget, window), None)
         if pipe is None:
             pipe = Pipeline(
                 self._provider,
                 store=self._store,
                 middleware=None if self._stages is None else self._stages(budget),
                 max_tokens=budget,
+                max_messages=window,
                 token_counter=self._counter,
                 lock_timeout=self._lock_timeout,
             )
@@ -913,7 +927,7 @@ class ConversationManager(AsyncResource):
                 # Forget the least recently used; it owns nothing (the store is shared), so
                 # turns still running on it finish normally.
                 del self._pipelines[next(iter(self._pipelines))]
-        self._pipelines[budget] = pipe  # most recently used last
+        self._pipelines[budget, window] = pipe  # most recently used last
         return pipe
 
     # -- packs --------------------------------------------------------------------------------
@@ -959,6 +973,7 @@ class ConversationManager(AsyncResource):
         if pack is not None and not isinstance(pack, PromptPack):
             raise ValidationError(f"pack must be a PromptPack, a pack id or None, got {pack!r}")
         _check_budget(config.max_tokens)
+        _check_window(config.max_messages, self._stages)
         if config.user_id is not None and not isinstance(config.user_id, str):
             raise ValidationError(f"user_id must be a str or None, got {config.user_id!r}")
         if not isinstance(config.metadata, dict) or METADATA_KEY in config.metadata:
@@ -968,7 +983,7 @@ class ConversationManager(AsyncResource):
         key = uuid.uuid4().hex if config.conversation_id is None else config.conversation_id
         validate_key(key, what="conversation_id")
 
-        settings = _Settings(max_tokens=config.max_tokens)
+        settings = _Settings(max_tokens=config.max_tokens, max_messages=config.max_messages)
         options: dict[str, Any] = {}
         if pack is not None:
             prompt = pack.prompt(config.prompt_name)
@@ -1038,6 +1053,18 @@ def _check_budget(max_tokens: object) -> None:
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         raise ValidationError(f"max_tokens must be None or an int >= 1, got {max_tokens!r}")
+
+
+def _check_window(max_messages: object, stages: object) -> None:
+    if max_messages is None:
+        return
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise ValidationError(f"max_messages must be None or an int >= 1, got {max_messages!r}")
+    if stages is not None:
+        raise ValidationError(
+            "max_messages shapes the default stages; with stages=..., put a "
+            f"SlidingWindow({max_messages}) in them instead"
+        )
 
 
 def _check_json(value: object, what: str) -> None:
