@@ -58,6 +58,7 @@ from promptstate.truncation import (
     truncate_messages,
 )
 from promptstate.types import Message, State, ToolCall, Usage
+from promptstate.validators import Guardrails, Validator, ValidatorRegistry, Violation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ __all__ = [
     "ExecutionContext",
     "ExecutionResult",
     "GuardrailError",
+    "Guardrails",
     "HeuristicTokenCounter",
     "ImportResult",
     "InvalidKeyError",
@@ -116,6 +118,9 @@ __all__ = [
     "ToolCall",
     "Usage",
     "ValidationError",
+    "Validator",
+    "ValidatorRegistry",
+    "Violation",
     "__version__",
     "decode_state",
     "encode_state",

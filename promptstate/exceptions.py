@@ -27,6 +27,8 @@ passwords or API keys.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ClosedError",
     "ConflictError",
@@ -103,7 +105,20 @@ class ClosedError(PromptStateError):
 
 
 class GuardrailError(PromptStateError):
-    """An assistant reply violated a prompt-pack validator with ``fail_on_violation: true``."""
+    """An assistant reply violated a prompt-pack validator with ``fail_on_violation: true``.
+
+    Args:
+        message: Which validators, and what is wrong.
+        violations: Every :class:`~promptstate.validators.Violation` of the reply.
+    """
+
+    def __init__(self, message: str, *, violations: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = violations
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_guardrail_error, (self.message, self.violations))
 
 
 class ProviderError(PromptStateError):
@@ -131,3 +146,7 @@ def _rebuild_provider_error(
     message: str, status_code: int | None, retryable: bool
 ) -> ProviderError:
     return ProviderError(message, status_code=status_code, retryable=retryable)
+
+
+def _rebuild_guardrail_error(message: str, violations: tuple[Any, ...]) -> GuardrailError:
+    return GuardrailError(message, violations=violations)

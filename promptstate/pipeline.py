@@ -43,13 +43,15 @@ from promptstate.locks import (
     supports_leased_load,
 )
 from promptstate.providers.base import Chunk, Completion, Provider
-from promptstate.stages import CallProvider, LoadState, SaveState
+from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
+from promptstate.stages.check_reply import with_check_reply
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
 from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
 from promptstate.truncation import SlidingWindow, TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
+from promptstate.validators import Guardrails
 
 __all__ = [
     "CallNext",
@@ -95,6 +97,8 @@ class ExecutionContext:
         strategies: The truncation strategies in the chain (the load stage asks them).
         lease: The cross-process lease held for the turn, if the store has leases.
         emit: In a streamed turn, sends a chunk to the consumer; None otherwise.
+        guardrails: The prompt's validators, checked on the reply by
+            :class:`~promptstate.stages.CheckReply`; None for none.
         data: Free space for your own stages to share values.
     """
 
@@ -104,6 +108,7 @@ class ExecutionContext:
         "counter",
         "data",
         "emit",
+        "guardrails",
         "history",
         "input",
         "lease",
@@ -135,6 +140,7 @@ class ExecutionContext:
         strategies: tuple[TruncationStrategy, ...] = (),
         emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
         turn_id: str | None = None,
+        guardrails: Guardrails | None = None,
     ) -> None:
         self.session_id = session_id
         self.input = input
@@ -145,6 +151,7 @@ class ExecutionContext:
         self.options = options
         self.strategies = strategies
         self.emit = emit
+        self.guardrails = guardrails
         self.history: list[Message] = []
         self.messages: list[Message] = [*system, input]
         self.pending: list[Message] = []
@@ -204,7 +211,7 @@ def default_stages(
     max_messages: int | None = None,
 ) -> list[Middleware]:
     """The default chain: load -> :class:`SlidingWindow` (with ``max_messages``) ->
-    :class:`TokenBudget` (with ``max_tokens``) -> call -> save.
+    :class:`TokenBudget` (with ``max_tokens``) -> call -> check the reply -> save.
 
     Use it to add your own stages around the defaults::
 
@@ -216,6 +223,7 @@ def default_stages(
     if max_tokens is not None:
         stages.append(TokenBudget(max_tokens))
     stages.append(CallProvider())
+    stages.append(CheckReply())
     stages.append(SaveState())
     return stages
 
@@ -232,9 +240,18 @@ def _saves_once(stages: Sequence[Middleware]) -> bool:
     for stage in stages:
         if isinstance(stage, SaveState):
             return True
-        if not isinstance(stage, (LoadState, TruncationStrategy, CallProvider, ToolLoop)):
+        if not isinstance(
+            stage, (LoadState, TruncationStrategy, CallProvider, CheckReply, ToolLoop)
+        ):
             return False
     return False
+
+
+def _check_guardrails(guardrails: object) -> None:
+    if not isinstance(guardrails, Guardrails):
+        raise ValidationError(
+            f"guardrails must be a promptstate.validators.Guardrails, got {guardrails!r}"
+        )
 
 
 def _system_messages(system: str | Sequence[Message] | None) -> list[Message]:
@@ -275,6 +292,9 @@ class Pipeline(AsyncResource):
             objects the model may call. A :class:`~promptstate.tools.ToolLoop` is put right
             before the chain's :class:`~promptstate.stages.CallProvider` to run them.
         max_tool_rounds: How many rounds of tool calls one turn may run.
+        guardrails: Validators checked on every reply (:mod:`promptstate.validators`); a turn
+            may give its own. A :class:`~promptstate.stages.CheckReply` stage is put right
+            before the chain's :class:`~promptstate.stages.SaveState` to run them.
     """
 
     def __init__(
@@ -291,6 +311,7 @@ class Pipeline(AsyncResource):
         system: str | Sequence[Message] | None = None,
         tools: Sequence[Tool | Callable[..., Any] | ToolSpec] | None = None,
         max_tool_rounds: int = 8,
+        guardrails: Guardrails | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
             raise ValidationError(f"provider must have complete() and stream(), got {provider!r}")
@@ -310,6 +331,11 @@ class Pipeline(AsyncResource):
             stages = list(middleware)
         if tools:
             stages = with_tool_loop(stages, tools, max_tool_rounds)
+        if guardrails is not None:
+            _check_guardrails(guardrails)
+            stages = with_check_reply(stages)
+        self._guardrails = guardrails
+        self._checks_replies = any(isinstance(s, CheckReply) for s in stages)
         for stage in stages:
             if not callable(stage):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
@@ -415,8 +441,19 @@ class Pipeline(AsyncResource):
         system: str | Sequence[Message] | None,
         options: dict[str, Any],
         emit: Callable[[Chunk | None], Awaitable[None]] | None,
+        guardrails: Guardrails | None = None,
     ) -> ExecutionContext:
         self._check_open()
+        if guardrails is None:
+            guardrails = self._guardrails
+        elif not self._checks_replies:
+            _check_guardrails(guardrails)
+            raise ValidationError(
+                "guardrails given for a turn, but the pipeline's middleware has no CheckReply "
+                "stage to check them (add one before SaveState)"
+            )
+        else:
+            _check_guardrails(guardrails)
         validate_key(session_id, what="session_id")
         if isinstance(role, Message):
             if content or metadata:
@@ -453,6 +490,7 @@ class Pipeline(AsyncResource):
             options=options,
             strategies=self._strategies,
             emit=emit,
+            guardrails=guardrails,
         )
 
     async def execute(
@@ -464,6 +502,7 @@ class Pipeline(AsyncResource):
         metadata: Mapping[str, Any] | None = None,
         system: str | Sequence[Message] | None = None,
         options: Mapping[str, Any] | None = None,
+        guardrails: Guardrails | None = None,
         **provider_options: Any,
     ) -> ExecutionResult:
         """Run one turn: the new message in, the assistant's answer out, both stored.
@@ -475,10 +514,13 @@ class Pipeline(AsyncResource):
             metadata: The new message's metadata.
             system: This turn's system prompt, instead of the pipeline's.
             options: Provider request options (for names that clash with the arguments here).
+            guardrails: This turn's validators, instead of the pipeline's.
             **provider_options: More provider request options (``temperature=0.2``, ...).
 
         Raises:
             ProviderError: The provider failed; nothing was stored.
+            GuardrailError: The reply violated a validator with ``fail_on_violation``;
+                nothing of the turn was stored.
             SessionBusyError: The session stayed busy for ``lock_timeout`` seconds.
             ClosedError: The pipeline was closed.
         """
@@ -490,6 +532,7 @@ class Pipeline(AsyncResource):
             system,
             {**options, **provider_options} if options else provider_options,
             None,
+            guardrails,
         )
         store = self._store
         if self._leasing:
@@ -551,6 +594,7 @@ class Pipeline(AsyncResource):
         metadata: Mapping[str, Any] | None = None,
         system: str | Sequence[Message] | None = None,
         options: Mapping[str, Any] | None = None,
+        guardrails: Guardrails | None = None,
         **provider_options: Any,
     ) -> AsyncIterator[Chunk]:
         """Run one turn, yielding the answer's text as it arrives.
@@ -574,6 +618,7 @@ class Pipeline(AsyncResource):
             system,
             {**options, **provider_options} if options else provider_options,
             None,
+            guardrails,
         )
         send, receive = anyio.create_memory_object_stream[Chunk | None](0)
         ctx.emit = send.send

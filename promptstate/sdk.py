@@ -28,7 +28,8 @@ so :meth:`ConversationManager.get_conversation` needs neither the pack nor the v
 Prompt packs (:class:`PromptPack`, :func:`load_pack`) are the PromptPack JSON format: a pack
 has ``prompts``, each with a ``system_template`` using ``{{variable}}`` placeholders,
 ``variables`` (``required``, ``default``, ``type`` and ``validation``), generation
-``parameters`` and the names of the pack-level ``tools`` it may offer the model. The loader
+``parameters``, the names of the pack-level ``tools`` it may offer the model and its
+``validators`` (guardrails checked on every reply, :mod:`promptstate.validators`). The loader
 checks the fields promptstate uses and ignores the rest (``evals``, ``workflow``, ``media``,
 ...). Every problem raises :class:`~promptstate.exceptions.PromptPackError` naming the file
 and the field.
@@ -58,11 +59,15 @@ from promptstate.exceptions import (
 )
 from promptstate.pipeline import Middleware, Pipeline
 from promptstate.providers.base import Chunk, Provider
+from promptstate.stages import SaveState
+from promptstate.stages.check_reply import with_check_reply
 from promptstate.stores.base import Store, validate_key, validate_prefix
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.url import open_store
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, ToolCall, Usage
+from promptstate.validators import Guardrails, ValidatorFunction, ValidatorRegistry
+from promptstate.validators import Validator as PromptValidator
 
 __all__ = [
     "METADATA_KEY",
@@ -169,6 +174,8 @@ class PromptTemplate(msgspec.Struct, frozen=True, kw_only=True):
         parameters: Generation parameters passed to the provider (``temperature``, ...).
         tool_choice: The ``tool_policy.tool_choice``, when given.
         blocklist: ``tool_policy.blocklist``: tools never offered by this prompt.
+        validators: Guardrails checked on every assistant reply
+            (:class:`~promptstate.validators.Validator`).
     """
 
     key: str
@@ -181,6 +188,7 @@ class PromptTemplate(msgspec.Struct, frozen=True, kw_only=True):
     parameters: dict[str, Any] = {}
     tool_choice: str | None = None
     blocklist: tuple[str, ...] = ()
+    validators: tuple[PromptValidator, ...] = ()
 
     def placeholders(self) -> list[str]:
         """The names used in ``{{...}}`` placeholders of the template, in order, unique."""
@@ -214,14 +222,26 @@ class PromptPack(msgspec.Struct, frozen=True, kw_only=True):
     source: str = "<dict>"
 
     @classmethod
-    def from_dict(cls, data: object, *, source: str = "<dict>") -> PromptPack:
+    def from_dict(
+        cls,
+        data: object,
+        *,
+        source: str = "<dict>",
+        validators: ValidatorRegistry | None = None,
+    ) -> PromptPack:
         """Validate and build a pack from decoded JSON.
 
+        Args:
+            data: The decoded JSON.
+            source: What to name in errors.
+            validators: The validator types the pack may use (default: the built-ins).
+
         Raises:
-            PromptPackError: A required field is missing or a field has the wrong type;
-                the message names ``source`` and the field.
+            PromptPackError: A required field is missing or a field has the wrong type, or a
+                validator's type is unknown or its params are bad; the message names
+                ``source`` and the field.
         """
-        return _parse_pack(data, source)
+        return _parse_pack(data, source, validators)
 
     def prompt(self, name: str | None = None) -> PromptTemplate:
         """The prompt under key ``name``; without a name, the pack's only prompt.
@@ -297,12 +317,20 @@ class PromptPack(msgspec.Struct, frozen=True, kw_only=True):
         return options
 
 
-def load_pack(path: str | PathLike[str]) -> PromptPack:
+def load_pack(
+    path: str | PathLike[str], *, validators: ValidatorRegistry | None = None
+) -> PromptPack:
     """Read and validate a PromptPack JSON file.
 
+    Args:
+        path: The file.
+        validators: The validator types the pack may use (default: the built-ins of
+            :mod:`promptstate.validators`).
+
     Raises:
-        PromptPackError: The file cannot be read, is not valid JSON, misses a required field
-            or has a field of the wrong type. The message names the file and the field.
+        PromptPackError: The file cannot be read, is not valid JSON, misses a required field,
+            has a field of the wrong type, or names a validator type that is not known (even
+            a disabled one) or gives it bad params. The message names the file and the field.
     """
     source = str(path)
     try:
@@ -313,7 +341,7 @@ def load_pack(path: str | PathLike[str]) -> PromptPack:
         doc = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise PromptPackError(f"{source}: not valid JSON: {exc}") from exc
-    return _parse_pack(doc, source)
+    return _parse_pack(doc, source, validators)
 
 
 def _as_text(value: Any) -> str:
@@ -421,7 +449,7 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_pack(doc: object, source: str) -> PromptPack:
+def _parse_pack(doc: object, source: str, registry: ValidatorRegistry | None = None) -> PromptPack:
     r = _Reader(source)
     if not isinstance(doc, dict):
         raise PromptPackError(
@@ -450,7 +478,9 @@ def _parse_pack(doc: object, source: str) -> PromptPack:
     prompts_doc = r.obj(r.required(doc, "prompts", ""), "prompts")
     if not prompts_doc:
         raise r.fail("prompts", "a pack needs at least one prompt")
-    prompts = {key: _parse_prompt(r, key, spec, tools) for key, spec in prompts_doc.items()}
+    prompts = {
+        key: _parse_prompt(r, key, spec, tools, registry) for key, spec in prompts_doc.items()
+    }
     return PromptPack(
         id=pack_id,
         name=name,
@@ -482,7 +512,11 @@ def _parse_tool(r: _Reader, key: str, spec: object) -> PromptTool:
 
 
 def _parse_prompt(
-    r: _Reader, key: str, spec: object, tools: dict[str, PromptTool]
+    r: _Reader,
+    key: str,
+    spec: object,
+    tools: dict[str, PromptTool],
+    registry: ValidatorRegistry | None = None,
 ) -> PromptTemplate:
     field = f"prompts.{key}"
     doc = r.obj(spec, field)
@@ -532,6 +566,16 @@ def _parse_prompt(
     if not isinstance(blocklist, list) or not all(isinstance(n, str) for n in blocklist):
         raise r.fail(f"{field}.tool_policy.blocklist", "must be an array of tool names")
 
+    validators_doc = doc.get("validators", [])
+    if not isinstance(validators_doc, list):
+        raise r.fail(f"{field}.validators", f"must be an array, got {_json_type(validators_doc)}")
+    validators = tuple(
+        PromptValidator.from_dict(item, where=f"{r.source}: {field}.validators[{i}]")
+        for i, item in enumerate(validators_doc)
+    )
+    # Unknown types and bad params are refused now (disabled ones too): never fail open.
+    Guardrails(validators, registry, where=f"{r.source}: {field}.validators")
+
     return PromptTemplate(
         key=key,
         id=prompt_id,
@@ -543,6 +587,7 @@ def _parse_prompt(
         parameters=parameters,
         tool_choice=tool_choice,
         blocklist=tuple(blocklist),
+        validators=validators,
     )
 
 
@@ -667,6 +712,7 @@ class _Settings(msgspec.Struct, kw_only=True, omit_defaults=True):
     options: dict[str, Any] = {}
     max_tokens: int | None = None
     max_messages: int | None = None
+    validators: list[PromptValidator] = []
 
 
 class Conversation:
@@ -690,6 +736,7 @@ class Conversation:
         options: The provider request options sent on every turn.
         max_tokens: Its prompt budget, if any.
         max_messages: How many of the newest messages the model sees, if limited.
+        validators: The prompt's validators, checked on every reply.
     """
 
     def __init__(self, manager: ConversationManager, state: State, settings: _Settings) -> None:
@@ -704,6 +751,11 @@ class Conversation:
         self.options = dict(settings.options)
         self.max_tokens = settings.max_tokens
         self.max_messages = settings.max_messages
+        self.validators = tuple(settings.validators)
+        # Resolved now, so a type this manager does not know fails here, not open later.
+        self._guardrails: Guardrails | None = (
+            manager._guardrails(settings.validators, self.id) if settings.validators else None
+        )
         self._settings = settings
 
     def __repr__(self) -> str:
@@ -725,12 +777,18 @@ class Conversation:
 
         Raises:
             ProviderError: The model failed; nothing was stored.
+            GuardrailError: The reply violated a validator with ``fail_on_violation``;
+                nothing of the turn was stored.
             SessionBusyError: Another turn held the conversation for the lock timeout.
         """
         pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
         if isinstance(content, Message):
             result = await pipe.execute(
-                self.id, content, system=self.system_prompt, options=self._turn_options(options)
+                self.id,
+                content,
+                system=self.system_prompt,
+                options=self._turn_options(options),
+                guardrails=self._guardrails,
             )
         else:
             result = await pipe.execute(
@@ -739,6 +797,7 @@ class Conversation:
                 content,
                 system=self.system_prompt,
                 options=self._turn_options(options),
+                guardrails=self._guardrails,
             )
         return Response(
             message=result.response,
@@ -752,12 +811,18 @@ class Conversation:
 
         Chunks carry ``.text``; the last one (``done`` true) carries the whole ``message``,
         ``usage`` and ``cost`` and comes after the turn is stored. A stream that fails or is
-        left early stores nothing.
+        left early stores nothing; a reply that violates a validator with
+        ``fail_on_violation`` raises :class:`~promptstate.exceptions.GuardrailError` after its
+        last text chunk, and nothing is stored.
         """
         pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
         if isinstance(content, Message):
             chunks = pipe.stream(
-                self.id, content, system=self.system_prompt, options=self._turn_options(options)
+                self.id,
+                content,
+                system=self.system_prompt,
+                options=self._turn_options(options),
+                guardrails=self._guardrails,
             )
         else:
             chunks = pipe.stream(
@@ -766,6 +831,7 @@ class Conversation:
                 content,
                 system=self.system_prompt,
                 options=self._turn_options(options),
+                guardrails=self._guardrails,
             )
         try:
             async for chunk in chunks:
@@ -868,6 +934,7 @@ class ConversationManager(AsyncResource):
         self._stages = stages
         self._pipelines: dict[tuple[int | None, int | None], Pipeline] = {}
         self._packs: dict[str, PromptPack] = {}
+        self._validators = ValidatorRegistry()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -885,6 +952,14 @@ class ConversationManager(AsyncResource):
     def provider(self) -> Provider:
         """The model provider."""
         return self._provider
+
+    @property
+    def validators(self) -> ValidatorRegistry:
+        """The validator types packs of this manager may use (built-ins and registered).
+
+        Pass it to :meth:`PromptPack.from_dict` or :func:`load_pack` as ``validators=``.
+        """
+        return self._validators
 
     @property
     def packs(self) -> Mapping[str, PromptPack]:
@@ -914,10 +989,15 @@ class ConversationManager(AsyncResource):
         window = self._max_messages if max_messages is None else max_messages
         pipe = self._pipelines.pop((budget, window), None)
         if pipe is None:
+            stages: list[Middleware] | None = None
+            if self._stages is not None:
+                stages = list(self._stages(budget))
+                if any(isinstance(s, SaveState) for s in stages):
+                    stages = with_check_reply(stages)  # so conversations' validators run
             pipe = Pipeline(
                 self._provider,
                 store=self._store,
-                middleware=None if self._stages is None else self._stages(budget),
+                middleware=stages,
                 max_tokens=budget,
                 max_messages=window,
                 token_counter=self._counter,
@@ -933,15 +1013,50 @@ class ConversationManager(AsyncResource):
     # -- packs --------------------------------------------------------------------------------
 
     def load_pack(self, path: str | PathLike[str]) -> PromptPack:
-        """Read a PromptPack file (see :func:`load_pack`) and remember it by its id."""
-        return self.add_pack(load_pack(path))
+        """Read a PromptPack file (see :func:`load_pack`) and remember it by its id.
+
+        Its validators may use the built-in types and those added with
+        :meth:`register_validator`; any other type is refused with
+        :class:`~promptstate.exceptions.PromptPackError`.
+        """
+        return self.add_pack(load_pack(path, validators=self._validators))
 
     def add_pack(self, pack: PromptPack) -> PromptPack:
-        """Remember a pack by its id, so conversations can name it; returns it."""
+        """Remember a pack by its id, so conversations can name it; returns it.
+
+        Raises:
+            PromptPackError: A validator of the pack has a type this manager does not know.
+        """
         if not isinstance(pack, PromptPack):
             raise ValidationError(f"add_pack() takes a PromptPack, got {pack!r}")
+        for prompt in pack.prompts.values():
+            self._guardrails(prompt.validators, f"{pack.source}: prompts.{prompt.key}")
         self._packs[pack.id] = pack
         return pack
+
+    def register_validator(
+        self,
+        type: str,
+        fn: ValidatorFunction,
+        *,
+        check_params: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
+        """Add a validator type that packs loaded by this manager may use.
+
+        ``fn(reply, params)`` (plain or async) returns ``None`` when the reply passes and
+        otherwise a short text saying what is wrong (logged at WARNING: do not quote the
+        reply in it). Register before loading the packs that use the type.
+
+        Args:
+            type: The name packs give as the validator's ``type``.
+            fn: The check.
+            check_params: Optional ``check(params) -> str | None`` run on a pack's params at
+                load time (``None``: the params are good).
+        """
+        self._validators.register(type, fn, check_params=check_params)
+
+    def _guardrails(self, validators: Sequence[PromptValidator], where: str) -> Guardrails:
+        return Guardrails(validators, self._validators, where=f"{where}: validators")
 
     # -- conversations ------------------------------------------------------------------------
 
@@ -992,6 +1107,8 @@ class ConversationManager(AsyncResource):
             settings.prompt = prompt.key
             settings.system = pack.render(prompt.key, config.variables)
             options = pack.options(prompt.key)
+            settings.validators = list(prompt.validators)
+            self._guardrails(prompt.validators, f"{pack.source}: prompts.{prompt.key}")
         elif config.prompt_name is not None:
             raise PromptPackError(f"prompt_name {config.prompt_name!r} given without a pack")
         settings.variables = dict(config.variables)

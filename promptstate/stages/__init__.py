@@ -6,11 +6,13 @@ A stage is any ``async (ctx, call_next) -> None``; it does its work and then awa
 * :class:`LoadState` reads the stored history the truncation strategy can use;
 * a truncation strategy (:mod:`promptstate.truncation`) fits ``ctx.messages`` to the window;
 * :class:`CallProvider` asks the provider and records the response, usage and cost;
+* :class:`CheckReply` runs the prompt's validators (guardrails) on the reply;
 * :class:`SaveState` appends the turn to the store in one atomic, retry-safe write.
 """
 
 from promptstate.stages.call_provider import CallProvider
+from promptstate.stages.check_reply import CheckReply
 from promptstate.stages.load_state import LoadState
 from promptstate.stages.save_state import SaveState
 
-__all__ = ["CallProvider", "LoadState", "SaveState"]
+__all__ = ["CallProvider", "CheckReply", "LoadState", "SaveState"]
