@@ -1,9 +1,19 @@
 """Plots of a run (matplotlib, the optional ``plots`` group): latency against history length and
-throughput against concurrency, one panel per backend."""
+throughput against concurrency, one panel per backend.
+
+The figures are drawn for the docs' content column (about 700 CSS pixels): one panel per
+row, 800 pixels wide, with text at least 10 points, so that a legend stays readable where
+the page shows the image. Redraw them from a saved run without measuring again::
+
+    python -m benchmarks.plots docs/benchmarks-results.json docs/img
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import matplotlib
@@ -56,14 +66,20 @@ def _short(name: str) -> str:
     )
 
 
+#: Text sizes in points, chosen for an 800-pixel figure shown about 700 pixels wide.
+_FONTS = {
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+}
+
+
 def _figure(n: int) -> tuple[Any, list[Any]]:
-    cols = min(2, n)
-    nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.8 * cols, 5.6 * nrows), squeeze=False)
-    flat = [ax for row in axes for ax in row]
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+    fig, axes = plt.subplots(n, 1, figsize=(8.0, 5.4 * n), squeeze=False)
+    return fig, [row[0] for row in axes]
 
 
 def _axes(ax: Any, ticks: list[int], base: float) -> None:
@@ -76,7 +92,7 @@ def _axes(ax: Any, ticks: list[int], base: float) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _lines(ax: Any, rows: list[Any], colors: dict[str, str], x: str, y: str) -> None:
@@ -141,8 +157,22 @@ def throughput_vs_concurrency(result: Any, path: Path, history: int = 1000) -> P
 def write(result: Any, directory: Path) -> list[Path]:
     """Write the plots into ``directory``; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
-    made = [
-        latency_vs_history(result, directory / "bench_latency_vs_history.png"),
-        throughput_vs_concurrency(result, directory / "bench_throughput_vs_concurrency.png"),
-    ]
+    with plt.rc_context(_FONTS):
+        made = [
+            latency_vs_history(result, directory / "bench_latency_vs_history.png"),
+            throughput_vs_concurrency(result, directory / "bench_throughput_vs_concurrency.png"),
+        ]
     return [p for p in made if p is not None]
+
+
+def from_json(path: Path) -> Any:
+    """A run saved with ``--json``, in the shape :func:`write` reads."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return SimpleNamespace(records=[SimpleNamespace(**r) for r in data["records"]])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m benchmarks.plots RESULTS.json DIRECTORY")
+    for written in write(from_json(Path(sys.argv[1])), Path(sys.argv[2])):
+        print(written)

@@ -768,7 +768,7 @@ def parse(argv: Sequence[str] | None, default_only: str | None = None) -> argpar
         description="promptstate's benchmarks, side by side with raw clients and peer libraries.",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="a short run (under 2 minutes)")
+    mode.add_argument("--quick", action="store_true", help="a short run (about 80 s on 2 cores)")
     mode.add_argument(
         "--tiny", action="store_true", help="a few seconds, MemoryStore only (smoke test)"
     )
