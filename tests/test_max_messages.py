@@ -14,7 +14,7 @@ from promptstate import (
     ValidationError,
 )
 from promptstate.pipeline import default_stages
-from promptstate.stages import CallProvider, LoadState, SaveState
+from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
 from promptstate.truncation import SlidingWindow, TokenBudget
 
 pytestmark = pytest.mark.anyio
@@ -58,6 +58,7 @@ async def test_both_limits_hold_together() -> None:
         SlidingWindow,
         TokenBudget,
         CallProvider,
+        CheckReply,
         SaveState,
     ]
     seen = _Seen()
