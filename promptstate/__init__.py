@@ -3,6 +3,8 @@
 Everything public is importable from here; see the API reference for each name.
 """
 
+import logging as _logging
+
 from promptstate.backup import ImportResult, export_states, import_states
 from promptstate.exceptions import (
     ClosedError,
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
     from promptstate.stores.redis import RedisStore
 
 __version__ = "0.1.0"
+
+# The library's loggers are silent until the application configures logging (docs/logging.md).
+_logging.getLogger("promptstate").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AnthropicProvider",

@@ -23,9 +23,11 @@ leases. What makes a turn safe:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import msgspec
@@ -52,6 +54,9 @@ from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
 from promptstate.truncation import SlidingWindow, TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 from promptstate.validators import Guardrails
+
+if TYPE_CHECKING:
+    from promptstate.integrations.opentelemetry import PipelineTelemetry
 
 __all__ = [
     "CallNext",
@@ -99,6 +104,8 @@ class ExecutionContext:
         emit: In a streamed turn, sends a chunk to the consumer; None otherwise.
         guardrails: The prompt's validators, checked on the reply by
             :class:`~promptstate.stages.CheckReply`; None for none.
+        telemetry: The turn's OpenTelemetry span and clock when ``opentelemetry-api`` is
+            installed (:mod:`promptstate.integrations.opentelemetry`); None otherwise.
         data: Free space for your own stages to share values.
     """
 
@@ -123,6 +130,7 @@ class ExecutionContext:
         "strategies",
         "summary_usage",
         "system",
+        "telemetry",
         "turn_id",
         "usage",
     )
@@ -152,6 +160,7 @@ class ExecutionContext:
         self.strategies = strategies
         self.emit = emit
         self.guardrails = guardrails
+        self.telemetry: Any = None
         self.history: list[Message] = []
         self.messages: list[Message] = [*system, input]
         self.pending: list[Message] = []
@@ -196,6 +205,14 @@ class ExecutionResult(msgspec.Struct, frozen=True, kw_only=True):
 
 async def _end_of_chain(ctx: ExecutionContext) -> None:
     return None
+
+
+def _build_chain(stages: Sequence[Middleware]) -> CallNext:
+    """Fold the stages once, in reverse, so the first listed is the outermost."""
+    handler: CallNext = _end_of_chain
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
 
 
 def _bind(stage: Middleware, call_next: CallNext) -> CallNext:
@@ -245,6 +262,55 @@ def _saves_once(stages: Sequence[Middleware]) -> bool:
         ):
             return False
     return False
+
+
+def _telemetry(store: Store, provider: Provider) -> PipelineTelemetry | None:
+    """The pipeline's OpenTelemetry instruments, or None when opentelemetry-api is absent.
+
+    Nothing of OpenTelemetry is imported without the package. ``promptstate`` in
+    ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` turns it off.
+    """
+    global _otel_available
+    if _otel_available is None:
+        try:
+            _otel_available = importlib.util.find_spec("opentelemetry.trace") is not None
+        except (ImportError, ValueError):
+            _otel_available = False
+    if not _otel_available:
+        return None
+    disabled = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    if "promptstate" in (item.strip() for item in disabled.split(",")):
+        return None
+    from promptstate.integrations.opentelemetry import PipelineTelemetry
+
+    model = getattr(provider, "model", None)
+    return PipelineTelemetry(
+        db_system=store.db_system,
+        provider_name=str(getattr(provider, "name", None) or type(provider).__name__.lower()),
+        request_model=model if isinstance(model, str) else None,
+    )
+
+
+_otel_available: bool | None = None
+
+
+def _traced(telemetry: PipelineTelemetry, stage: Middleware) -> Middleware:
+    """The bundled load, provider and save stages report spans; other stages run as they are."""
+    if isinstance(stage, LoadState):
+        return cast(Middleware, telemetry.wrap(stage, "load"))
+    if isinstance(stage, CallProvider):
+        return cast(Middleware, telemetry.wrap(stage, "provider"))
+    if isinstance(stage, SaveState):
+        return cast(Middleware, telemetry.wrap(stage, "save"))
+    return stage
+
+
+def _stream_error(failure: list[BaseException], scope: anyio.CancelScope) -> BaseException | None:
+    if failure:
+        return failure[0]
+    if scope.cancel_called:
+        return anyio.get_cancelled_exc_class()()
+    return None
 
 
 def _check_guardrails(guardrails: object) -> None:
@@ -360,10 +426,14 @@ class Pipeline(AsyncResource):
         self._closed = False
         self._tasks: set[Any] = set()
         self._streams: dict[anyio.CancelScope, anyio.Event] = {}
-        handler: CallNext = _end_of_chain
-        for stage in reversed(self._middleware):
-            handler = _bind(stage, handler)
-        self._chain = handler
+        self._chain = _build_chain(self._middleware)
+        # With opentelemetry-api, a second chain whose load, provider and save stages report
+        # spans; a turn uses it only while a tracer or meter provider is configured.
+        self._telemetry = _telemetry(self._store, provider)
+        self._traced_chain = self._chain
+        if self._telemetry is not None:
+            telemetry = self._telemetry
+            self._traced_chain = _build_chain([_traced(telemetry, s) for s in self._middleware])
 
     def __repr__(self) -> str:
         return (
@@ -534,9 +604,26 @@ class Pipeline(AsyncResource):
             None,
             guardrails,
         )
+        telemetry = self._telemetry
+        turn = telemetry.start_turn(ctx, stream=False) if telemetry is not None else None
+        if turn is None:
+            await self._run(ctx, self._chain)
+            return self._result(ctx)
+        token = turn.attach()
+        try:
+            await self._run(ctx, self._traced_chain)
+        except BaseException as exc:
+            turn.end(ctx, exc)
+            raise
+        finally:
+            turn.detach(token)
+        turn.end(ctx, None)
+        return self._result(ctx)
+
+    async def _run(self, ctx: ExecutionContext, chain: CallNext) -> None:
+        session_id = ctx.session_id
         store = self._store
         if self._leasing:
-            chain = self._chain
 
             async def body(lease: TurnLease | None) -> None:
                 if lease is not None and not self._release_on_save:
@@ -557,10 +644,9 @@ class Pipeline(AsyncResource):
             locks = self._locks
             await locks.acquire(session_id, self._lock_timeout)
             try:
-                await self._chain(ctx)
+                await chain(ctx)
             finally:
                 locks.release(session_id)
-        return self._result(ctx)
 
     def _prefetch(self) -> tuple[int | None] | None:
         """What the turn's lease may read with it: ``(last,)`` of the first load, or None."""
@@ -629,7 +715,12 @@ class Pipeline(AsyncResource):
         # The turn runs in a task of its own, outside this generator's frame: no cancel scope
         # or task group stays open across a ``yield``, so a consumer may leave the loop at any
         # point (even without aclosing(), when the generator is finalised by another task).
+        telemetry = self._telemetry
+        turn = telemetry.start_turn(ctx, stream=True) if telemetry is not None else None
+        chain = self._chain if turn is None else self._traced_chain
+
         async def run() -> None:
+            token = turn.attach() if turn is not None else None
             try:
                 with scope:
                     async with (
@@ -645,10 +736,13 @@ class Pipeline(AsyncResource):
                         if lease is not None and not self._release_on_save:
                             lease.release_on_save = False
                         ctx.lease = lease
-                        await self._chain(ctx)
+                        await chain(ctx)
             except Exception as exc:
                 failure.append(exc)
             finally:
+                if turn is not None:
+                    turn.detach(token)
+                    turn.end(ctx, _stream_error(failure, scope))
                 self._streams.pop(scope, None)
                 finished.set()
 

@@ -398,12 +398,13 @@ class Guardrails:
                 if entry.is_async or inspect.isawaitable(outcome):
                     outcome = await outcome
             except Exception as exc:
+                # The traceback may quote the reply: only at DEBUG.
                 logger.warning(
                     "validator %r raised %s; counted as a violation",
                     validator.type,
                     type(exc).__name__,
-                    exc_info=True,
                 )
+                logger.debug("validator %r failed", validator.type, exc_info=True)
                 outcome = f"the validator raised {type(exc).__name__}"
             if outcome is None:
                 continue

@@ -44,6 +44,9 @@ class MockProvider:
         last_options: The options of the last request.
     """
 
+    #: The provider's name in traces (``gen_ai.provider.name``).
+    name = "mock"
+
     def __init__(
         self,
         responses: Sequence[Reply | BaseException] | Responder,

@@ -494,6 +494,10 @@ class Store(AsyncResource, ABC):
     it raises :class:`~promptstate.exceptions.ClosedError`.
     """
 
+    #: The OpenTelemetry ``db.system`` of the store (``memory``, ``sqlite``, ``redis``,
+    #: ``postgresql``); a wrapper reports its inner store's. Custom stores may set their own.
+    db_system: str = "other"
+
     def __init__(
         self,
         *,

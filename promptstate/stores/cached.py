@@ -75,6 +75,7 @@ class CachedStore(Store):
             raise ValidationError(f"max_entries must be an int >= 1, got {max_entries!r}")
         super().__init__(token_counter=inner.token_counter)
         self._inner = inner
+        self.db_system = inner.db_system
         self._max_entries = max_entries
         self._entry_ttl = normalize_ttl(ttl)
         self._close_inner = close_inner

@@ -73,6 +73,8 @@ class MemoryStore(Store):
     :class:`~promptstate.SQLiteStore` or a server store for that.
     """
 
+    db_system = "memory"
+
     def __init__(
         self,
         *,

@@ -436,6 +436,8 @@ class PostgresStore(Store):
     The tables are created on first use, or by :meth:`setup`.
     """
 
+    db_system = "postgresql"
+
     def __init__(
         self,
         pool: Any,

@@ -138,6 +138,8 @@ class RedisStore(Store):
     A borrowed client keeps whatever retry policy you gave it.
     """
 
+    db_system = "redis"
+
     def __init__(
         self,
         client: Redis | RedisCluster | None = None,

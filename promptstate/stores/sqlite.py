@@ -358,6 +358,8 @@ class SQLiteStore(Store):
             :class:`~promptstate.MemoryStore`), or an option is out of range.
     """
 
+    db_system = "sqlite"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
