@@ -64,6 +64,7 @@ from promptstate.validators import Guardrails, Validator, ValidatorRegistry, Vio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from promptstate.stores.encrypted import EncryptedStore
     from promptstate.stores.redis import RedisStore
 
 __version__ = "0.1.0"
@@ -83,6 +84,7 @@ __all__ = [
     "ConversationManager",
     "CorruptStateError",
     "DecryptionError",
+    "EncryptedStore",
     "ExecutionContext",
     "ExecutionResult",
     "GuardrailError",
@@ -145,4 +147,8 @@ def __getattr__(name: str) -> object:
         from promptstate.stores.redis import RedisStore
 
         return RedisStore
+    if name == "EncryptedStore":  # needs the cryptography package (promptstate[crypto])
+        from promptstate.stores.encrypted import EncryptedStore
+
+        return EncryptedStore
     raise AttributeError(f"module 'promptstate' has no attribute {name!r}")
