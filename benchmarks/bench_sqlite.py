@@ -93,7 +93,7 @@ _INSERT = "INSERT INTO promptstate_messages (session_key, seq, data) VALUES (?, 
 
 
 def _raw_load(conn: sqlite3.Connection, key: str) -> list[bytes]:
-    return [row[0] for row in conn.execute(_SQL_LOAD, (key, LAST, time.time_ns() // 1000))]
+    return [row[0] for row in conn.execute(_SQL_LOAD, (key, LAST, key, time.time_ns() // 1000))]
 
 
 def _raw_append(conn: sqlite3.Connection, key: str, blobs: list[bytes]) -> int:

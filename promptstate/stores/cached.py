@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from promptstate.exceptions import ValidationError
+from promptstate.locks import supports_lease
+from promptstate.stores._forwarding import ForwardedLeases
 from promptstate.stores.base import Store, normalize_ttl
 from promptstate.types import Message, State
 
@@ -19,10 +21,9 @@ __all__ = ["CachedStore"]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(State)
 
-#: Optional capabilities passed straight through to the inner store when it has them.
-_PASS_THROUGH = frozenset(
-    {"acquire_lease", "renew_lease", "release_lease", "setup", "purge_expired"}
-)
+#: Optional methods passed straight through to the inner store when it has them. (Leases are
+#: declared on a subclass instead, see :mod:`promptstate.stores._forwarding`.)
+_PASS_THROUGH = frozenset({"setup", "purge_expired"})
 
 
 _T = TypeVar("_T")
@@ -60,6 +61,12 @@ class CachedStore(Store):
     An inner store with ``touch_on_read=True`` is read through on every call (its reads must
     reach it to slide the TTL), so caching it saves nothing.
     """
+
+    def __new__(cls, inner: Store, **options: Any) -> CachedStore:
+        # Over a store with leases, a subclass that declares them (so the pipeline sees them).
+        if cls is CachedStore and supports_lease(inner):
+            cls = _LeasingCachedStore
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -307,3 +314,10 @@ class CachedStore(Store):
         self._cache.clear()
         if self._close_inner:
             await self._inner.aclose()
+
+
+class _LeasingCachedStore(ForwardedLeases, CachedStore):
+    """A :class:`CachedStore` over a store with leases: it has the inner store's leases."""
+
+
+_LeasingCachedStore.__name__ = _LeasingCachedStore.__qualname__ = "CachedStore"

@@ -37,6 +37,8 @@ from typing import Any
 import msgspec
 
 from promptstate.exceptions import ConflictError, DecryptionError, ValidationError
+from promptstate.locks import supports_lease, supports_leased_load
+from promptstate.stores._forwarding import ForwardedLeases
 from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.tokens import with_tokens
 from promptstate.types import Message, State
@@ -55,10 +57,9 @@ _PREFIX = "psenc1:"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NONCE = 12
 
-#: Optional capabilities passed straight through to the inner store when it has them.
-_PASS_THROUGH = frozenset(
-    {"acquire_lease", "renew_lease", "release_lease", "setup", "purge_expired"}
-)
+#: Optional methods passed straight through to the inner store when it has them. (Leases are
+#: declared on a subclass instead, see :mod:`promptstate.stores._forwarding`.)
+_PASS_THROUGH = frozenset({"setup", "purge_expired"})
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -132,11 +133,17 @@ class EncryptedStore(Store):
         keys = sorted(self._ciphers)
         return f"EncryptedStore({self._inner!r}, active={self._active!r}, keys={keys!r})"
 
+    def __new__(cls, inner: Store, **options: Any) -> EncryptedStore:
+        # Over a store with leases, a subclass that declares them (so the pipeline sees them).
+        if cls is EncryptedStore and supports_lease(inner):
+            cls = (
+                _LeasedLoadEncryptedStore if supports_leased_load(inner) else _LeasingEncryptedStore
+            )
+        return super().__new__(cls)
+
     def __getattr__(self, name: str) -> Any:
         if name in _PASS_THROUGH:
             return getattr(self._inner, name)
-        if name == "acquire_and_load" and hasattr(self._inner, "acquire_and_load"):
-            return self._acquire_and_load
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -347,14 +354,6 @@ class EncryptedStore(Store):
     # The inner store (its guard, or its native write) handles release_lease=.
     append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
-    async def _acquire_and_load(
-        self, key: str, owner: str, ttl: float, *, last: int | None
-    ) -> list[Message] | None:
-        got: list[Message] | None = await self._inner.acquire_and_load(  # type: ignore[attr-defined]
-            key, owner, ttl, last=last
-        )
-        return None if got is None else self._open_messages(got, key)
-
     async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
         return self._open_state(await self._inner.fork(source, target, overwrite=overwrite))
 
@@ -437,3 +436,22 @@ class EncryptedStore(Store):
         if isinstance(value, str) and value.startswith(_PREFIX):
             return self._open_value(name, value, f"metadata[{name!r}] of session {key!r}")
         return value
+
+
+class _LeasingEncryptedStore(ForwardedLeases, EncryptedStore):
+    """An :class:`EncryptedStore` over a store with leases: it has the inner store's leases."""
+
+
+class _LeasedLoadEncryptedStore(_LeasingEncryptedStore):
+    """... and over one that takes the lease and reads in one step, that step too."""
+
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the inner store's lease and read (and open) the newest ``last`` messages."""
+        got: list[Message] | None = await self._inner.acquire_and_load(key, owner, ttl, last=last)
+        return None if got is None else self._open_messages(got, key)
+
+
+for _cls in (_LeasingEncryptedStore, _LeasedLoadEncryptedStore):
+    _cls.__name__ = _cls.__qualname__ = "EncryptedStore"

@@ -139,10 +139,12 @@ _SESSION_COLUMNS = (
 )
 _SQL_GET_SESSION = f"SELECT {_SESSION_COLUMNS} FROM promptstate_sessions WHERE key = ? AND {_LIVE}"
 _SQL_MESSAGES = "SELECT data FROM promptstate_messages WHERE session_key = ? ORDER BY seq"
+# Arguments: key, last, key, now. (Plain ``?`` placeholders: Python 3.12 deprecates numbered
+# ``?1`` ones bound from a sequence, and 3.14 refuses them.)
 _SQL_LOAD = (
-    "SELECT data FROM promptstate_messages WHERE session_key = ?1 AND seq >= "
-    "(SELECT message_count - ?2 FROM promptstate_sessions WHERE key = ?1 "
-    "AND (expires_at IS NULL OR expires_at > ?3)) ORDER BY seq"
+    "SELECT data FROM promptstate_messages WHERE session_key = ? AND seq >= "
+    "(SELECT message_count - ? FROM promptstate_sessions WHERE key = ? "
+    "AND (expires_at IS NULL OR expires_at > ?)) ORDER BY seq"
 )
 _SQL_COUNT = f"SELECT message_count FROM promptstate_sessions WHERE key = ? AND {_LIVE}"
 _SQL_HEAD = "SELECT version, expires_at, message_count FROM promptstate_sessions WHERE key = ?"
@@ -925,7 +927,7 @@ class SQLiteStore(Store):
                 self._touch(conn, session_id, now)
             if last == 0:
                 return []
-            args = (session_id, _ALL if last is None else min(last, _ALL), now)
+            args = (session_id, _ALL if last is None else min(last, _ALL), session_id, now)
             return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, args)], key=session_id)
 
         mode: _Mode = "write" if self._touching else "single"
@@ -1162,7 +1164,7 @@ class SQLiteStore(Store):
                 self._touch(conn, key, now)
             if last == 0:
                 return []
-            found = (key, _ALL if last is None else min(last, _ALL), now)
+            found = (key, _ALL if last is None else min(last, _ALL), key, now)
             return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, found)], key=key)
 
         return await self._run(work, "write", f"take the lease on {key!r}")

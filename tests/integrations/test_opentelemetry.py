@@ -46,6 +46,14 @@ _READER = InMemoryMetricReader()
 _PROVIDERS: list[Any] = []
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _stop_keeping_spans() -> Iterator[None]:
+    yield
+    # The global tracer provider stays set for the rest of the process; later tests' spans
+    # are no longer kept in memory.
+    _EXPORTER.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def spans() -> Iterator[InMemorySpanExporter]:
     # The global providers can be set once per process: the first test sets them.

@@ -306,3 +306,39 @@ def test_the_docs_example_runs() -> None:
     assert "1234" not in lines[1]
     assert lines[2] == "sessions re-sealed: 1"
     assert lines[3] == "after rotation:    ['My PIN is 1234', 'Noted, Alice.']"
+
+
+async def test_wrappers_declare_the_inner_stores_leases(tmp_path: Path) -> None:
+    # Python 3.12's isinstance() with a runtime_checkable protocol does not ask __getattr__:
+    # the lease methods must be on the wrapper's type, or the pipeline thinks it has none.
+    import inspect
+
+    from promptstate import CachedStore
+    from promptstate.locks import supports_lease, supports_leased_load
+
+    async with SQLiteStore(tmp_path / "l.db") as sqlite:
+        wrappers: list[Store] = [
+            CachedStore(sqlite),
+            EncryptedStore(sqlite, keys={"k1": K1}, active="k1"),
+            EncryptedStore(CachedStore(sqlite), keys={"k1": K1}, active="k1"),
+        ]
+        for store in wrappers:
+            for name in ("acquire_lease", "renew_lease", "release_lease"):
+                inspect.getattr_static(store, name)  # AttributeError if only via __getattr__
+            assert supports_lease(store)
+            assert type(store).__name__ in ("CachedStore", "EncryptedStore")
+        assert supports_leased_load(wrappers[1])
+        inspect.getattr_static(wrappers[1], "acquire_and_load")
+        # A lease taken through the wrapper is the inner store's.
+        assert await wrappers[1].acquire_lease("s", "me", 5.0)  # type: ignore[attr-defined]
+        assert not await sqlite.acquire_lease("s", "other", 5.0)
+        assert await wrappers[0].release_lease("s", "me")  # type: ignore[attr-defined]
+        async with Pipeline(MockProvider(["ok"]), store=wrappers[1]) as pipe:
+            assert pipe._leasing
+    for store in (
+        CachedStore(MemoryStore()),
+        EncryptedStore(MemoryStore(), keys={"k1": K1}, active="k1"),
+    ):
+        assert not supports_lease(store)
+        with pytest.raises(AttributeError):
+            inspect.getattr_static(store, "acquire_lease")

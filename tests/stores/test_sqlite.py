@@ -350,7 +350,7 @@ async def test_load_last_reads_n_rows_by_index(tmp_path: Path) -> None:
 
     conn = sqlite3.connect(path)
     plan = " | ".join(
-        row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {_SQL_LOAD}", ("long", 20, 0))
+        row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {_SQL_LOAD}", ("long", 20, "long", 0))
     )
     assert "SEARCH promptstate_messages USING" in plan, plan
     assert "(session_key=? AND seq>?)" in plan, plan
@@ -367,7 +367,7 @@ async def test_load_last_reads_n_rows_by_index(tmp_path: Path) -> None:
 
     def steps_for(n: int) -> int:
         steps["n"] = 0
-        assert len(conn.execute(_SQL_LOAD, ("long", n, 0)).fetchall()) == n
+        assert len(conn.execute(_SQL_LOAD, ("long", n, "long", 0)).fetchall()) == n
         return steps["n"]
 
     small, large = steps_for(20), steps_for(10_001)
