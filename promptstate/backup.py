@@ -148,7 +148,10 @@ async def import_states(
     async def fail(lineno: int, message: str) -> None:
         if on_error == "raise":
             await flush()  # the lines before it are written, as documented
-            raise CorruptStateError(f"line {lineno}: {message}")
+            raise CorruptStateError(
+                f"line {lineno}: {message} (the import stopped there; the lines before it "
+                f"wrote {result.imported} and skipped {result.skipped})"
+            )
         result.failed += 1
         if len(result.errors) < MAX_REPORTED_ERRORS:
             result.errors.append(ImportIssue(lineno, message))

@@ -24,8 +24,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,8 +36,14 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 import anyio
+import anyio.lowlevel
 
-from promptstate.exceptions import NotFoundError, PromptStateError
+from promptstate.exceptions import (
+    GuardrailError,
+    NotFoundError,
+    PromptStateError,
+    ProviderError,
+)
 from promptstate.stores.base import Store
 from promptstate.types import Message, State
 
@@ -51,6 +59,10 @@ class CommandError(Exception):
     """A failure to report as one line (exit status 1)."""
 
 
+class UsageError(CommandError):
+    """Arguments that do not go together: the subcommand's usage and the message, status 2."""
+
+
 def _default_store() -> str:
     return os.environ.get("PROMPTSTATE_URL") or DEFAULT_STORE_URL
 
@@ -62,10 +74,23 @@ def _redacted(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _opened(url: str) -> AsyncIterator[Store]:
+async def _opened(url: str, *, read_only: bool = False) -> AsyncIterator[Store]:
+    """The store at ``url``, open. ``read_only``: refuse a database that is not there yet,
+    rather than create one by looking (``ls``, ``show`` and ``export`` only read)."""
     from promptstate.stores.url import open_store
 
     store = open_store(url)
+    if read_only:
+        try:
+            there = await store.exists()
+        finally:
+            await store.aclose()
+        if not there:
+            raise CommandError(
+                f"the database {_redacted(url)} does not exist (no file or no promptstate "
+                "tables there); nothing was created"
+            )
+        store = open_store(url)
     async with store:
         yield store
 
@@ -80,7 +105,7 @@ def _age(when: datetime) -> str:
 async def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[tuple[str, ...]] = []
     count = 0
-    async with _opened(args.store) as store:
+    async with _opened(args.store, read_only=True) as store:
         async for state in store.list_by_prefix(args.prefix):
             if args.user is not None and state.user_id != args.user:
                 continue
@@ -118,7 +143,7 @@ def _table(out: TextIO, rows: list[tuple[str, ...]], *, header: bool) -> None:
 async def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from promptstate.serialization import encode_state
 
-    async with _opened(args.store) as store:
+    async with _opened(args.store, read_only=True) as store:
         state = await store.get(args.id)
     if args.json:
         out.write(encode_state(state).decode() + "\n")
@@ -161,11 +186,11 @@ def _one_line(text: str, width: int) -> str:
 
 async def cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
     if args.prefix is None and not args.ids:
-        raise CommandError("rm needs conversation ids or --prefix PREFIX")
+        raise UsageError("rm needs conversation ids or --prefix PREFIX")
     if args.prefix is not None and args.ids:
-        raise CommandError("give conversation ids or --prefix, not both")
+        raise UsageError("give conversation ids or --prefix, not both")
     if args.prefix == "":
-        raise CommandError("refusing to delete everything: --prefix must not be empty")
+        raise UsageError("refusing to delete everything: --prefix must not be empty")
     async with _opened(args.store) as store:
         if args.prefix is not None:
             deleted = await store.delete_by_prefix(args.prefix)
@@ -192,7 +217,7 @@ async def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             target = sys.stdout.buffer
         else:
             target = stack.enter_context(_open_file(args.output, "wb"))
-        async with _opened(args.store) as store:
+        async with _opened(args.store, read_only=True) as store:
             async for line in export_states(store, args.prefix):
                 target.write(line)
                 count += 1
@@ -424,6 +449,9 @@ async def _demo_load(args: argparse.Namespace, store: Store, out: TextIO) -> Non
                 None, ConversationConfig(conversation_id=f"{prefix}{i:05d}", user_id=f"user{i}")
             )
             for t in range(turns):
+                # A turn on memory:// with the mock never suspends: yield, so that Ctrl-C
+                # (and every other session) gets its turn.
+                await anyio.lowlevel.checkpoint()
                 started = time.perf_counter()
                 response = await conv.send(f"message {t} of session {i}: what do you remember?")
                 latencies.append(time.perf_counter() - started)
@@ -473,23 +501,21 @@ async def _demo_load(args: argparse.Namespace, store: Store, out: TextIO) -> Non
 
 
 def _chat_provider(args: argparse.Namespace) -> tuple[Any, str]:
-    wants_http = bool(args.base_url or os.environ.get("OPENAI_API_KEY"))
-    if wants_http:
-        import promptstate.providers
+    """The model: OpenAI-compatible when ``--base-url``, ``OPENAI_BASE_URL`` or
+    ``OPENAI_API_KEY`` says where or how to reach one (as ``examples/_provider.py`` decides),
+    else the mock. The description names the URL the provider really calls."""
+    if args.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        from promptstate.providers.openai import OpenAIProvider
 
-        openai = getattr(promptstate.providers, "OpenAIProvider", None)
-        if openai is None:
-            print(
-                "promptstate: OpenAIProvider is not available in this version; using the mock",
-                file=sys.stderr,
-            )
-        else:
-            model = args.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
-            provider = openai(model, base_url=args.base_url)
-            return provider, f"{model} at {args.base_url or 'api.openai.com'}"
+        model = args.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
+        provider = OpenAIProvider(model, base_url=args.base_url)
+        return provider, f"{model} at {_redacted(provider.base_url)}"
     from promptstate.providers.mock import MockProvider
 
-    return MockProvider(demo_reply), "the mock model (set OPENAI_API_KEY or --base-url)"
+    return (
+        MockProvider(demo_reply),
+        "the mock model (set OPENAI_BASE_URL, OPENAI_API_KEY or --base-url for a real one)",
+    )
 
 
 async def cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
@@ -500,6 +526,7 @@ async def cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
         async with _opened(args.store) as store:
             manager = ConversationManager(provider, store, max_tokens=args.max_tokens)
             async with manager:
+                created = False
                 try:
                     conv = await manager.get_conversation(args.session)
                     state = await conv.state()
@@ -511,37 +538,54 @@ async def cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
                             conversation_id=args.session, system_prompt=args.system or None
                         ),
                     )
+                    created = True
                     note = "new conversation"
-                out.write(
-                    f"chat {args.session!r} ({note}) with {described}. "
-                    "/history shows it, /quit or Ctrl-D ends.\n"
-                )
-                out.flush()
-                while True:
-                    out.write("you> ")
-                    out.flush()
-                    line = await anyio.to_thread.run_sync(sys.stdin.readline)
-                    if not line:
-                        out.write("\n")
-                        break
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text in ("/quit", "/exit"):
-                        break
-                    if text == "/history":
-                        for m in await conv.history():
-                            out.write(f"   {m.role}: {m.content}\n")
-                        continue
-                    out.write("bot> ")
-                    async for chunk in conv.stream(text):
-                        if chunk.text and not chunk.done:
-                            out.write(chunk.text)
-                            out.flush()
-                    out.write("\n")
+                try:
+                    await _chat_loop(conv, described, note, out)
+                finally:
+                    if created:
+                        # A conversation whose every turn failed leaves nothing behind.
+                        with anyio.CancelScope(shield=True):
+                            if not await conv.history(last=1):
+                                await conv.delete()
     finally:
         await provider.aclose()
     return 0
+
+
+async def _chat_loop(conv: Any, described: str, note: str, out: TextIO) -> None:
+    out.write(
+        f"chat {conv.id!r} ({note}) with {described}. /history shows it, /quit or Ctrl-D ends.\n"
+    )
+    out.flush()
+    while True:
+        out.write("you> ")
+        out.flush()
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if not line:
+            out.write("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/history":
+            for m in await conv.history():
+                out.write(f"   {m.role}: {m.content}\n")
+            continue
+        out.write("bot> ")
+        try:
+            async for chunk in conv.stream(text):
+                if chunk.text and not chunk.done:
+                    out.write(chunk.text)
+                    out.flush()
+        except (ProviderError, GuardrailError) as exc:
+            # The turn stored nothing: say what failed and let the user try again.
+            out.write(f"\n   (the turn failed, nothing was stored: {exc}; try again)\n")
+            out.flush()
+            continue
+        out.write("\n")
 
 
 # -- argument parsing and error handling ------------------------------------------------------
@@ -622,8 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--prefix", default=None, help="delete every id starting with this")
 
-    p = sub.add_parser("bench", parents=[common], help="run the benchmarks of a source checkout")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmarks")
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks of a source checkout",
+        usage="promptstate bench [ARGS...]   (e.g. --quick, --tiny, --only turns; see -- --help)",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m benchmarks")
+    for name, command in sub.choices.items():
+        command.set_defaults(usage_error=command.error, command=name)
     return parser
 
 
@@ -641,13 +691,22 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Any]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        # Everything after "bench" is the benchmarks' own: "--tiny" and "-- --tiny" alike.
+        passed = [*extra, *args.args]
+        args.args = passed[1:] if passed[:1] == ["--"] else passed
+    elif extra:
+        args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "bench":
             return cmd_bench_sync(args)
         command = _COMMANDS[args.command]
-        result: int = anyio.run(command, args, sys.stdout)
+        result: int = anyio.run(_interruptible, command, args, sys.stdout)
         return result
+    except UsageError as exc:
+        args.usage_error(str(exc))  # prints the subcommand's usage; exits 2
+        raise  # pragma: no cover - usage_error never returns
     except KeyboardInterrupt:
         print("promptstate: interrupted", file=sys.stderr)
         return 130
@@ -661,6 +720,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"promptstate: error: {reported}", file=sys.stderr)
         return 1
+
+
+async def _interruptible(
+    command: Callable[[argparse.Namespace, TextIO], Any], args: argparse.Namespace, out: TextIO
+) -> int:
+    """Run ``command``; the first Ctrl-C cancels it (its cleanup runs), then exit 130.
+
+    asyncio's own SIGINT handler cancels only the main task and raises KeyboardInterrupt
+    once it ends; the demo's load test never noticed (its turns did not suspend outside
+    shielded steps) and ran all its turns first. Here the signal cancels the whole command.
+    """
+    try:
+        return await _watched(command, args, out)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        # The task group wraps what the command raised: report that, not the group.
+        inner = getattr(exc, "exceptions", None)
+        if isinstance(inner, tuple) and len(inner) == 1:
+            raise inner[0] from None
+        raise
+
+
+async def _watched(
+    command: Callable[[argparse.Namespace, TextIO], Any], args: argparse.Namespace, out: TextIO
+) -> int:
+    interrupted = False
+    result = 0
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    print("\npromptstate: interrupted, cleaning up", file=sys.stderr, flush=True)
+                    group.cancel_scope.cancel()
+                    return
+
+        if threading.current_thread() is threading.main_thread():
+            group.start_soon(watch)
+        result = await command(args, out)
+        group.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _reportable(exc: BaseException) -> BaseException | None:

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from promptstate._resource import AsyncResource
@@ -621,6 +622,10 @@ class Pipeline(AsyncResource):
         return self._result(ctx)
 
     async def _run(self, ctx: ExecutionContext, chain: CallNext) -> None:
+        # A turn on a leasing store may never suspend outside a shielded step (lease, save)
+        # when its provider answers at once: without this, a cancelled caller that runs
+        # turns in a loop would never see its cancellation.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         session_id = ctx.session_id
         store = self._store
         if self._leasing:

@@ -107,6 +107,10 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
             f"state data must be a JSON object, got {type(raw).__name__}{where}"
         )
     version = raw.get("schema_version", 0)
+    if "schema_version" not in raw and "id" not in raw:
+        # Neither a current state (which names its schema_version) nor a 0.0 one (keyed by
+        # "id"): say which field is missing rather than how a migration tripped on it.
+        raise CorruptStateError(f'state has no "schema_version" field{where}')
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise CorruptStateError(f"state has an invalid schema_version {version!r}{where}")
     if version > SCHEMA_VERSION:
@@ -120,7 +124,11 @@ def state_from_dict(raw: object, *, where: str = "") -> State:
             raise CorruptStateError(f"no migration from schema_version {version}{where}")
         try:
             raw = step(raw)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except KeyError as exc:
+            raise CorruptStateError(
+                f"state of schema_version {version} has no {exc.args[0]!r} field{where}"
+            ) from exc
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptStateError(
                 f"state of schema_version {version} could not be migrated{where}: {exc!r}"
             ) from exc

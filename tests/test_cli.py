@@ -83,9 +83,16 @@ def test_default_store_is_sqlite_in_the_working_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PROMPTSTATE_URL", raising=False)
     assert DEFAULT_STORE_URL == "sqlite:///promptstate.db"
-    assert main(["ls"]) == 0
+    # Looking creates nothing: ls says the database is not there yet.
+    assert main(["ls"]) == 1
+    assert not (tmp_path / "promptstate.db").exists()
+    assert "sqlite:///promptstate.db does not exist" in capsys.readouterr().err
+    # A command that writes creates it, right here.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert main(["chat"]) == 0
     assert (tmp_path / "promptstate.db").exists()
-    assert "0 conversations" in capsys.readouterr().err
+    assert main(["ls"]) == 0
+    assert "1 conversation" in capsys.readouterr().err
 
 
 def test_chat_ls_show_export_import_rm(
@@ -181,17 +188,21 @@ def test_import_bad_lines(
     [
         (["show", "nope"], "no conversation state under key 'nope'"),
         (["rm", "nope"], "no conversation with id 'nope'"),
-        (["rm"], "rm needs conversation ids or --prefix"),
-        (["rm", "--prefix", ""], "refusing to delete everything"),
-        (["rm", "a", "--prefix", "b"], "not both"),
         (["import", "/nonexistent/file.jsonl"], "cannot open /nonexistent/file.jsonl"),
         (["ls", "--store", "memory"], "a store URL looks like 'scheme://...'"),
         (["bench"], "the benchmarks live in a source checkout"),
     ],
 )
 def test_errors_exit_1_with_one_line(
-    store_url: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    store_url: str,
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    if argv[0] in ("show", "rm"):  # a store that exists, without that conversation
+        assert _chat(monkeypatch, "hi\n", "--session", "other") == 0
+        capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("promptstate: error: ")
@@ -217,14 +228,23 @@ def test_unreachable_server_is_one_line(
     assert "hunter2" not in err
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--sessions", "-3"],
+        [],
+        ["rm"],
+        ["rm", "--prefix", ""],
+        ["rm", "a", "--prefix", "b"],
+    ],
+)
+def test_usage_errors_exit_2(
+    store_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["demo", "--sessions", "-3"])
+        main(argv)
     assert info.value.code == 2
-    with pytest.raises(SystemExit) as info:
-        main([])
-    assert info.value.code == 2
-    capsys.readouterr()
+    assert "usage:" in capsys.readouterr().err
 
 
 class _OpenAICompatible(http.server.BaseHTTPRequestHandler):

@@ -530,6 +530,16 @@ class Store(AsyncResource, ABC):
         """The counter the store uses for ``State.token_count``."""
         return self._counter
 
+    async def exists(self) -> bool:
+        """Whether the store's database is there, checked without creating anything.
+
+        A store that keeps its data in a file or in tables it creates on first use (SQLite,
+        PostgreSQL) answers whether they exist yet; read-only tools such as ``promptstate ls``
+        ask first, so that looking never creates a database. Stores with nothing to create
+        (memory, Redis) answer ``True``.
+        """
+        return True
+
     # -- the abstract methods -------------------------------------------------------------
 
     @abstractmethod

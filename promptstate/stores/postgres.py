@@ -601,6 +601,17 @@ class PostgresStore(Store):
                 self._pool = pool
         return self._pool
 
+    async def exists(self) -> bool:
+        """Whether this store's tables are there; creates nothing (not even the pool's tables).
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+        """
+        self._check_open()
+        async with self._connection("check that the tables exist") as conn:
+            found = await conn.fetchval("SELECT to_regclass($1)", self._names.sessions)
+        return found is not None
+
     async def setup(self) -> list[int]:
         """Create or upgrade the tables; returns the migration versions this call applied.
 

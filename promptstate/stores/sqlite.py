@@ -426,6 +426,32 @@ class SQLiteStore(Store):
     async def _open(self) -> None:
         await self.setup()
 
+    async def exists(self) -> bool:
+        """Whether the file is there and holds this store's tables; creates nothing."""
+        self._check_open()
+        path = self._path
+
+        def check() -> bool:
+            if not os.path.isfile(path):
+                return False
+            uri = Path(path).resolve().as_uri() + "?mode=ro"
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout)
+            except sqlite3.Error:
+                return False
+            try:
+                row = conn.execute(
+                    "SELECT 1 FROM sqlite_master"
+                    " WHERE type = 'table' AND name = 'promptstate_sessions'"
+                ).fetchone()
+            except sqlite3.DatabaseError:
+                return False  # not a SQLite database at all
+            finally:
+                conn.close()
+            return row is not None
+
+        return await anyio.to_thread.run_sync(check)
+
     async def aclose(self) -> None:
         """Close the store's connections. Idempotent."""
         if not self._closed:
