@@ -327,3 +327,38 @@ def test_the_console_example_runs() -> None:
     assert '"name": "promptstate.turn"' in done.stdout
     assert '"name": "chat mock-model"' in done.stdout
     assert '"gen_ai.usage.output_tokens"' in done.stdout
+
+
+async def test_cancelled_turns_end_their_spans_and_leave_no_context(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    import random
+
+    import anyio
+
+    model = _model()
+    rng = random.Random(17)
+    attempts = 40
+    async with Pipeline(MockProvider(["a b c d"], model=model, cycle=True, delay=0.002)) as pipe:
+        for i in range(attempts):
+            # Some turns run to the end, some are cancelled at once, the rest at random points.
+            deadline = None if i % 5 == 0 else 0.0 if i % 5 == 1 else rng.uniform(0, 0.006)
+            with anyio.move_on_after(deadline):
+                if i % 2:
+                    await pipe.execute("s", "user", "hi")
+                else:
+                    async with aclosing(pipe.stream("s", "user", "hi")) as chunks:
+                        async for _ in chunks:
+                            pass
+            assert not trace.get_current_span().get_span_context().is_valid
+    by_name = _by_name(spans)
+    turns = by_name["promptstate.turn"]
+    assert len(turns) == attempts  # every turn's span ended, cancelled or not
+    cancelled = [t for t in turns if t.status.status_code == StatusCode.ERROR]
+    assert cancelled, "no turn was cancelled: the test did not test anything"
+    assert len(cancelled) < attempts, "every turn was cancelled: nothing ran to the end"
+    assert all(t.attributes["error.type"] == "CancelledError" for t in cancelled)
+    for span in spans.get_finished_spans():
+        if span.name != "promptstate.turn":
+            assert span.parent is not None
+    assert "Failed to detach context" not in caplog.text
