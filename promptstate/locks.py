@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 import anyio
 
 from promptstate.exceptions import LeaseLostError, SessionBusyError, ValidationError
+from promptstate.settle import settled
 
 if TYPE_CHECKING:
     from promptstate.types import Message
@@ -310,17 +311,22 @@ class TurnLease:
         store = self._store
         while True:
             started = time.monotonic()
-            # Shielded: a cancellation never leaves a lease taken on the server but unknown here.
-            with anyio.CancelScope(shield=True):
-                if load is None:
-                    taken = await store.acquire_lease(self.key, self.owner, self.ttl)
-                else:
-                    found = await cast(SupportsLeasedLoad, store).acquire_and_load(
+            # Settled: a cancellation (an anyio scope's or a plain task.cancel()) never leaves
+            # a lease taken on the server but unknown here.
+            if load is None:
+                taken = await settled(
+                    store.acquire_lease(self.key, self.owner, self.ttl), undo=self._undo_taken
+                )
+            else:
+                found = await settled(
+                    cast(SupportsLeasedLoad, store).acquire_and_load(
                         self.key, self.owner, self.ttl, last=load[0]
-                    )
-                    taken = found is not None
-                    if found is not None:
-                        self.prefetch = (load[0], found)
+                    ),
+                    undo=self._undo_taken,
+                )
+                taken = found is not None
+                if found is not None:
+                    self.prefetch = (load[0], found)
             if taken:
                 self._renewed_at = started
                 self.held = True
@@ -386,14 +392,22 @@ class TurnLease:
             except Exception:  # a failed renewal is retried; ensure() catches a real loss
                 logger.warning("could not renew the lease on session %r", self.key, exc_info=True)
 
+    async def _undo_taken(self, taken: object) -> None:
+        """Give back a lease taken by an acquire whose caller was cancelled meanwhile."""
+        if taken is not None and taken is not False:
+            await self._store.release_lease(self.key, self.owner)
+
     async def release(self) -> None:
-        """Release the lease (shielded from cancellation, bounded in time)."""
+        """Release the lease (settled even if the caller is cancelled, bounded in time)."""
         self.held = False
-        with anyio.move_on_after(max(self.ttl, 1.0), shield=True):
-            try:
-                await self._store.release_lease(self.key, self.owner)
-            except Exception:  # the lease expires by itself; never mask the turn's outcome
-                logger.warning("could not release the lease on session %r", self.key, exc_info=True)
+        try:
+            # Settled: a plain task.cancel() gets through an anyio shield, and a release cut
+            # short leaves the session busy until the lease expires.
+            await settled(
+                self._store.release_lease(self.key, self.owner), timeout=max(self.ttl, 1.0)
+            )
+        except Exception:  # the lease expires by itself; never mask the turn's outcome
+            logger.warning("could not release the lease on session %r", self.key, exc_info=True)
 
 
 class _TimerKeepAlive:

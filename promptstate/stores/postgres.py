@@ -47,6 +47,7 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
+from promptstate.settle import settled_write
 from promptstate.stores.base import TURN_ID_KEY, Store
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, utcnow
@@ -825,6 +826,7 @@ class PostgresStore(Store):
                 await self._opportunistic_purge(conn)
         return value
 
+    @settled_write
     async def append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             async with self._conn("append to", session_id) as conn:
@@ -843,6 +845,7 @@ class PostgresStore(Store):
         )
         return int(count)
 
+    @settled_write
     async def append_turn(
         self,
         session_id: str,
@@ -965,6 +968,7 @@ class PostgresStore(Store):
                     await self._opportunistic_purge(conn)
                 return int(new_count)
 
+    @settled_write
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         _, encoded, tokens = self._encode(messages, session_id)
         await self._write(
@@ -977,6 +981,7 @@ class PostgresStore(Store):
             utcnow(),
         )
 
+    @settled_write
     async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         user_id = _check_user_id(state.user_id, key)
         total_cost = _check_cost(state.total_cost, key)
@@ -1017,11 +1022,13 @@ class PostgresStore(Store):
             updated_at=now,
         )
 
+    @settled_write
     async def delete(self, key: str) -> bool:
         async with self._conn("delete", key) as conn:
             live = await conn.fetchval(self._sql.delete, key)
         return bool(live)
 
+    @settled_write
     async def delete_by_prefix(self, prefix: str) -> int:
         where, args = _range(prefix, None, 1)
         sql = (
@@ -1031,6 +1038,7 @@ class PostgresStore(Store):
         async with self._conn("delete_by_prefix with prefix", prefix) as conn:
             return int(await conn.fetchval(sql, *args))
 
+    @settled_write
     async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
         asyncpg = _import_asyncpg()
         sql = self._sql.fork_overwrite if overwrite else self._sql.fork_new
@@ -1081,6 +1089,7 @@ class PostgresStore(Store):
 
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 
+    @settled_write
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
@@ -1092,12 +1101,14 @@ class PostgresStore(Store):
         async with self._conn("take the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
 
+    @settled_write
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
         self._check_open()
         async with self._conn("renew the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_renew, key, owner, float(ttl)))
 
+    @settled_write
     async def release_lease(self, key: str, owner: str) -> bool:
         """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
         self._check_open()
