@@ -103,6 +103,10 @@ class CachedStore(Store):
             return getattr(self._inner, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    async def exists(self) -> bool:
+        """Whether the inner store's database is there (see :meth:`Store.exists`)."""
+        return await self._inner.exists()
+
     @property
     def inner(self) -> Store:
         """The wrapped store."""

@@ -44,3 +44,19 @@ async def test_postgres(postgres_dsn: str) -> None:
 
 async def test_stores_with_nothing_to_create() -> None:
     assert await MemoryStore().exists() is True
+
+
+async def test_wrappers_ask_their_inner_store(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    from promptstate import CachedStore, EncryptedStore
+
+    path = tmp_path / "w.db"
+    inner = SQLiteStore(path)
+    cached = CachedStore(inner)
+    sealed = EncryptedStore(cached, keys={"k1": bytes(32)}, active="k1")
+    assert await cached.exists() is False
+    assert await sealed.exists() is False
+    async with inner:
+        await sealed.set("a", State(conversation_id="a"))
+        assert await cached.exists() is True
+        assert await sealed.exists() is True
