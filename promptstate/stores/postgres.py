@@ -41,6 +41,7 @@ from promptstate.exceptions import (
     CorruptStateError,
     NotFoundError,
     PromptStateError,
+    StoreAuthError,
     StoreUnavailableError,
     ValidationError,
 )
@@ -1367,6 +1368,13 @@ def _reraise(exc: BaseException, what: str) -> NoReturn:
         ) from exc
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "?")
+        if str(state).startswith("28") or state == "42501":
+            # 28xxx: the credentials were refused; 42501: this role may not use the table.
+            # Not an outage: retrying cannot help.
+            raise StoreAuthError(
+                f"PostgreSQL refused the credentials or the permission ({what}): "
+                f"SQLSTATE {state}: {exc}"
+            ) from exc
         if name == "UndefinedTableError":
             raise StoreUnavailableError(
                 f"a promptstate table is missing ({what}); it is recreated on next use: {exc}"

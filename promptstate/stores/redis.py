@@ -39,6 +39,7 @@ from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
     NotFoundError,
+    StoreAuthError,
     StoreUnavailableError,
     ValidationError,
 )
@@ -868,6 +869,17 @@ class _Errors:
         ):
             return
         what = self.what if self.key is None else f"{self.what} {self.key!r}"
+        if isinstance(
+            exc,
+            (
+                redis_errors.AuthenticationError,
+                redis_errors.AuthorizationError,
+                redis_errors.NoPermissionError,
+                redis_errors.AuthenticationWrongNumberOfArgsError,
+            ),
+        ):
+            # Refused credentials are not an outage: retrying cannot help.
+            raise StoreAuthError(f"Redis refused the credentials while {what}: {exc}") from exc
         if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
             raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
         if isinstance(exc, redis_errors.ResponseError):

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("redis")
 
-from promptstate import Message, StoreUnavailableError, open_store
+from promptstate import Message, StoreAuthError, StoreUnavailableError, open_store
 from promptstate.stores.redis import RedisStore
 from tests.servers import free_port, missing
 
@@ -136,12 +136,13 @@ async def test_another_database_over_tls(tls_server: tuple[int, Path]) -> None:
         assert await db1.delete_by_prefix("") == 1
 
 
-async def test_wrong_password_is_store_unavailable_and_not_echoed(
+async def test_wrong_password_is_store_auth_error_and_not_echoed(
     tls_server: tuple[int, Path],
 ) -> None:
+    # It was a StoreUnavailableError, so retry loops retried a password that cannot work.
     port, ca = tls_server
     store = RedisStore.from_url(f"rediss://:not-it-42@127.0.0.1:{port}/0?ssl_ca_certs={ca}")
-    with pytest.raises(StoreUnavailableError) as info:
+    with pytest.raises(StoreAuthError) as info:
         await store.load("x")
     assert "not-it-42" not in str(info.value)
     assert info.value.__cause__ is not None
