@@ -51,7 +51,7 @@ async def test_redis_no_permission_and_the_pipeline_does_not_retry(
 ) -> None:
     store = RedisStore.from_url(f"redis://limited:right-pw@127.0.0.1:{acl_redis.port}/0")
     try:
-        with pytest.raises(StoreAuthError, match="NOPERM|no permissions"):
+        with pytest.raises(StoreAuthError, match=r"NOPERM|no permissions"):
             await store.append("x", [Message("user", "hi")])
         caplog.set_level(logging.DEBUG, logger="promptstate")
         async with Pipeline(MockProvider(["ok"]), store=store) as pipe:
