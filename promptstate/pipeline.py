@@ -712,10 +712,21 @@ class Pipeline(AsyncResource):
             guardrails,
         )
         send, receive = anyio.create_memory_object_stream[Chunk | None](0)
-        ctx.emit = send.send
         failure: list[BaseException] = []
         scope = anyio.CancelScope()
         finished = anyio.Event()
+
+        async def emit(chunk: Chunk | None) -> None:
+            try:
+                await send.send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                # The consumer left between two chunks: the turn is cancelled, not failed
+                # (the provider stage would report a send to a closed stream as its error).
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+                raise
+
+        ctx.emit = emit
 
         # The turn runs in a task of its own, outside this generator's frame: no cancel scope
         # or task group stays open across a ``yield``, so a consumer may leave the loop at any

@@ -357,7 +357,8 @@ async def test_cancelled_turns_end_their_spans_and_leave_no_context(
     cancelled = [t for t in turns if t.status.status_code == StatusCode.ERROR]
     assert cancelled, "no turn was cancelled: the test did not test anything"
     assert len(cancelled) < attempts, "every turn was cancelled: nothing ran to the end"
-    assert all(t.attributes["error.type"] == "CancelledError" for t in cancelled)
+    errors = sorted({(str(t.attributes["error.type"]), t.status.description) for t in cancelled})
+    assert [e for e in errors if e[0] != "CancelledError"] == [], errors
     for span in spans.get_finished_spans():
         if span.name != "promptstate.turn":
             assert span.parent is not None
