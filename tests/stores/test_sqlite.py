@@ -432,7 +432,10 @@ async def test_purge_expired_removes_rows(tmp_path: Path) -> None:
             await store.append(f"old{i}", [Message("user", "x"), Message("user", "y")])
         await anyio.sleep(0.3)
         await store.append("fresh", [Message("user", "z")])
-        assert await store.purge_expired() == 300
+        # Writes also purge now and then (at most once a second): on a loaded machine the 300
+        # writes take longer than that and some expired rows are gone already.
+        expired = _counted(path) - 1  # 300 unless the machine was that busy
+        assert await store.purge_expired() == expired
         assert await store.purge_expired() == 0
         with pytest.raises(NotFoundError):
             await store.get("old1")
