@@ -23,7 +23,7 @@ from promptstate import (
 from promptstate.stores.redis import RedisStore
 from tests.servers import RedisProcess, drop_postgres_tables
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("sweep_orphaned_sockets")]
 
 # A user who may connect but not run scripts (every RedisStore write is one Lua script).
 _LIMITED = ("--user", "limited", "on", ">right-pw", "~*", "+@all", "-eval", "-evalsha", "-fcall")

@@ -22,7 +22,11 @@ from tests.redis_cluster import redis_cluster_url
 
 __all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.redis,
+    pytest.mark.usefixtures("sweep_orphaned_sockets"),
+]
 
 
 def _prefix() -> str:

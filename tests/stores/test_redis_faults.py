@@ -25,7 +25,11 @@ from tests.servers import RedisProcess
 
 __all__ = ["redis_cluster_url"]
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.redis,
+    pytest.mark.usefixtures("sweep_orphaned_sockets"),
+]
 
 SIZE = 4
 

@@ -17,7 +17,11 @@ from promptstate import Message, StoreAuthError, StoreUnavailableError, open_sto
 from promptstate.stores.redis import RedisStore
 from tests.servers import free_port, missing
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.redis,
+    pytest.mark.usefixtures("sweep_orphaned_sockets"),
+]
 
 PASSWORD = "s3cret-pw"
 

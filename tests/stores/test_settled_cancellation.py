@@ -30,7 +30,7 @@ from promptstate import (
 from promptstate.stores.redis import RedisStore
 from tests.servers import drop_postgres_tables
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("sweep_orphaned_sockets")]
 
 TRIALS = 60
 
