@@ -54,7 +54,7 @@ try:
     import redis.exceptions as redis_errors
     from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    from redis.asyncio.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "RedisStore needs the redis package: pip install 'promptstate[redis]'"
