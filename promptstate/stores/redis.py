@@ -53,8 +53,8 @@ from promptstate.types import Message, State
 try:
     import redis.exceptions as redis_errors
     from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-    from redis.backoff import NoBackoff
     from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "RedisStore needs the redis package: pip install 'promptstate[redis]'"
