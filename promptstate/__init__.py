@@ -59,7 +59,7 @@ from promptstate.truncation import (
     TokenBudget,
     truncate_messages,
 )
-from promptstate.types import Message, State, ToolCall, Usage
+from promptstate.types import Message, SessionInfo, SessionPage, State, ToolCall, Usage
 from promptstate.validators import Guardrails, Validator, ValidatorRegistry, Violation
 
 TYPE_CHECKING = False
@@ -110,6 +110,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteStore",
     "SessionBusyError",
+    "SessionInfo",
+    "SessionPage",
     "SlidingWindow",
     "State",
     "Store",

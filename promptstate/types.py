@@ -12,7 +12,17 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ROLES", "Message", "State", "ToolCall", "Usage", "utcnow"]
+__all__ = [
+    "ROLES",
+    "SESSION_ORDERS",
+    "Message",
+    "SessionInfo",
+    "SessionPage",
+    "State",
+    "ToolCall",
+    "Usage",
+    "utcnow",
+]
 
 #: The roles a message may have.
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -142,3 +152,61 @@ class State(msgspec.Struct, kw_only=True):
             self.created_at = _as_utc(self.created_at)
         if isinstance(self.updated_at, datetime) and self.updated_at.tzinfo is not timezone.utc:
             self.updated_at = _as_utc(self.updated_at)
+
+
+#: The orders :meth:`promptstate.Store.list_sessions` accepts.
+SESSION_ORDERS = ("updated_desc", "updated_asc", "created_desc", "created_asc")
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a listing tells about one session, without its messages.
+
+    Attributes:
+        conversation_id: The session's key.
+        user_id: Whose session it is, if recorded.
+        message_count: How many messages it holds.
+        token_count: Tokens of its messages by the store's token counter.
+        total_cost: Accumulated provider cost in USD.
+        metadata: Its metadata.
+        created_at: When it was first stored (UTC).
+        updated_at: When it was last written (UTC).
+        version: Its version (bumped on every write).
+    """
+
+    conversation_id: str
+    user_id: str | None = None
+    message_count: int = 0
+    token_count: int = 0
+    total_cost: float = 0.0
+    metadata: dict[str, Any] = {}
+    created_at: datetime
+    updated_at: datetime
+    version: int = 0
+
+    @classmethod
+    def of(cls, state: State) -> SessionInfo:
+        """The facts of ``state``."""
+        return cls(
+            conversation_id=state.conversation_id,
+            user_id=state.user_id,
+            message_count=len(state.messages),
+            token_count=state.token_count,
+            total_cost=state.total_cost,
+            metadata=state.metadata,
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+            version=state.version,
+        )
+
+
+class SessionPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of :meth:`promptstate.Store.list_sessions`.
+
+    Attributes:
+        items: The sessions of this page, in the order asked for.
+        next_cursor: Pass it as ``cursor=`` (with the same filters and order) for the next
+            page; ``None`` on the last page.
+    """
+
+    items: list[SessionInfo] = []
+    next_cursor: str | None = None

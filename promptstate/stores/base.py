@@ -14,12 +14,16 @@ done for it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import inspect
 import math
 import re
+import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -32,11 +36,21 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
-from promptstate.types import Message, State, ToolCall, utcnow
+from promptstate.types import (
+    SESSION_ORDERS,
+    Message,
+    SessionInfo,
+    SessionPage,
+    State,
+    ToolCall,
+    utcnow,
+)
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_PAGE_SIZE",
     "MAX_TTL",
+    "SessionQuery",
     "TURN_ID_KEY",
     "Store",
     "normalize_ttl",
@@ -63,6 +77,12 @@ _MAX_VERSION = 2**63 - 1
 
 #: ``load(last=n)`` with a larger ``n`` reads as this (more messages than any session holds).
 _MAX_LAST = 2**62
+
+#: The largest ``limit`` :meth:`Store.list_sessions` accepts.
+MAX_PAGE_SIZE = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -247,6 +267,138 @@ def _check_last(last: object) -> None:
         raise ValidationError(f"last must be None or an int >= 0, got {last!r}")
 
 
+def to_micros(moment: datetime) -> int:
+    """``moment`` as whole microseconds since the Unix epoch (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _US
+
+
+class SessionQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """One page request of :meth:`Store.list_sessions`, checked and with its cursor decoded.
+
+    A backend's :meth:`Store._list_sessions` returns, in ``order``, at most ``limit + 1``
+    sessions whose key starts with ``prefix`` (literally), of ``user_id`` when given, and that
+    come strictly after ``after`` in the order: the base class cuts the page and makes the
+    next cursor from its last item.
+
+    Attributes:
+        prefix: The literal key prefix ("" for all).
+        user_id: Only this user's sessions, when not ``None``.
+        order: One of ``SESSION_ORDERS``.
+        limit: The page size.
+        after: ``(microseconds since the epoch, key)`` of the last session of the previous
+            page, or ``None`` for the first page. Sessions are ordered by ``(time, key)``,
+            both ascending or both descending, so ties in time are broken by key (compared
+            by code point, which is UTF-8 byte order).
+    """
+
+    prefix: str = ""
+    user_id: str | None = None
+    order: str = "updated_desc"
+    limit: int = 50
+    after: tuple[int, str] | None = None
+
+    @property
+    def by_created(self) -> bool:
+        """Ordered by ``created_at`` (else by ``updated_at``)."""
+        return self.order.startswith("created")
+
+    @property
+    def descending(self) -> bool:
+        """Newest first."""
+        return self.order.endswith("_desc")
+
+    def sort_key(self, info: SessionInfo) -> tuple[int, str]:
+        """``(time, key)`` of ``info`` in this query's order field."""
+        moment = info.created_at if self.by_created else info.updated_at
+        return to_micros(moment), info.conversation_id
+
+    def is_after(self, position: tuple[int, str]) -> bool:
+        """Whether a session at ``position`` (see :meth:`sort_key`) belongs after the cursor."""
+        if self.after is None:
+            return True
+        return position < self.after if self.descending else position > self.after
+
+    def matches(self, key: str, user_id: str | None) -> bool:
+        """Whether a session passes the prefix and user filters."""
+        return key.startswith(self.prefix) and (self.user_id is None or user_id == self.user_id)
+
+    def select(self, infos: Iterable[SessionInfo]) -> list[SessionInfo]:
+        """Filter, order and cut ``infos`` (any order) to what ``_list_sessions`` returns."""
+        chosen = [
+            info
+            for info in infos
+            if self.matches(info.conversation_id, info.user_id)
+            and self.is_after(self.sort_key(info))
+        ]
+        chosen.sort(key=self.sort_key, reverse=self.descending)
+        return chosen[: self.limit + 1]
+
+
+def _filters_tag(prefix: str, user_id: str | None) -> int:
+    return zlib.crc32(f"{prefix}\x00{'' if user_id is None else '+' + user_id}".encode())
+
+
+def _encode_cursor(query: SessionQuery, last: SessionInfo) -> str:
+    micros, key = query.sort_key(last)
+    payload = _json_encode([1, query.order, micros, key, _filters_tag(query.prefix, query.user_id)])
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: object, order: str, prefix: str, user_id: str | None) -> tuple[int, str]:
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 4 * MAX_KEY_LENGTH:
+        raise ValidationError(f"cursor must be None or a str from a page, got {cursor!r:.80}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        item = msgspec.json.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValidationError(f"cursor {cursor!r:.80} is not a cursor of list_sessions()") from None
+    if (
+        not isinstance(item, list)
+        or len(item) != 5
+        or item[0] != 1
+        or not isinstance(item[2], int)
+        or isinstance(item[2], bool)
+        or not isinstance(item[3], str)
+        or not item[3]
+    ):
+        raise ValidationError(f"cursor {cursor!r:.80} is not a cursor of list_sessions()")
+    if item[1] != order:
+        raise ValidationError(f"cursor {cursor!r:.80} belongs to order {item[1]!r}, not {order!r}")
+    if item[4] != _filters_tag(prefix, user_id):
+        raise ValidationError(f"cursor {cursor!r:.80} was made with another prefix or user_id")
+    _check_text(item[3], "cursor key")
+    return item[2], item[3]
+
+
+def _check_query(
+    prefix: str, user_id: str | None, order: str, limit: int, cursor: object
+) -> SessionQuery:
+    validate_prefix(prefix)
+    if user_id is not None and not isinstance(user_id, str):
+        raise ValidationError(f"user_id must be None or a str, got {user_id!r}")
+    if order not in SESSION_ORDERS:
+        raise ValidationError(f"order must be one of {', '.join(SESSION_ORDERS)}; got {order!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValidationError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+    after = None if cursor is None else _decode_cursor(cursor, order, prefix, user_id)
+    return SessionQuery(prefix=prefix, user_id=user_id, order=order, limit=limit, after=after)
+
+
+async def _default_fork(
+    store: Store, source: str, target: str, overwrite: bool, at: int | None
+) -> State:
+    state = await store.get(source)
+    state.conversation_id = target
+    if at is not None:
+        del state.messages[at:]
+    try:
+        return await store.set(target, state, expected_version=None if overwrite else 0)
+    except ConflictError as exc:
+        raise ConflictError(f"fork target {target!r} exists already") from exc
+
+
 # -- the guards wrapped around every subclass's methods ---------------------------------------
 
 
@@ -394,17 +546,83 @@ def _guard_acquire_and_load(fn: F) -> F:
     return cast(F, guarded)
 
 
+def _check_count_arg(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
+
+
 def _guard_fork(fn: F) -> F:
+    # A fork() written before 0.2 takes no ``at``: a branch then uses the default.
+    takes_at = "at" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     async def guarded(
-        self: Store, source: object, target: object, *, overwrite: bool = False
+        self: Store,
+        source: object,
+        target: object,
+        *,
+        overwrite: bool = False,
+        at: object = None,
     ) -> Any:
         self._check_open()
         validate_key(source, what="fork source")
         validate_key(target, what="fork target")
         if source == target:
             raise ValidationError(f"fork source and target are the same key {source!r}")
-        return await fn(self, source, target, overwrite=overwrite)
+        if at is not None:
+            _check_count_arg(at, "at")
+        if takes_at:
+            return await fn(self, source, target, overwrite=overwrite, at=at)
+        if at is None:
+            return await fn(self, source, target, overwrite=overwrite)
+        return await _default_fork(
+            self, cast(str, source), cast(str, target), overwrite, cast(int, at)
+        )
+
+    return cast(F, guarded)
+
+
+def _guard_merge(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, key: object, updates: object, *, remove: object = ()) -> Any:
+        self._check_open()
+        validate_key(key)
+        if not isinstance(updates, Mapping):
+            raise ValidationError(
+                f"merge_metadata() takes a mapping of updates, got {type(updates).__name__}"
+            )
+        if isinstance(remove, (str, bytes)) or not isinstance(remove, Iterable):
+            raise ValidationError(
+                f"remove must be a list of metadata keys, got {type(remove).__name__}"
+            )
+        drop = list(dict.fromkeys(remove))
+        for name in drop:
+            if not isinstance(name, str):
+                raise ValidationError(f"remove holds a key that is not a str: {name!r}")
+        new = dict(updates)
+        both = [name for name in drop if name in new]
+        if both:
+            raise ValidationError(f"metadata keys both updated and removed: {both!r}")
+        # The same checks as a state's metadata (str keys, JSON and MessagePack can hold it).
+        _check_storable(State(conversation_id="-", metadata=new), "merge_metadata() updates")
+        # A copy: later changes to the caller's objects never reach the store.
+        new = (
+            _msgpack_decoders[State]
+            .decode(_msgpack_encode(State(conversation_id="-", metadata=new)))
+            .metadata
+        )
+        return await fn(self, key, new, remove=tuple(drop))
+
+    return cast(F, guarded)
+
+
+def _guard_truncate(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, key: object, keep: object) -> Any:
+        self._check_open()
+        validate_key(key)
+        _check_count_arg(keep, "keep")
+        return await fn(self, key, keep)
 
     return cast(F, guarded)
 
@@ -462,6 +680,10 @@ _GUARDS: dict[str, Callable[[Any], Any]] = {
     "append_turn": _guard_append_turn,
     "acquire_and_load": _guard_acquire_and_load,
     "fork": _guard_fork,
+    "count": _guard_key,
+    "get_metadata": _guard_key,
+    "merge_metadata": _guard_merge,
+    "truncate": _guard_truncate,
     "list_keys": _guard_prefix_iter,
     "list_by_prefix": _guard_prefix_iter,
     "list_all": _guard_open,
@@ -673,19 +895,140 @@ class Store(AsyncResource, ABC):
                 continue
             return len(stored.messages)
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
-        """Copy the whole state under ``source`` to ``target``; returns the new state.
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
+        """Copy the state under ``source`` to ``target``; returns the new state.
+
+        With ``at``, the copy holds only the first ``at`` messages (a branch before message
+        ``at``; ``at`` beyond the last message copies them all), and its ``token_count`` is
+        theirs. Metadata, user, cost and ``created_at`` are copied as they are.
 
         Raises:
             NotFoundError: ``source`` does not exist.
             ConflictError: ``target`` exists and ``overwrite`` is false.
+            ValidationError: ``at`` is not an int >= 0, or ``source`` is ``target``.
         """
-        state = await self.get(source)
-        state.conversation_id = target
+        return await _default_fork(self, source, target, overwrite, at)
+
+    # -- cheap session facts, listing, branching ------------------------------------------
+
+    async def count(self, key: str) -> int:
+        """The number of messages of the session; 0 for an unknown one.
+
+        The default reads the state; the bundled backends answer without reading messages.
+        """
         try:
-            return await self.set(target, state, expected_version=None if overwrite else 0)
-        except ConflictError as exc:
-            raise ConflictError(f"fork target {target!r} exists already") from exc
+            return len((await self.get(key)).messages)
+        except NotFoundError:
+            return 0
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        """The session's metadata (a copy of your own).
+
+        Raises:
+            NotFoundError: Nothing is stored under ``key``.
+        """
+        return (await self.get(key)).metadata
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Set the keys of ``updates`` and drop those in ``remove``, in one atomic write.
+
+        Never touches the messages. Creates the state when absent; bumps ``version`` and
+        ``updated_at`` like any write. Concurrent merges of different keys all survive, and
+        so do appends running meanwhile.
+
+        The default is a compare-and-set loop on :meth:`get` / :meth:`set` (its cost grows
+        with the history); the bundled backends write only the metadata.
+
+        Returns:
+            The metadata after the merge.
+
+        Raises:
+            ValidationError: ``updates`` holds something a store cannot keep (non-``str``
+                keys, values neither JSON nor MessagePack can hold), or a key is both in
+                ``updates`` and ``remove``.
+        """
+        while True:
+            state, expected = await self._get_or_new(key)
+            metadata = {**state.metadata, **updates}
+            for name in remove:
+                metadata.pop(name, None)
+            state.metadata = metadata
+            try:
+                stored = await self.set(key, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return dict(stored.metadata)
+
+    async def truncate(self, key: str, keep: int) -> int:
+        """Keep only the first ``keep`` messages (undo, regenerate); return the new count.
+
+        ``token_count`` drops with the messages; ``total_cost`` stays (it was spent). When
+        the session holds ``keep`` messages or fewer, nothing is written.
+
+        Raises:
+            NotFoundError: Nothing is stored under ``key``.
+            ValidationError: ``keep`` is not an int >= 0.
+        """
+        while True:
+            state = await self.get(key)
+            if len(state.messages) <= keep:
+                return len(state.messages)
+            del state.messages[keep:]
+            try:
+                await self.set(key, state, expected_version=state.version)
+            except ConflictError:
+                continue
+            return keep
+
+    async def list_sessions(
+        self,
+        *,
+        prefix: str = "",
+        user_id: str | None = None,
+        order: str = "updated_desc",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """One page of the sessions of this store, without their messages.
+
+        Args:
+            prefix: Only keys that start with it (matched literally).
+            user_id: Only sessions with this ``user_id``.
+            order: ``"updated_desc"`` (newest first, the default), ``"updated_asc"``,
+                ``"created_desc"`` or ``"created_asc"``; ties are broken by key.
+            limit: The page size, 1 to 1000.
+            cursor: ``next_cursor`` of the previous page (same filters and order), or
+                ``None`` for the first page.
+
+        Paging through a store while it is written never returns a session twice in one
+        pass unless it was updated during the pass, and never skips one that was not
+        (cursors are positions, not offsets). Expired and deleted sessions are never listed.
+
+        Raises:
+            ValidationError: A bad cursor (including one made for another order, prefix or
+                user), order or limit.
+        """
+        self._check_open()
+        query = _check_query(prefix, user_id, order, limit, cursor)
+        found = await self._list_sessions(query)
+        if len(found) <= query.limit:
+            return SessionPage(items=list(found), next_cursor=None)
+        items = list(found[: query.limit])
+        return SessionPage(items=items, next_cursor=_encode_cursor(query, items[-1]))
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        """Up to ``query.limit + 1`` sessions for :meth:`list_sessions` (see
+        :class:`SessionQuery`). The default reads every state under the prefix; the bundled
+        backends read only the page, from an index."""
+        infos = []
+        async for state in self.list_by_prefix(query.prefix):
+            if query.user_id is None or state.user_id == query.user_id:
+                infos.append(SessionInfo.of(state))
+        return query.select(infos)
 
     async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         """Every state whose key starts with ``prefix``, matched literally."""

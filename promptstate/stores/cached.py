@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -13,8 +13,8 @@ import msgspec
 from promptstate.exceptions import ValidationError
 from promptstate.locks import supports_lease
 from promptstate.stores._forwarding import ForwardedLeases
-from promptstate.stores.base import Store, normalize_ttl
-from promptstate.types import Message, State
+from promptstate.stores.base import SessionQuery, Store, normalize_ttl
+from promptstate.types import Message, SessionInfo, State
 
 __all__ = ["CachedStore"]
 
@@ -235,6 +235,22 @@ class CachedStore(Store):
     def list_keys(self, prefix: str) -> AsyncIterator[str]:
         return self._inner.list_keys(prefix)
 
+    async def count(self, key: str) -> int:
+        state = self._cached(key)
+        if state is None:
+            return await self._inner.count(key)
+        return len(state.messages)
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        state = self._cached(key)
+        if state is None:
+            return await self._inner.get_metadata(key)
+        return state.metadata
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        self._inner._check_open()
+        return await self._inner._list_sessions(query)
+
     def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         return self._inner.list_by_prefix(prefix)
 
@@ -278,10 +294,12 @@ class CachedStore(Store):
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         await self._write(session_id, self._inner.save(session_id, messages))
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
         flight = self._start(target, write=True)
         try:
-            forked = await self._inner.fork(source, target, overwrite=overwrite)
+            forked = await self._inner.fork(source, target, overwrite=overwrite, at=at)
             self._remember_unless_stale(forked, flight)
         except BaseException:
             self._forget(target)
@@ -289,6 +307,14 @@ class CachedStore(Store):
         finally:
             self._end(target, flight, write=True)
         return forked
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        return await self._write(key, self._inner.merge_metadata(key, updates, remove=remove))
+
+    async def truncate(self, key: str, keep: int) -> int:
+        return await self._write(key, self._inner.truncate(key, keep))
 
     async def delete_by_prefix(self, prefix: str) -> int:
         def drop() -> None:

@@ -39,9 +39,9 @@ import msgspec
 from promptstate.exceptions import ConflictError, DecryptionError, ValidationError
 from promptstate.locks import supports_lease, supports_leased_load
 from promptstate.stores._forwarding import ForwardedLeases
-from promptstate.stores.base import TURN_ID_KEY, Store
+from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
 from promptstate.tokens import with_tokens
-from promptstate.types import Message, State
+from promptstate.types import Message, SessionInfo, State
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -358,8 +358,34 @@ class EncryptedStore(Store):
     # The inner store (its guard, or its native write) handles release_lease=.
     append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
-        return self._open_state(await self._inner.fork(source, target, overwrite=overwrite))
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
+        return self._open_state(await self._inner.fork(source, target, overwrite=overwrite, at=at))
+
+    async def count(self, key: str) -> int:
+        return await self._inner.count(key)
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        return self._open_metadata(await self._inner.get_metadata(key), key)
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        merged = await self._inner.merge_metadata(key, self._seal_metadata(updates), remove=remove)
+        return self._open_metadata(merged, key)
+
+    async def truncate(self, key: str, keep: int) -> int:
+        return await self._inner.truncate(key, keep)
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        self._inner._check_open()
+        return [
+            msgspec.structs.replace(
+                info, metadata=self._open_metadata(info.metadata, info.conversation_id)
+            )
+            for info in await self._inner._list_sessions(query)
+        ]
 
     async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         async for state in self._inner.list_by_prefix(prefix):

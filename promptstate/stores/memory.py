@@ -271,22 +271,29 @@ class MemoryStore(Store):
         entry.updated_at = utcnow()
         entry.expires_at = self._expiry()
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
         entry = self._lookup(source, read=True)
         if entry is None:
             raise NotFoundError(f"fork source {source!r} does not exist")
         existing = self._lookup(target, read=False)
         if existing is not None and not overwrite:
             raise ConflictError(f"fork target {target!r} exists already")
+        messages = entry.messages
+        token_count = entry.token_count
+        if at is not None and at < len(messages):
+            messages = messages[:at]
+            token_count = sum(m.tokens or 0 for m in unpack_messages(messages, key=source))
         copy = _Entry(
             user_id=entry.user_id,
             version=(0 if existing is None else existing.version) + 1,
-            token_count=entry.token_count,
+            token_count=token_count,
             total_cost=entry.total_cost,
             metadata=entry.metadata,  # immutable bytes: sharing is safe
             created_at=entry.created_at,
             updated_at=utcnow(),
-            messages=list(entry.messages),
+            messages=list(messages),
             expires_at=self._expiry(),
         )
         self._put(target, copy)

@@ -1040,7 +1040,11 @@ class PostgresStore(Store):
             return int(await conn.fetchval(sql, *args))
 
     @settled_write
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
+        if at is not None:
+            return await super().fork(source, target, overwrite=overwrite, at=at)
         asyncpg = _import_asyncpg()
         sql = self._sql.fork_overwrite if overwrite else self._sql.fork_new
         for attempt in range(5):

@@ -631,7 +631,11 @@ class RedisStore(Store):
                 await pipe.execute()
         return bool(existed)
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
+        if at is not None:
+            return await super().fork(source, target, overwrite=overwrite, at=at)
         if self._cluster:
             # Source and target live in different slots: read the source in one atomic step,
             # then write the target guarded by its version (0 = must not exist).

@@ -1045,7 +1045,12 @@ class SQLiteStore(Store):
 
         await self._run(work, "write", f"save {session_id!r}")
 
-    async def fork(self, source: str, target: str, *, overwrite: bool = False) -> State:
+    async def fork(
+        self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
+    ) -> State:
+        if at is not None:
+            return await super().fork(source, target, overwrite=overwrite, at=at)
+
         def work(conn: sqlite3.Connection) -> State:
             now = _now_us()
             if self._touching:

@@ -25,7 +25,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.stores.base import MAX_KEY_LENGTH, Store
-from promptstate.types import Message, State, ToolCall
+from promptstate.types import Message, SessionInfo, State, ToolCall
 
 __all__ = ["StoreConformance", "StoreFactory"]
 
@@ -333,6 +333,433 @@ class StoreConformance:
         assert [m.content for m in await store.load("b")] == ["a"]
         with pytest.raises(ValidationError):
             await store.fork("a", "a")
+
+    # -- session facts: count, metadata, truncate, branches --------------------------------
+
+    async def test_count(self, store: Store) -> None:
+        assert await store.count("unknown") == 0
+        await store.append("c", [Message("user", "1"), Message("assistant", "2")])
+        assert await store.count("c") == 2
+        await store.append("c", [Message("user", "3")])
+        assert await store.count("c") == 3
+        await store.set("s", State(conversation_id="s", messages=_sample_messages()))
+        assert await store.count("s") == len(_sample_messages())
+        await store.set("empty", State(conversation_id="empty"))
+        assert await store.count("empty") == 0
+        await store.delete("c")
+        assert await store.count("c") == 0
+
+    async def test_get_metadata(self, store: Store) -> None:
+        with pytest.raises(NotFoundError):
+            await store.get_metadata("absent")
+        meta = {"title": "Zoë's trip", "tags": ["a", "b"], "n": 3, "nested": {"x": None}}
+        await store.set("m", State(conversation_id="m", metadata=meta))
+        got = await store.get_metadata("m")
+        assert got == meta
+        got["title"] = "changed"
+        got["tags"].append("c")
+        assert await store.get_metadata("m") == meta, "the returned dict is the store's own"
+        await store.append("plain", [Message("user", "x")])
+        assert await store.get_metadata("plain") == {}
+
+    async def test_merge_metadata(self, store: Store) -> None:
+        created = await store.merge_metadata("new", {"title": "first"})
+        assert created == {"title": "first"}
+        new = await store.get("new")
+        assert (new.version, new.messages, new.metadata) == (1, [], {"title": "first"})
+
+        before = await store.set(
+            "mm",
+            State(
+                conversation_id="mm",
+                user_id="u",
+                messages=_sample_messages(),
+                total_cost=0.5,
+                metadata={"title": "old", "keep": 1, "drop": True},
+            ),
+        )
+        await anyio.sleep(0.002)
+        merged = await store.merge_metadata(
+            "mm", {"title": "new", "tags": ["x"]}, remove=["drop", "never-there"]
+        )
+        assert merged == {"title": "new", "keep": 1, "tags": ["x"]}
+        after = await store.get("mm")
+        assert after.metadata == merged
+        assert after.version == before.version + 1, "merge_metadata must bump the version"
+        assert after.updated_at > before.updated_at
+        assert after.created_at == before.created_at
+        assert (after.user_id, after.total_cost) == ("u", 0.5)
+        assert after.messages == before.messages, "merge_metadata touched the messages"
+        assert after.token_count == before.token_count
+        assert await store.get_metadata("mm") == merged
+        assert await store.merge_metadata("mm", {}, remove=("title", "tags", "keep")) == {}
+        assert (await store.get("mm")).version == before.version + 2
+        # The caller's objects are not the store's.
+        value: dict[str, Any] = {"k": [1]}
+        await store.merge_metadata("mm", {"v": value})
+        value["k"].append(2)
+        assert await store.get_metadata("mm") == {"v": {"k": [1]}}
+
+    async def test_merge_metadata_refuses_bad_arguments(self, store: Store) -> None:
+        await store.set("b", State(conversation_id="b", metadata={"a": 1}))
+        bad_calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.merge_metadata("b", [("a", 2)]),  # type: ignore[arg-type]
+            lambda: store.merge_metadata("b", {1: "int key"}),  # type: ignore[dict-item]
+            lambda: store.merge_metadata("b", {"o": object()}),
+            lambda: store.merge_metadata("b", {"big": 2**80}),
+            lambda: store.merge_metadata("b", {"deep": _nested(5000)}),
+            lambda: store.merge_metadata("b", {"a": 2}, remove="a"),
+            lambda: store.merge_metadata("b", {}, remove=[1]),  # type: ignore[list-item]
+            lambda: store.merge_metadata("b", {"a": 2}, remove=["a"]),
+        ]
+        for call in bad_calls:
+            with pytest.raises(ValidationError):
+                await call()
+        with pytest.raises(InvalidKeyError):
+            await store.merge_metadata("bad\x00key", {"a": 1})
+        state = await store.get("b")
+        assert (state.metadata, state.version) == ({"a": 1}, 1)
+
+    async def test_concurrent_merges_and_appends_lose_nothing(self, store: Store) -> None:
+        await store.append("cm", [Message("user", "start")])
+        merges, appends, size = 25, 15, 2
+
+        async def merge(i: int) -> None:
+            await store.merge_metadata("cm", {f"k{i}": i})
+
+        async def add(i: int) -> None:
+            await store.append("cm", _batch(f"t{i}", size))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(max(merges, appends)):
+                if i < merges:
+                    tg.start_soon(merge, i)
+                if i < appends:
+                    tg.start_soon(add, i)
+        state = await store.get("cm")
+        assert state.metadata == {f"k{i}": i for i in range(merges)}, "a merge was lost"
+        tags = _assert_whole_batches(state.messages[1:], size)
+        assert sorted(tags) == sorted(f"t{i}" for i in range(appends)), "an append was lost"
+        assert state.version == 1 + merges + appends
+        assert await store.count("cm") == 1 + appends * size
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+
+    async def test_truncate(self, store: Store) -> None:
+        with pytest.raises(NotFoundError):
+            await store.truncate("absent", 0)
+        messages = _sample_messages()
+        before = await store.set(
+            "tr", State(conversation_id="tr", messages=messages, total_cost=1.5, metadata={"a": 1})
+        )
+        assert await store.truncate("tr", len(messages) + 5) == len(messages)
+        assert await store.truncate("tr", len(messages)) == len(messages)
+        assert (await store.get("tr")).version == before.version, "a no-op truncate wrote"
+        assert await store.truncate("tr", 4) == 4
+        state = await store.get("tr")
+        assert _plain_all(state.messages) == messages[:4]
+        assert state.version == before.version + 1
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        assert state.token_count < before.token_count
+        assert (state.total_cost, state.metadata) == (1.5, {"a": 1})
+        assert await store.count("tr") == 4
+        assert _plain_all(await store.load("tr", last=2)) == messages[2:4]
+        # Appends after a truncation carry on at the new end.
+        assert await store.append("tr", [Message("user", "again")]) == 5
+        assert [m.content for m in await store.load("tr", last=2)] == [
+            messages[3].content,
+            "again",
+        ]
+        assert await store.truncate("tr", 0) == 0
+        assert await store.load("tr") == []
+        assert (await store.get("tr")).token_count == 0
+        assert await store.append("tr", [Message("user", "fresh")]) == 1
+        for bad in (-1, 1.5, "2", None, True):
+            with pytest.raises(ValidationError):
+                await store.truncate("tr", bad)  # type: ignore[arg-type]
+        assert await store.count("tr") == 1
+
+    async def test_fork_at_makes_a_branch(self, store: Store) -> None:
+        messages = _sample_messages()
+        await store.set(
+            "src",
+            State(
+                conversation_id="src",
+                user_id="u",
+                messages=messages,
+                total_cost=0.5,
+                metadata={"title": "t"},
+            ),
+        )
+        for at, expected in ((0, []), (3, messages[:3]), (6, messages), (100, messages)):
+            branch = await store.fork("src", f"b{at}", at=at)
+            assert _plain_all(branch.messages) == expected, at
+            got = await store.get(f"b{at}")
+            assert _plain_all(got.messages) == expected, at
+            assert got.token_count == sum(m.tokens or 0 for m in got.messages), at
+            assert (got.user_id, got.total_cost, got.metadata) == ("u", 0.5, {"title": "t"})
+            assert await store.count(f"b{at}") == len(expected)
+        await store.append("b3", [Message("user", "only in the branch")])
+        assert _plain_all(await store.load("src")) == messages, "the branch changed its source"
+        assert [m.content for m in await store.load("b3", last=1)] == ["only in the branch"]
+        assert await store.count("b3") == 4
+        with pytest.raises(ConflictError):
+            await store.fork("src", "b3", at=1)
+        assert await store.count("b3") == 4, "a refused fork wrote"
+        assert len((await store.fork("src", "b3", at=1, overwrite=True)).messages) == 1
+        assert await store.count("b3") == 1
+        with pytest.raises(NotFoundError):
+            await store.fork("absent", "x", at=1)
+        for bad in (-1, 1.5, "2", True):
+            with pytest.raises(ValidationError):
+                await store.fork("src", "bad", at=bad)  # type: ignore[arg-type]
+        with pytest.raises(NotFoundError):
+            await store.get("bad")
+
+    # -- list_sessions ----------------------------------------------------------------------
+
+    @staticmethod
+    async def _all_pages(store: Store, limit: int, **options: Any) -> list[SessionInfo]:
+        items: list[SessionInfo] = []
+        cursor: str | None = None
+        for _ in range(10_000):
+            page = await store.list_sessions(limit=limit, cursor=cursor, **options)
+            assert len(page.items) <= limit
+            items.extend(page.items)
+            if page.next_cursor is None:
+                return items
+            assert page.items, "an empty page with a next cursor"
+            cursor = page.next_cursor
+        raise AssertionError("paging never ended")
+
+    @staticmethod
+    def _expected_order(states: list[State], order: str) -> list[str]:
+        field = "created_at" if order.startswith("created") else "updated_at"
+        ranked = sorted(states, key=lambda s: (getattr(s, field), s.conversation_id))
+        if order.endswith("_desc"):
+            ranked.reverse()
+        return [s.conversation_id for s in ranked]
+
+    async def test_list_sessions_gives_the_facts_without_messages(self, store: Store) -> None:
+        created = datetime(2025, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+        await store.set(
+            "info",
+            State(
+                conversation_id="info",
+                user_id="alice",
+                messages=_sample_messages(),
+                total_cost=0.25,
+                metadata={"title": "Trip"},
+                created_at=created,
+            ),
+        )
+        await store.append("info", [Message("user", "more")])
+        page = await store.list_sessions()
+        assert page.next_cursor is None
+        state = await store.get("info")
+        assert page.items == [
+            SessionInfo(
+                conversation_id="info",
+                user_id="alice",
+                message_count=len(_sample_messages()) + 1,
+                token_count=state.token_count,
+                total_cost=0.25,
+                metadata={"title": "Trip"},
+                created_at=created,
+                updated_at=state.updated_at,
+                version=2,
+            )
+        ]
+        empty = await store.list_sessions(prefix="nothing-here")
+        assert (empty.items, empty.next_cursor) == ([], None)
+
+    async def test_list_sessions_orders_and_breaks_ties_by_key(self, store: Store) -> None:
+        t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        # Equal creation times in groups of three (ties), written in a shuffled key order.
+        keys = [f"o:{i:02d}" for i in range(14)]
+        rng = random.Random(7)
+        rng.shuffle(keys)
+        for i, key in enumerate(keys):
+            await store.set(
+                key,
+                State(
+                    conversation_id=key,
+                    created_at=t0 + timedelta(seconds=i // 3),
+                    messages=[Message("user", key)],
+                ),
+            )
+        # A few updates so that updated order differs from the creation order.
+        for key in keys[:4]:
+            await store.append(key, [Message("assistant", "later")])
+        states = [await store.get(k) for k in keys]
+        for order in ("updated_desc", "updated_asc", "created_desc", "created_asc"):
+            expected = self._expected_order(states, order)
+            for limit in (1, 2, 3, 5, 14, 50):
+                got = await self._all_pages(store, limit, order=order)
+                assert [i.conversation_id for i in got] == expected, (order, limit)
+            # The same page twice is the same page (stable cursors).
+            first = await store.list_sessions(order=order, limit=4)
+            assert first.next_cursor is not None
+            again = await store.list_sessions(order=order, limit=4, cursor=first.next_cursor)
+            twice = await store.list_sessions(order=order, limit=4, cursor=first.next_cursor)
+            assert again == twice
+        default = await self._all_pages(store, 4)
+        assert [i.conversation_id for i in default] == self._expected_order(states, "updated_desc")
+
+    async def test_list_sessions_while_the_store_is_written(self, store: Store) -> None:
+        for i in range(30):
+            await store.append(f"w:{i:02d}", [Message("user", str(i))])
+        for order in ("updated_desc", "updated_asc", "created_desc"):
+            before = {k.conversation_id for k in await self._all_pages(store, 100)}
+            updated: set[str] = set()
+            seen: list[str] = []
+            cursor: str | None = None
+            step = 0
+            while True:
+                page = await store.list_sessions(order=order, limit=4, cursor=cursor)
+                seen.extend(i.conversation_id for i in page.items)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+                step += 1
+                # Between pages: update one session already seen and one not yet seen,
+                # create one and delete one that was never listed.
+                listed = set(seen)
+                pending = sorted(before - listed - updated)
+                if listed:
+                    done = sorted(listed)[step % len(listed)]
+                    await store.append(done, [Message("user", "update")])
+                    updated.add(done)
+                if pending:
+                    todo = pending[step % len(pending)]
+                    await store.append(todo, [Message("user", "update")])
+                    updated.add(todo)
+                await store.append(f"w:new:{order}:{step}", [Message("user", "new")])
+            counts: dict[str, int] = {}
+            for key in seen:
+                counts[key] = counts.get(key, 0) + 1
+            for key in before - updated:
+                assert counts.get(key) == 1, f"{order}: {key} listed {counts.get(key, 0)} times"
+            for key, n in counts.items():
+                assert n == 1 or key in updated, f"{order}: {key} listed {n} times"
+
+    async def test_list_sessions_filters_by_user_and_prefix(self, store: Store) -> None:
+        layout = {
+            "alice:1": "alice",
+            "alice:2": "alice",
+            "alice:3": None,
+            "bob:1": "bob",
+            "bob:2": "alice",
+            "carol:1": "alice:x",
+            "alicex:1": "alice",
+        }
+        for key, user in layout.items():
+            await store.set(key, State(conversation_id=key, user_id=user))
+
+        async def keys(**options: Any) -> list[str]:
+            return sorted(i.conversation_id for i in await self._all_pages(store, 2, **options))
+
+        assert await keys(user_id="alice") == ["alice:1", "alice:2", "alicex:1", "bob:2"]
+        assert await keys(prefix="alice:") == ["alice:1", "alice:2", "alice:3"]
+        assert await keys(prefix="alice:", user_id="alice") == ["alice:1", "alice:2"]
+        assert await keys(prefix="bob:", user_id="alice") == ["bob:2"]
+        assert await keys(prefix="bob:", user_id="carol") == []
+        assert await keys(user_id="alice:x") == ["carol:1"]
+        assert await keys(user_id="") == []
+        assert await keys(prefix="zzz") == []
+        page = await store.list_sessions(user_id="alice")
+        assert all(i.user_id == "alice" for i in page.items)
+
+    async def test_list_sessions_prefixes_are_literal(self, store: Store) -> None:
+        for key in self.SPECIAL_KEYS:
+            await store.set(key, State(conversation_id=key, user_id="u"))
+        for prefix in ("a*", "a?", "a_", "a%", "a\\", "[a]", "a[", "a{", "a}", "a^", "a.", "a", ""):
+            expected = sorted(k for k in self.SPECIAL_KEYS if k.startswith(prefix))
+            for user in (None, "u"):
+                got = await self._all_pages(store, 3, prefix=prefix, user_id=user)
+                assert sorted(i.conversation_id for i in got) == expected, (prefix, user)
+
+    async def test_list_sessions_never_lists_deleted_sessions(self, store: Store) -> None:
+        for i in range(6):
+            await store.append(f"d:{i}", [Message("user", "x")])
+        await store.delete("d:1")
+        assert await store.delete_by_prefix("d:4") == 1
+        await store.merge_metadata("d:2", {"t": 1})
+        await store.truncate("d:3", 0)
+        got = await self._all_pages(store, 2, prefix="d:")
+        assert sorted(i.conversation_id for i in got) == ["d:0", "d:2", "d:3", "d:5"]
+        await store.delete_by_prefix("d:")
+        assert (await store.list_sessions()).items == []
+
+    async def test_list_sessions_never_lists_expired_sessions(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = await store_factory(ttl=self.ttl_seconds)
+        await store.append("exp:1", [Message("user", "a")])
+        await store.merge_metadata("exp:2", {"title": "t"})
+        await store.set("exp:3", State(conversation_id="exp:3", user_id="u"))
+        assert len((await store.list_sessions()).items) == 3
+        await anyio.sleep(self.ttl_seconds * 1.5)
+        assert (await store.list_sessions()).items == []
+        assert (await store.list_sessions(user_id="u")).items == []
+        assert (await store.list_sessions(prefix="exp:", order="created_asc")).items == []
+        assert await store.count("exp:1") == 0
+        with pytest.raises(NotFoundError):
+            await store.get_metadata("exp:2")
+        with pytest.raises(NotFoundError):
+            await store.truncate("exp:1", 0)
+        await store.append("exp:1", [Message("user", "again")])
+        assert [i.conversation_id for i in (await store.list_sessions()).items] == ["exp:1"]
+
+    async def test_list_sessions_refuses_bad_arguments(self, store: Store) -> None:
+        for i in range(3):
+            await store.append(f"v:{i}", [Message("user", "x")])
+        page = await store.list_sessions(limit=1)
+        cursor = page.next_cursor
+        assert cursor is not None
+        bad: list[dict[str, Any]] = [
+            {"limit": 0},
+            {"limit": -1},
+            {"limit": 10**6},
+            {"limit": 1.5},
+            {"limit": True},
+            {"limit": "5"},
+            {"order": "newest"},
+            {"order": None},
+            {"order": "UPDATED_DESC"},
+            {"user_id": 5},
+            {"cursor": ""},
+            {"cursor": "not a cursor"},
+            {"cursor": "x" * 5000},
+            {"cursor": 5},
+            {"cursor": cursor[:-3]},
+            {"cursor": cursor + "AAAA"},
+            {"cursor": "W10"},  # base64 of "[]"
+            {"cursor": cursor, "order": "updated_asc"},
+            {"cursor": cursor, "prefix": "v:"},
+            {"cursor": cursor, "user_id": "u"},
+        ]
+        for options in bad:
+            with pytest.raises(ValidationError):
+                await store.list_sessions(**options)
+        with pytest.raises(InvalidKeyError):
+            await store.list_sessions(prefix="a\x00")
+        assert len((await store.list_sessions(limit=1, cursor=cursor)).items) == 1
+
+    async def test_new_methods_after_close_raise(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        await store.append("c", [Message("user", "x")])
+        await store.aclose()
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.count("c"),
+            lambda: store.get_metadata("c"),
+            lambda: store.merge_metadata("c", {"a": 1}),
+            lambda: store.truncate("c", 0),
+            lambda: store.fork("c", "d", at=0),
+            lambda: store.list_sessions(),
+        ]
+        for call in calls:
+            with pytest.raises(ClosedError):
+                await call()
 
     # -- listing --------------------------------------------------------------------------
 

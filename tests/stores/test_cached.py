@@ -207,3 +207,25 @@ async def test_two_racing_sets_do_not_leave_the_loser_cached() -> None:
     assert (await inner.get("s")).user_id == "second"
     assert (await store.get("s")).user_id == "second"
     await store.aclose()
+
+
+async def test_new_methods_invalidate_and_read_through() -> None:
+    inner = MemoryStore()
+    store = CachedStore(inner)
+    await store.append("k", [Message("user", "a"), Message("assistant", "b")])
+    await store.get("k")  # cached now
+    assert await store.count("k") == 2
+    assert await store.get_metadata("k") == {}
+    assert await store.merge_metadata("k", {"title": "t"}) == {"title": "t"}
+    assert (await store.get("k")).metadata == {"title": "t"}
+    assert await store.truncate("k", 1) == 1
+    assert [m.content for m in (await store.get("k")).messages] == ["a"]
+    assert await store.count("k") == 1
+    await store.fork("k", "f", at=0)
+    assert (await store.get("f")).messages == []
+    page = await store.list_sessions(order="created_asc")
+    assert [i.conversation_id for i in page.items] == ["f", "k"]  # same created_at: by key
+    # Another writer's merge is seen once the entry is gone (here: dropped by hand).
+    await inner.merge_metadata("k", {"other": 1})
+    store.clear()
+    assert await store.get_metadata("k") == {"title": "t", "other": 1}

@@ -342,3 +342,39 @@ async def test_wrappers_declare_the_inner_stores_leases(tmp_path: Path) -> None:
         assert not supports_lease(store)
         with pytest.raises(AttributeError):
             inspect.getattr_static(store, "acquire_lease")
+
+
+async def test_metadata_merges_and_listings_are_sealed_and_opened(
+    inner_factory: StoreFactory,
+) -> None:
+    inner = await inner_factory()
+    store = EncryptedStore(inner, keys={"k1": K1}, active="k1")
+    await store.append("s", [Message("user", SECRET)])
+    merged = await store.merge_metadata("s", {"title": SECRET, "n": 3})
+    assert merged == {"title": SECRET, "n": 3}
+    raw = await inner.get_metadata("s")
+    assert set(raw) == {"title", "n"}
+    assert all(isinstance(v, str) and v.startswith("psenc1:k1:") for v in raw.values())
+    assert SECRET not in msgspec.json.encode(raw).decode()
+    assert await store.get_metadata("s") == {"title": SECRET, "n": 3}
+    # Merged under one key, read after rotation to another: both open.
+    rotated = EncryptedStore(inner, keys={"k1": K1, "k2": K2}, active="k2")
+    assert await rotated.merge_metadata("s", {"more": [SECRET]}, remove=["n"]) == {
+        "title": SECRET,
+        "more": [SECRET],
+    }
+    page = await rotated.list_sessions()
+    assert [(i.conversation_id, i.metadata, i.message_count) for i in page.items] == [
+        ("s", {"title": SECRET, "more": [SECRET]}, 1)
+    ]
+    raw_page = await inner.list_sessions()
+    assert SECRET not in msgspec.json.encode(raw_page).decode()
+    # A key it does not hold: refused, never half-opened.
+    with pytest.raises(DecryptionError):
+        await store.get_metadata("s")
+    with pytest.raises(DecryptionError):
+        await store.list_sessions()
+    branch = await rotated.fork("s", "b", at=0)
+    assert (branch.messages, branch.metadata["title"]) == ([], SECRET)
+    assert await rotated.truncate("s", 0) == 0
+    assert await rotated.count("s") == 0
