@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store
+from promptstate.stores.integrity import check_metadata
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State, utcnow
 
@@ -145,7 +146,7 @@ class MemoryStore(Store):
             messages=messages,
             token_count=entry.token_count,
             total_cost=entry.total_cost,
-            metadata=unpack_any(entry.metadata, key=key),
+            metadata=check_metadata("memory", key, unpack_any(entry.metadata, key=key)),
             created_at=entry.created_at,
             updated_at=entry.updated_at,
             version=entry.version,

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ import pytest
 from promptstate.exceptions import (
     ClosedError,
     ConflictError,
+    CorruptStateError,
     InvalidKeyError,
     NotFoundError,
     ValidationError,
@@ -27,13 +29,31 @@ from promptstate.exceptions import (
 from promptstate.stores.base import MAX_KEY_LENGTH, Store
 from promptstate.types import Message, SessionInfo, State, ToolCall
 
-__all__ = ["StoreConformance", "StoreFactory"]
+__all__ = ["Corruption", "StoreConformance", "StoreFactory"]
 
 #: ``await make(**options)`` returns a new, empty, isolated store; options are constructor
 #: keywords such as ``ttl`` and ``touch_on_read``.
 StoreFactory = Callable[..., Awaitable[Store]]
 
 pytestmark = pytest.mark.anyio
+
+
+class Corruption(msgspec.Struct, frozen=True):
+    """One way to damage a stored session beneath its store, for the corruption tests.
+
+    Attributes:
+        damage: ``await damage(store, key)`` changes one stored field of the session ``key``
+            the way another program or a damaged disk could (a wrong type, an impossible
+            value), without going through the store.
+        snapshot: ``await snapshot(store, key)`` returns the session's raw stored data, so
+            the test can check that reading a corrupt session changes nothing.
+        messages: Whether the damage is to the messages (so ``load`` must notice it too),
+            rather than to the session's header.
+    """
+
+    damage: Callable[[Store, str], Awaitable[None]]
+    snapshot: Callable[[Store, str], Awaitable[object]]
+    messages: bool = False
 
 
 def _plain(message: Message) -> Message:
@@ -78,6 +98,12 @@ def _nested(depth: int) -> list[Any]:
     return value
 
 
+def _with_tokens(message: Message, tokens: object) -> Message:
+    """A message holding a token count its constructor refuses (as a caller's mutation could)."""
+    msgspec.structs.force_setattr(message, "tokens", tokens)
+    return message
+
+
 def _batch(tag: str, size: int) -> list[Message]:
     return [Message("user", f"{tag}/{i}", metadata={"batch": tag, "i": i}) for i in range(size)]
 
@@ -118,6 +144,12 @@ class StoreConformance:
         return await store_factory()
 
     # -- get / set / delete ---------------------------------------------------------------
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        """Override: the ways to damage a session beneath this store, by name. A backend
+        whose data nothing else can reach (an in-process dict) may leave it empty."""
+        return {}
 
     async def test_get_missing_raises_not_found(self, store: Store) -> None:
         with pytest.raises(NotFoundError) as info:
@@ -948,7 +980,7 @@ class StoreConformance:
             Message("user", 5),  # type: ignore[arg-type]
             Message("user", "x", timestamp="yesterday"),  # type: ignore[arg-type]
             Message("assistant", tool_calls=({"id": "c1"},)),  # type: ignore[arg-type]
-            Message("user", "x", tokens=-5),  # made token_count negative
+            _with_tokens(Message("user", "x"), -5),  # made token_count negative
         ]
         for bad in bad_messages:
             for call in (store.append, store.save):
@@ -972,6 +1004,37 @@ class StoreConformance:
         assert [m.content for m in stored.messages] == ["keep"]
         assert stored.version == 1
         assert [m.content for m in await store.load("u")] == ["keep"]
+
+    # -- corrupt stored data --------------------------------------------------------------
+
+    async def test_corrupt_stored_data_raises_and_reading_changes_nothing(
+        self, store: Store, corruptions: dict[str, Corruption]
+    ) -> None:
+        if not corruptions:
+            pytest.skip(f"{type(store).__name__}'s data cannot be changed beneath it")
+        await store.append("corrupt:ok", [Message("user", "untouched")])
+        for number, (name, corruption) in enumerate(corruptions.items()):
+            key = f"corrupt:{number}"
+            await store.append(key, [Message("user", "a"), Message("assistant", "b", tokens=3)])
+            await corruption.damage(store, key)
+            before = await corruption.snapshot(store, key)
+            reads: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("get", partial(store.get, key)),
+                ("get_many", partial(store.get_many, [key, "corrupt:ok"])),
+            ]
+            if corruption.messages:
+                reads.append(("load", partial(store.load, key)))
+            for what, read in reads:
+                for _ in range(2):
+                    with pytest.raises(CorruptStateError) as info:
+                        await read()
+                    assert repr(key) in str(info.value), (name, what, info.value)
+            assert await corruption.snapshot(store, key) == before, f"reading {name} changed it"
+            # The damage stays with its session, which can still be deleted and written anew.
+            assert [m.content for m in await store.load("corrupt:ok")] == ["untouched"]
+            assert await store.delete(key)
+            await store.append(key, [Message("user", "new")])
+            assert [m.content for m in (await store.get(key)).messages] == ["new"]
 
     # -- TTL ------------------------------------------------------------------------------
 
