@@ -74,6 +74,9 @@ class MemoryStore(Store):
     :class:`~promptstate.SQLiteStore` or a server store for that.
     """
 
+    #: Nothing of it belongs to an event loop: any loop may use it.
+    loop_bound = False
+
     db_system = "memory"
 
     def __init__(

@@ -7,7 +7,9 @@ asyncio here; override the fixture to run on trio too).
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -24,6 +26,7 @@ from promptstate.exceptions import (
     CorruptStateError,
     InvalidKeyError,
     NotFoundError,
+    PromptStateError,
     ValidationError,
 )
 from promptstate.stores.base import MAX_KEY_LENGTH, Store
@@ -1004,6 +1007,40 @@ class StoreConformance:
         assert [m.content for m in stored.messages] == ["keep"]
         assert stored.version == 1
         assert [m.content for m in await store.load("u")] == ["keep"]
+
+    # -- event loops ----------------------------------------------------------------------
+
+    async def test_use_from_another_event_loop_is_refused_at_once_or_works(
+        self, store: Store
+    ) -> None:
+        await store.append("loop", [Message("user", "here")])
+        outcome: list[object] = []
+
+        def elsewhere() -> None:
+            async def use() -> object:
+                await store.append("loop", [Message("user", "there")])
+                return await store.load("loop")
+
+            try:
+                outcome.append(asyncio.run(asyncio.wait_for(use(), 10)))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=elsewhere, name="other-loop")
+        thread.start()
+        await anyio.to_thread.run_sync(thread.join, 20)
+        assert outcome, "the call from another event loop never returned"
+        [result] = outcome
+        if store.loop_bound:
+            assert isinstance(result, PromptStateError), result
+            assert "other-loop" in str(result), result
+            assert [m.content for m in await store.load("loop")] == ["here"]
+        else:
+            assert not isinstance(result, BaseException), result
+            assert [m.content for m in await store.load("loop")] == ["here", "there"]
+        # Its own loop carries on.
+        await store.append("loop", [Message("user", "again")])
+        assert (await store.load("loop"))[-1].content == "again"
 
     # -- corrupt stored data --------------------------------------------------------------
 
