@@ -16,9 +16,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
 from promptstate.exceptions import CorruptStateError
-from promptstate.types import Message, State
+from promptstate.types import Message, SessionInfo, State
 
-__all__ = ["check_count", "check_metadata", "checked_state", "corrupt", "timestamp_from_us"]
+__all__ = [
+    "check_count",
+    "check_metadata",
+    "checked_info",
+    "checked_state",
+    "corrupt",
+    "timestamp_from_us",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -56,6 +63,32 @@ def check_metadata(backend: str, key: str, value: object) -> dict[str, Any]:
     return value
 
 
+def _check_header(
+    backend: str,
+    key: str,
+    user_id: object,
+    version: object,
+    token_count: object,
+    total_cost: object,
+    created_at: object,
+    updated_at: object,
+) -> int:
+    """Check the fields every stored session has; returns the version."""
+    if user_id is not None and type(user_id) is not str:
+        corrupt(backend, key, "user_id", user_id)
+    written = check_count(backend, key, "version", version)
+    if written == 0:
+        corrupt(backend, key, "version", version)  # a stored state has been written once
+    check_count(backend, key, "token_count", token_count)
+    if type(total_cost) is not float or not math.isfinite(total_cost) or total_cost < 0:
+        corrupt(backend, key, "total_cost", total_cost)
+    if not isinstance(created_at, datetime) or created_at.tzinfo is None:
+        corrupt(backend, key, "created_at", created_at)
+    if not isinstance(updated_at, datetime) or updated_at.tzinfo is None:
+        corrupt(backend, key, "updated_at", updated_at)
+    return written
+
+
 def checked_state(
     backend: str,
     key: str,
@@ -75,18 +108,9 @@ def checked_state(
     ``message_count`` is the count the backend keeps beside the messages, when it keeps one;
     it must match the messages read.
     """
-    if user_id is not None and type(user_id) is not str:
-        corrupt(backend, key, "user_id", user_id)
-    written = check_count(backend, key, "version", version)
-    if written == 0:
-        corrupt(backend, key, "version", version)  # a stored state has been written once
-    tokens = check_count(backend, key, "token_count", token_count)
-    if type(total_cost) is not float or not math.isfinite(total_cost) or total_cost < 0:
-        corrupt(backend, key, "total_cost", total_cost)
-    if not isinstance(created_at, datetime) or created_at.tzinfo is None:
-        corrupt(backend, key, "created_at", created_at)
-    if not isinstance(updated_at, datetime) or updated_at.tzinfo is None:
-        corrupt(backend, key, "updated_at", updated_at)
+    written = _check_header(
+        backend, key, user_id, version, token_count, total_cost, created_at, updated_at
+    )
     if message_count is not None:
         count = check_count(backend, key, "message_count", message_count)
         if count != len(messages):
@@ -97,12 +121,42 @@ def checked_state(
             )
     return State(
         conversation_id=key,
-        user_id=user_id,
+        user_id=user_id,  # type: ignore[arg-type]  # checked
         messages=messages,
-        token_count=tokens,
-        total_cost=total_cost,
+        token_count=token_count,  # type: ignore[arg-type]  # checked
+        total_cost=total_cost,  # type: ignore[arg-type]  # checked
         metadata=check_metadata(backend, key, metadata),
-        created_at=created_at,
-        updated_at=updated_at,
+        created_at=created_at,  # type: ignore[arg-type]  # checked
+        updated_at=updated_at,  # type: ignore[arg-type]  # checked
+        version=written,
+    )
+
+
+def checked_info(
+    backend: str,
+    key: str,
+    *,
+    user_id: object,
+    version: object,
+    token_count: object,
+    total_cost: object,
+    metadata: object,
+    created_at: object,
+    updated_at: object,
+    message_count: object,
+) -> SessionInfo:
+    """Build the SessionInfo a listing read back, after the same checks as a state's."""
+    written = _check_header(
+        backend, key, user_id, version, token_count, total_cost, created_at, updated_at
+    )
+    return SessionInfo(
+        conversation_id=key,
+        user_id=user_id,  # type: ignore[arg-type]  # checked
+        message_count=check_count(backend, key, "message_count", message_count),
+        token_count=token_count,  # type: ignore[arg-type]  # checked
+        total_cost=total_cost,  # type: ignore[arg-type]  # checked
+        metadata=check_metadata(backend, key, metadata),
+        created_at=created_at,  # type: ignore[arg-type]  # checked
+        updated_at=updated_at,  # type: ignore[arg-type]  # checked
         version=written,
     )

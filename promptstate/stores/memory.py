@@ -1,18 +1,27 @@
-"""An in-process store: fast, bounded, and for one process only."""
+"""An in-process store: fast, bounded, and for one process only.
+
+Besides the sessions (a dict in least-recently-used order, for ``max_sessions``), the store keeps
+sorted indexes: the keys (so a prefix is a range: listing ten sessions among 100,000 reads ten),
+``(updated time, key)`` and ``(created time, key)`` for the whole store and per user (so a page of
+:meth:`~promptstate.Store.list_sessions` reads the page). Every write updates them in the same
+step, and a session that expires or is evicted leaves them with it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, Store
+from promptstate.stores._sorted import SortedList
+from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store, to_micros
 from promptstate.stores.integrity import check_metadata
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, State, utcnow
+from promptstate.types import Message, SessionInfo, State, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -26,6 +35,7 @@ class _Entry:
     __slots__ = (
         "created_at",
         "expires_at",
+        "indexed",
         "messages",
         "metadata",
         "token_count",
@@ -57,6 +67,8 @@ class _Entry:
         self.updated_at = updated_at
         self.messages = messages
         self.expires_at = expires_at
+        #: (updated, created, user) as the indexes hold the session; None when not indexed.
+        self.indexed: tuple[int, int, str | None] | None = None
 
 
 class MemoryStore(Store):
@@ -95,6 +107,11 @@ class MemoryStore(Store):
         self._max_sessions = max_sessions
         self._data: OrderedDict[str, _Entry] = OrderedDict()
         self._next_sweep = 0.0
+        self._keys: SortedList[str] = SortedList()
+        self._by_updated: SortedList[tuple[int, str]] = SortedList()
+        self._by_created: SortedList[tuple[int, str]] = SortedList()
+        self._user_updated: dict[str, SortedList[tuple[int, str]]] = {}
+        self._user_created: dict[str, SortedList[tuple[int, str]]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(ttl={self._ttl!r}, max_sessions={self._max_sessions!r})"
@@ -108,12 +125,58 @@ class MemoryStore(Store):
     def _expiry(self) -> float | None:
         return None if self._ttl is None else time.monotonic() + self._ttl
 
+    def _index(self, key: str, entry: _Entry) -> None:
+        """Bring the sorted indexes up to date with ``entry`` (after every write)."""
+        new = (to_micros(entry.updated_at), to_micros(entry.created_at), entry.user_id)
+        old = entry.indexed
+        if old == new:
+            return
+        if old is None:
+            self._keys.add(key)
+        else:
+            self._unindex_times(key, old)
+        updated, created, user = new
+        self._by_updated.add((updated, key))
+        self._by_created.add((created, key))
+        if user is not None:
+            self._user_updated.setdefault(user, SortedList()).add((updated, key))
+            self._user_created.setdefault(user, SortedList()).add((created, key))
+        entry.indexed = new
+
+    def _unindex_times(self, key: str, old: tuple[int, int, str | None]) -> None:
+        updated, created, user = old
+        self._by_updated.discard((updated, key))
+        self._by_created.discard((created, key))
+        if user is not None:
+            for by_user, at in ((self._user_updated, updated), (self._user_created, created)):
+                items = by_user[user]
+                items.discard((at, key))
+                if not items:
+                    del by_user[user]
+
+    def _unindex(self, key: str, entry: _Entry) -> None:
+        if entry.indexed is not None:
+            self._keys.discard(key)
+            self._unindex_times(key, entry.indexed)
+            entry.indexed = None
+
+    def _drop(self, key: str) -> _Entry | None:
+        """Remove a session (live or expired) and its index entries."""
+        entry = self._data.pop(key, None)
+        if entry is not None:
+            self._unindex(key, entry)
+        return entry
+
+    @staticmethod
+    def _expired(entry: _Entry, now: float) -> bool:
+        return entry.expires_at is not None and entry.expires_at <= now
+
     def _lookup(self, key: str, *, read: bool) -> _Entry | None:
         entry = self._data.get(key)
         if entry is None:
             return None
         if entry.expires_at is not None and entry.expires_at <= time.monotonic():
-            del self._data[key]
+            self._drop(key)
             return None
         self._data.move_to_end(key)
         if read and self._touch_on_read and self._ttl is not None:
@@ -121,11 +184,12 @@ class MemoryStore(Store):
         return entry
 
     def _put(self, key: str, entry: _Entry) -> None:
+        self._drop(key)
         self._data[key] = entry
-        self._data.move_to_end(key)
+        self._index(key, entry)
         if self._max_sessions is not None:
             while len(self._data) > self._max_sessions:
-                self._data.popitem(last=False)
+                self._drop(next(iter(self._data)))
         self._sweep()
 
     def _sweep(self) -> None:
@@ -136,11 +200,9 @@ class MemoryStore(Store):
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._ttl
-        expired = [
-            k for k, e in self._data.items() if e.expires_at is not None and e.expires_at <= now
-        ]
+        expired = [k for k, e in self._data.items() if self._expired(e, now)]
         for key in expired:
-            del self._data[key]
+            self._drop(key)
 
     def _state(self, key: str, entry: _Entry, messages: list[Message]) -> State:
         return State(
@@ -188,16 +250,28 @@ class MemoryStore(Store):
         return stored
 
     async def delete(self, key: str) -> bool:
-        entry = self._data.pop(key, None)
-        return entry is not None and (
-            entry.expires_at is None or entry.expires_at > time.monotonic()
-        )
+        entry = self._drop(key)
+        return entry is not None and not self._expired(entry, time.monotonic())
+
+    def _prefixed(self, prefix: str) -> list[str]:
+        """The live keys that start with ``prefix``: a range of the sorted keys."""
+        keys = []
+        for key in self._keys.ascending(prefix or None):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
+        now = time.monotonic()
+        live = []
+        for key in keys:
+            if self._expired(self._data[key], now):
+                self._drop(key)
+            else:
+                live.append(key)
+        return live
 
     async def list_keys(self, prefix: str) -> AsyncIterator[str]:
-        now = time.monotonic()
-        for key, entry in list(self._data.items()):
-            if key.startswith(prefix) and (entry.expires_at is None or entry.expires_at > now):
-                yield key
+        for key in self._prefixed(prefix):
+            yield key
 
     async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         entry = self._lookup(session_id, read=True)
@@ -261,6 +335,7 @@ class MemoryStore(Store):
         entry.total_cost += cost
         entry.updated_at = now
         entry.expires_at = self._expiry()
+        self._index(session_id, entry)
         return len(entry.messages)
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
@@ -274,6 +349,7 @@ class MemoryStore(Store):
         entry.token_count = tokens
         entry.updated_at = utcnow()
         entry.expires_at = self._expiry()
+        self._index(session_id, entry)
 
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
@@ -304,19 +380,122 @@ class MemoryStore(Store):
         return self._state(target, copy, unpack_messages(copy.messages, key=target))
 
     async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
-        async for key in self.list_keys(prefix):
+        for key in self._prefixed(prefix):
             entry = self._lookup(key, read=True)
             if entry is not None:
                 yield self._state(key, entry, unpack_messages(entry.messages, key=key))
 
     async def delete_by_prefix(self, prefix: str) -> int:
-        keys = [key for key in self._data if key.startswith(prefix)]
+        keys = []
+        for key in self._keys.ascending(prefix or None):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
         now = time.monotonic()
         live = 0
         for key in keys:
-            entry = self._data.pop(key)
-            live += entry.expires_at is None or entry.expires_at > now
+            entry = self._drop(key)
+            live += entry is not None and not self._expired(entry, now)
         return live
+
+    # -- session facts, listing, branching ------------------------------------------------
+
+    async def count(self, key: str) -> int:
+        entry = self._lookup(key, read=True)
+        return 0 if entry is None else len(entry.messages)
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        entry = self._lookup(key, read=True)
+        if entry is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        metadata: dict[str, Any] = unpack_any(entry.metadata, key=key)
+        return metadata
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        entry = self._lookup(key, read=False)
+        now = utcnow()
+        if entry is None:
+            entry = _Entry(
+                user_id=None,
+                version=0,
+                token_count=0,
+                total_cost=0.0,
+                metadata=_EMPTY_DICT,
+                created_at=now,
+                updated_at=now,
+                messages=[],
+                expires_at=None,
+            )
+            self._put(key, entry)
+        metadata: dict[str, Any] = {**unpack_any(entry.metadata, key=key), **updates}
+        for name in remove:
+            metadata.pop(name, None)
+        entry.metadata = pack(metadata) if metadata else _EMPTY_DICT
+        entry.version += 1
+        entry.updated_at = now
+        entry.expires_at = self._expiry()
+        self._index(key, entry)
+        result: dict[str, Any] = unpack_any(entry.metadata, key=key)
+        return result
+
+    async def truncate(self, key: str, keep: int) -> int:
+        entry = self._lookup(key, read=False)
+        if entry is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        if len(entry.messages) <= keep:
+            return len(entry.messages)
+        removed = unpack_messages(entry.messages[keep:], key=key)
+        entry.token_count = max(entry.token_count - sum(m.tokens or 0 for m in removed), 0)
+        del entry.messages[keep:]
+        entry.version += 1
+        entry.updated_at = utcnow()
+        entry.expires_at = self._expiry()
+        self._index(key, entry)
+        return keep
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        if query.user_id is None:
+            items = self._by_created if query.by_created else self._by_updated
+        else:
+            by_user = self._user_created if query.by_created else self._user_updated
+            found = by_user.get(query.user_id)
+            if found is None:
+                return []
+            items = found
+        if query.descending:
+            walk = items.descending(query.after, inclusive=False)
+        else:
+            walk = items.ascending(query.after, inclusive=False)
+        prefix, want, now = query.prefix, query.limit + 1, time.monotonic()
+        page: list[SessionInfo] = []
+        expired: list[str] = []
+        for _, key in walk:
+            if prefix and not key.startswith(prefix):
+                continue
+            entry = self._data[key]
+            if self._expired(entry, now):
+                expired.append(key)
+                continue
+            page.append(
+                SessionInfo(
+                    conversation_id=key,
+                    user_id=entry.user_id,
+                    message_count=len(entry.messages),
+                    token_count=entry.token_count,
+                    total_cost=entry.total_cost,
+                    metadata=unpack_any(entry.metadata, key=key),
+                    created_at=entry.created_at,
+                    updated_at=entry.updated_at,
+                    version=entry.version,
+                )
+            )
+            if len(page) == want:
+                break
+        for key in expired:  # after the walk: the indexes must not change during it
+            self._drop(key)
+        return page
 
     async def get_many(self, keys: Iterable[str]) -> list[State | None]:
         found: list[State | None] = []

@@ -9,6 +9,10 @@ Schema (``T`` is ``table_name``; every name is validated and double-quoted)::
                   session_key REFERENCES T (key) ON DELETE CASCADE
     T_migrations  version PRIMARY KEY, name, applied_at
 
+    indexes on T (migration 3): (updated_at, key), (created_at, key), and both per user_id,
+    so a page of ``list_sessions`` is an index range scan from a keyset cursor
+    ``(time, key)``, never an OFFSET scan
+
 The live messages of a session are the rows with ``seq`` in
 ``(last_seq - message_count, last_seq]``. Sequence numbers only grow, so a write that
 replaces the messages (``set``, ``save``) inserts the new rows above the old ones and deletes
@@ -28,7 +32,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NoReturn
@@ -49,16 +53,17 @@ from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
-from promptstate.stores.base import TURN_ID_KEY, Store
+from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
 from promptstate.stores.integrity import checked_state
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, State, utcnow
+from promptstate.types import Message, SessionInfo, State, utcnow
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
 _PAGE = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PURGE_BATCH = 1000
 _EMPTY_DICT = pack({})
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
@@ -124,6 +129,19 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 expires_at timestamptz NOT NULL,
                 CONSTRAINT "{p}_lease_pkey" PRIMARY KEY (key)
             )""",
+        ),
+    ),
+    (
+        3,
+        "session index: by updated and created time, per user",
+        # Built inside the migration's transaction, which blocks writes to the table while it
+        # runs. On a big table, build them first with CREATE INDEX CONCURRENTLY under these
+        # names (docs: PostgreSQL): IF NOT EXISTS then leaves them be.
+        (
+            'CREATE INDEX IF NOT EXISTS "{p}_upd_idx" ON {t} (updated_at, key)',
+            'CREATE INDEX IF NOT EXISTS "{p}_crt_idx" ON {t} (created_at, key)',
+            'CREATE INDEX IF NOT EXISTS "{p}_uupd_idx" ON {t} (user_id, updated_at, key)',
+            'CREATE INDEX IF NOT EXISTS "{p}_ucrt_idx" ON {t} (user_id, created_at, key)',
         ),
     ),
 )
@@ -327,11 +345,57 @@ class _SQL:
             f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $2 AND m.seq <= up.first),"
             f" ins AS (INSERT INTO {m} (session_key, seq, data)"
             f" SELECT $2, up.first + (c.seq - $10::bigint), c.data FROM up, {m} c"
-            " WHERE c.session_key = $1 AND c.seq > $10::bigint RETURNING seq, data)"
+            " WHERE c.session_key = $1 AND c.seq > $10::bigint"
+            " AND c.seq <= $10::bigint + $7::bigint RETURNING seq, data)"
             " SELECT up.version, ARRAY(SELECT data FROM ins ORDER BY seq) FROM up"
         )
         self.fork_overwrite = f"WITH up AS ({fork_upsert}{fork_rest}"
         self.fork_new = f"WITH up AS ({fork_upsert} WHERE NOT {live_s}{fork_rest}"
+
+        # -- session facts ----------------------------------------------------------------
+        self.metadata = f"SELECT s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
+        self.metadata_head = (
+            f"SELECT s.version, s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
+        # $1 key, $2 metadata, $3 now, [$4 version]
+        self.metadata_cas = (
+            f"UPDATE {t} s SET metadata = $2::bytea, version = s.version + 1,"
+            f" updated_at = $3::timestamptz, expires_at = {exp}"
+            f" WHERE s.key = $1 AND {live_s} AND s.version = $4::bigint RETURNING s.version"
+        )
+        self.metadata_new = (
+            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
+            f" ($1, NULL, 1, 0, 0, $2::bytea, 0, 0, $3::timestamptz, $3::timestamptz, {exp})"
+            " ON CONFLICT (key) DO UPDATE SET version = 1, user_id = NULL, token_count = 0,"
+            " total_cost = 0, metadata = EXCLUDED.metadata, message_count = 0,"
+            " created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+            f" expires_at = EXCLUDED.expires_at WHERE NOT {live_s}"
+            " RETURNING s.version, s.last_seq AS low),"
+            f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $1 AND m.seq <= up.low)"
+            " SELECT version FROM up"
+        )
+        # truncate: $1 key, $2 keep -> version, count, the messages beyond the first $2
+        self.truncate_probe = (
+            "SELECT s.version, s.message_count, ARRAY(SELECT m.data FROM"
+            f" {m} m WHERE m.session_key = s.key"
+            " AND m.seq > s.last_seq - s.message_count + $2::bigint AND m.seq <= s.last_seq)"
+            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
+        # $1 key, $2 keep, $3 their tokens removed, $4 now, $5 version, $6 how many removed
+        self.truncate = (
+            f"WITH up AS (UPDATE {t} s SET version = s.version + 1, message_count = $2::bigint,"
+            " token_count = greatest(s.token_count - $3::bigint, 0),"
+            " last_seq = s.last_seq - $6::bigint,"
+            f" updated_at = $4::timestamptz, expires_at = {exp}"
+            f" WHERE s.key = $1 AND {live_s} AND s.version = $5::bigint"
+            " RETURNING s.last_seq AS top),"
+            f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $1 AND m.seq > up.top)"
+            " SELECT top FROM up"
+        )
+        self.fork_removed = (
+            f"SELECT m.data FROM {m} m WHERE m.session_key = $1 AND m.seq > $2::bigint"
+            " AND m.seq <= $3::bigint"
+        )
 
         self.purge = (
             f"WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {t}"
@@ -414,6 +478,36 @@ def _range(prefix: str, after: str | None, first: int) -> tuple[str, list[Any]]:
     if after is not None:
         conds.append(f"s.key > {arg(after)}")
     return (" AND ".join(conds) or "TRUE"), args
+
+
+def _page_sql(sessions: str, live: str, query: SessionQuery) -> tuple[str, list[Any]]:
+    """One page of ``list_sessions``: a keyset condition on ``(time, key)`` from the cursor and
+    an ORDER BY that an index of migration 3 serves, so PostgreSQL reads the page and stops."""
+    column = "s.created_at" if query.by_created else "s.updated_at"
+    direction = "DESC" if query.descending else "ASC"
+    conds: list[str] = []
+    args: list[Any] = []
+    if query.user_id is not None:
+        args.append(query.user_id)
+        conds.append("s.user_id = $1")
+    where, prefix_args = _range(query.prefix, None, len(args) + 1)
+    conds.append(where)
+    args += prefix_args
+    if query.after is not None:
+        micros, key = query.after
+        args += [_EPOCH + timedelta(microseconds=micros), key]
+        n = len(args)
+        op = "<" if query.descending else ">"
+        conds.append(f"({column}, s.key) {op} (${n - 1}::timestamptz, ${n}::text)")
+    conds.append(live)
+    args.append(query.limit + 1)
+    sql = (
+        "SELECT s.key, s.user_id, s.version, s.token_count, s.total_cost, s.metadata,"
+        f" s.created_at, s.updated_at, s.message_count FROM {sessions} s"
+        f" WHERE {' AND '.join(conds)} ORDER BY {column} {direction}, s.key {direction}"
+        f" LIMIT ${len(args)}"
+    )
+    return sql, args
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -1045,8 +1139,6 @@ class PostgresStore(Store):
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
-        if at is not None:
-            return await super().fork(source, target, overwrite=overwrite, at=at)
         asyncpg = _import_asyncpg()
         sql = self._sql.fork_overwrite if overwrite else self._sql.fork_new
         for attempt in range(5):
@@ -1058,6 +1150,13 @@ class PostgresStore(Store):
                         if src is None:
                             raise NotFoundError(f"fork source {source!r} does not exist")
                         user_id, tokens, cost, metadata, created, count, last_seq = src
+                        if at is not None and at < count:  # a branch: the first ``at``
+                            removed = await conn.fetch(
+                                self._sql.fork_removed, source, last_seq - count + at, last_seq
+                            )
+                            dropped = unpack_messages([r[0] for r in removed], key=source)
+                            tokens = max(tokens - sum(m.tokens or 0 for m in dropped), 0)
+                            count = at
                         row = await conn.fetchrow(
                             sql,
                             source,
@@ -1069,7 +1168,7 @@ class PostgresStore(Store):
                             count,
                             created,
                             now,
-                            last_seq - count,
+                            src[6] - src[5],
                         )
                         if row is None:
                             raise ConflictError(f"fork target {target!r} exists already")
@@ -1093,6 +1192,87 @@ class PostgresStore(Store):
                 version=row[0],
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- session facts, listing, branching ------------------------------------------------
+
+    async def count(self, key: str) -> int:
+        async with self._conn("count", key) as conn:
+            count = await conn.fetchval(self._sql.count, key)
+        return int(count or 0)
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        async with self._conn("get_metadata", key) as conn:
+            row = await conn.fetchrow(self._sql.metadata, key)
+        if row is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        metadata: dict[str, Any] = unpack_any(row[0], key=key)
+        return metadata
+
+    @settled_write
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Merge in two statements that never read messages: the version and metadata, then a
+        write conditional on that version (repeated when another write came in between)."""
+        drop = list(remove)
+        sql = self._sql
+        while True:
+            now = utcnow()
+            async with self._conn("merge_metadata", key) as conn:
+                row = await conn.fetchrow(sql.metadata_head, key)
+                if row is None:
+                    metadata = dict(updates)
+                    version = await conn.fetchval(sql.metadata_new, key, pack(metadata), now)
+                else:
+                    metadata = {**unpack_any(row[1], key=key), **updates}
+                    for name in drop:
+                        metadata.pop(name, None)
+                    packed = pack(metadata) if metadata else _EMPTY_DICT
+                    version = await conn.fetchval(sql.metadata_cas, key, packed, now, row[0])
+                if version is None:
+                    continue  # another writer came in between: read again
+                if self._maybe_purge_due():
+                    await self._opportunistic_purge(conn)
+            return unpack_any(pack(metadata), key=key)  # type: ignore[no-any-return]
+
+    @settled_write
+    async def truncate(self, key: str, keep: int) -> int:
+        sql = self._sql
+        while True:
+            async with self._conn("truncate", key) as conn:
+                row = await conn.fetchrow(sql.truncate_probe, key, keep)
+                if row is None:
+                    raise NotFoundError(f"no conversation state under key {key!r}")
+                version, count, removed = row
+                if count <= keep:
+                    return int(count)
+                dropped = unpack_messages(removed, key=key)
+                tokens = sum(m.tokens or 0 for m in dropped)
+                top = await conn.fetchval(
+                    sql.truncate, key, keep, tokens, utcnow(), version, count - keep
+                )
+                if top is None:
+                    continue  # another writer came in between: look again
+            return keep
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        sql, args = _page_sql(self._sql.sessions, self._sql.live_s, query)
+        async with self._conn("list_sessions with prefix", query.prefix) as conn:
+            rows = await conn.fetch(sql, *args)
+        return [
+            SessionInfo(
+                conversation_id=key,
+                user_id=user_id,
+                message_count=count,
+                token_count=tokens,
+                total_cost=cost,
+                metadata=unpack_any(metadata, key=key),
+                created_at=created,
+                updated_at=updated,
+                version=version,
+            )
+            for key, user_id, version, tokens, cost, metadata, created, updated, count in rows
+        ]
 
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 

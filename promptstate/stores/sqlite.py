@@ -10,6 +10,10 @@ Layout (the same ideas as :class:`~promptstate.PostgresStore`)::
                            (MessagePack); seq counts from 0 within a session
     promptstate_migrations the numbered migrations applied to this file
 
+    indexes on promptstate_sessions: (updated_at, key), (created_at, key), and both per
+    user_id (migration 3), so a page of ``list_sessions`` is an index range read from a
+    keyset cursor ``(time, key)``, never an OFFSET scan
+
 So ``append`` inserts only the new rows and bumps the counters (cost follows the new
 messages), ``load(last=n)`` reads ``n`` rows by a range of the primary key, prefix listing is
 a range ``key >= prefix AND key < successor(prefix)`` on the primary key, and ``fork`` is
@@ -46,7 +50,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -64,10 +68,10 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, Store
-from promptstate.stores.integrity import checked_state, timestamp_from_us
+from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.integrity import checked_info, checked_state, timestamp_from_us
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, State
+from promptstate.types import Message, SessionInfo, State
 
 __all__ = ["SQLiteStore"]
 
@@ -131,6 +135,20 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        3,
+        "session index: by updated and created time, per user",
+        (
+            """CREATE INDEX IF NOT EXISTS promptstate_sessions_updated
+                ON promptstate_sessions (updated_at, key)""",
+            """CREATE INDEX IF NOT EXISTS promptstate_sessions_created
+                ON promptstate_sessions (created_at, key)""",
+            """CREATE INDEX IF NOT EXISTS promptstate_sessions_user_updated
+                ON promptstate_sessions (user_id, updated_at, key)""",
+            """CREATE INDEX IF NOT EXISTS promptstate_sessions_user_created
+                ON promptstate_sessions (user_id, created_at, key)""",
+        ),
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -183,6 +201,28 @@ _SQL_FORK_MESSAGES = (
     "INSERT INTO promptstate_messages (session_key, seq, data) "
     "SELECT ?, seq, data FROM promptstate_messages WHERE session_key = ?"
 )
+_SQL_METADATA = f"SELECT metadata FROM promptstate_sessions WHERE key = ? AND {_LIVE}"
+_SQL_SET_METADATA = (
+    "UPDATE promptstate_sessions SET metadata = ?, version = version + 1, updated_at = ?, "
+    "expires_at = ? WHERE key = ?"
+)
+_SQL_MESSAGES_FROM = (
+    "SELECT data FROM promptstate_messages WHERE session_key = ? AND seq >= ? ORDER BY seq"
+)
+_SQL_TRUNCATE_MESSAGES = "DELETE FROM promptstate_messages WHERE session_key = ? AND seq >= ?"
+_SQL_TRUNCATE_SESSION = (
+    "UPDATE promptstate_sessions SET version = version + 1, "
+    "token_count = max(token_count - ?, 0), message_count = ?, updated_at = ?, expires_at = ? "
+    "WHERE key = ?"
+)
+_SQL_FORK_SOME_MESSAGES = (
+    "INSERT INTO promptstate_messages (session_key, seq, data) "
+    "SELECT ?, seq, data FROM promptstate_messages WHERE session_key = ? AND seq < ?"
+)
+_SQL_FORK_CUT = (
+    "UPDATE promptstate_sessions SET message_count = ?, token_count = max(token_count - ?, 0) "
+    "WHERE key = ?"
+)
 _SQL_EXPIRED = "SELECT key FROM promptstate_sessions WHERE expires_at <= ? LIMIT ?"
 _SQL_LEASE_ACQUIRE = (
     "INSERT INTO promptstate_leases (key, owner, expires_at) VALUES (?, ?, ?) "
@@ -234,6 +274,31 @@ def _prefix_range(prefix: str, column: str) -> tuple[str, tuple[str, ...]]:
     if upper is None:
         return f"{column} >= ?", (prefix,)
     return f"{column} >= ? AND {column} < ?", (prefix, upper)
+
+
+def _page_sql(query: SessionQuery) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``list_sessions``, and its parameters but the last two (now,
+    for the live check, and the limit). A keyset condition on ``(time, key)`` continues from
+    the cursor; the ORDER BY matches an index, so SQLite reads the page and stops."""
+    column = "created_at" if query.by_created else "updated_at"
+    direction = "DESC" if query.descending else "ASC"
+    conds: list[str] = []
+    params: list[Any] = []
+    if query.user_id is not None:
+        conds.append("user_id = ?")
+        params.append(query.user_id)
+    where, args = _prefix_range(query.prefix, "key")
+    conds.append(where)
+    params += args
+    if query.after is not None:
+        conds.append(f"({column}, key) {'<' if query.descending else '>'} (?, ?)")
+        params += [query.after[0], query.after[1]]
+    conds.append(_LIVE)
+    sql = (
+        f"SELECT key, {_SESSION_COLUMNS} FROM promptstate_sessions "
+        f"WHERE {' AND '.join(conds)} ORDER BY {column} {direction}, key {direction} LIMIT ?"
+    )
+    return sql, params
 
 
 class _Pool:
@@ -1042,14 +1107,12 @@ class SQLiteStore(Store):
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
-        if at is not None:
-            return await super().fork(source, target, overwrite=overwrite, at=at)
-
         def work(conn: sqlite3.Connection) -> State:
             now = _now_us()
             if self._touching:
                 self._touch(conn, source, now)
-            if self._head_sync(conn, source, now) is None:
+            head = self._head_sync(conn, source, now)
+            if head is None:
                 raise NotFoundError(f"fork source {source!r} does not exist")
             existing = self._head_sync(conn, target, now)
             if existing is not None:
@@ -1059,12 +1122,122 @@ class SQLiteStore(Store):
                 conn.execute(_SQL_DELETE_SESSION, (target,))
             version = (0 if existing is None else existing[0]) + 1
             conn.execute(_SQL_FORK_SESSION, (target, version, now, self._expires(now), source))
-            conn.execute(_SQL_FORK_MESSAGES, (target, source))
+            if at is None or at >= head[1]:
+                conn.execute(_SQL_FORK_MESSAGES, (target, source))
+            else:  # a branch: the first ``at`` messages, and their tokens
+                removed = [r[0] for r in conn.execute(_SQL_MESSAGES_FROM, (source, at))]
+                tokens = sum(m.tokens or 0 for m in unpack_messages(removed, key=source))
+                conn.execute(_SQL_FORK_SOME_MESSAGES, (target, source, at))
+                conn.execute(_SQL_FORK_CUT, (at, tokens, target))
             forked = self._state_sync(conn, target, now)
             assert forked is not None
             return forked
 
         return await self._run(work, "write", f"fork {source!r} to {target!r}")
+
+    # -- session facts, listing, branching ------------------------------------------------
+
+    async def count(self, key: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            now = _now_us()
+            if self._touching:
+                self._touch(conn, key, now)
+            row = conn.execute(_SQL_COUNT, (key, now)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._run(work, "write" if self._touching else "single", f"count {key!r}")
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            now = _now_us()
+            if self._touching:
+                self._touch(conn, key, now)
+            row = conn.execute(_SQL_METADATA, (key, now)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        mode: _Mode = "write" if self._touching else "single"
+        data = await self._run(work, mode, f"get metadata of {key!r}")
+        if data is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        metadata: dict[str, Any] = unpack_any(data, key=key)
+        return metadata
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        drop = list(remove)
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            now = _now_us()
+            expires = self._expires(now)
+            if self._head_sync(conn, key, now) is None:
+                metadata = dict(updates)
+                values = (None, 1, 0, 0.0, pack(metadata), now, now, expires, 0)
+                conn.execute(_SQL_INSERT_SESSION, (key, *values))
+                return metadata
+            (raw,) = conn.execute(_SQL_METADATA, (key, now)).fetchone()
+            metadata = {**unpack_any(raw, key=key), **updates}
+            for name in drop:
+                metadata.pop(name, None)
+            packed = pack(metadata) if metadata else _EMPTY_DICT
+            conn.execute(_SQL_SET_METADATA, (packed, now, expires, key))
+            return metadata
+
+        merged = await self._run(work, "write", f"merge metadata of {key!r}")
+        return unpack_any(pack(merged), key=key)  # type: ignore[no-any-return]
+
+    async def truncate(self, key: str, keep: int) -> int:
+        def work(conn: sqlite3.Connection) -> int | None:
+            now = _now_us()
+            head = self._head_sync(conn, key, now)
+            if head is None:
+                return None
+            count = head[1]
+            if count <= keep:
+                return count
+            removed = [r[0] for r in conn.execute(_SQL_MESSAGES_FROM, (key, keep))]
+            tokens = sum(m.tokens or 0 for m in unpack_messages(removed, key=key))
+            conn.execute(_SQL_TRUNCATE_MESSAGES, (key, keep))
+            conn.execute(_SQL_TRUNCATE_SESSION, (tokens, keep, now, self._expires(now), key))
+            return keep
+
+        count = await self._run(work, "write", f"truncate {key!r}")
+        if count is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return count
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        sql, params = _page_sql(query)
+
+        def work(conn: sqlite3.Connection) -> list[SessionInfo]:
+            bound = (*params, _now_us(), query.limit + 1)
+            return [
+                checked_info(
+                    "SQLite",
+                    key,
+                    user_id=user_id,
+                    message_count=count,
+                    token_count=token_count,
+                    total_cost=total_cost,
+                    metadata=unpack_any(metadata, key=key),
+                    created_at=timestamp_from_us("SQLite", key, "created_at", created),
+                    updated_at=timestamp_from_us("SQLite", key, "updated_at", updated),
+                    version=version,
+                )
+                for (
+                    key,
+                    user_id,
+                    version,
+                    token_count,
+                    total_cost,
+                    metadata,
+                    created,
+                    updated,
+                    count,
+                ) in conn.execute(sql, bound)
+            ]
+
+        return await self._run(work, "read", f"list sessions with prefix {query.prefix!r}")
 
     async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         where, args = _prefix_range(prefix, "key")

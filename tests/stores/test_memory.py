@@ -79,3 +79,47 @@ async def test_turn_cost_is_bounded_so_total_cost_stays_finite() -> None:
     state = await store.get("c")
     assert state.total_cost == 1e12
     assert len(state.messages) == 1
+
+
+async def test_indexes_follow_every_write_eviction_and_expiry() -> None:
+    """Random writes, deletes, evictions and expiries: the sorted indexes always hold exactly
+    the sessions there are, and native listing agrees with the reference (read everything)."""
+    import random
+
+    import anyio
+
+    from promptstate.stores.base import SessionQuery
+
+    rng = random.Random(5)
+    store = MemoryStore(max_sessions=40, ttl=0.2)
+    users = [None, "u1", "u2", "u3"]
+    for step in range(600):
+        key = f"k{rng.randrange(60)}"
+        op = rng.randrange(8)
+        if op == 0:
+            await store.set(key, State(conversation_id=key, user_id=rng.choice(users)))
+        elif op == 1:
+            await store.append(key, [Message("user", str(step))])
+        elif op == 2:
+            await store.merge_metadata(key, {"s": step})
+        elif op == 3:
+            await store.delete(key)
+        elif op == 4 and await store.count(key):
+            await store.truncate(key, 0)
+        elif op == 5:
+            target = f"k{rng.randrange(60)}"
+            if target != key and await store.count(key):
+                await store.fork(key, target, overwrite=True, at=1)
+        elif op == 6:
+            await store.delete_by_prefix(f"k{rng.randrange(6)}")
+        elif step % 97 == 0:
+            await anyio.sleep(0.25)  # everything expires
+        live = len(store)
+        assert len(store._keys) == len(store._by_updated) == len(store._by_created) == live
+        assert sum(len(s) for s in store._user_updated.values()) <= live
+    for order in ("updated_desc", "created_asc"):
+        for user in (None, "u1"):
+            query = SessionQuery(order=order, user_id=user, limit=1000)
+            native = await store._list_sessions(query)
+            reference = await Store._list_sessions(store, query)
+            assert native == reference

@@ -27,8 +27,8 @@ from promptstate import (
     open_store,
 )
 from promptstate.locks import SupportsLease
-from promptstate.stores.base import Store
-from promptstate.stores.postgres import MIGRATIONS
+from promptstate.stores.base import SessionQuery, Store
+from promptstate.stores.postgres import MIGRATIONS, _page_sql
 from promptstate.testing import Corruption, StoreConformance, StoreFactory
 from tests.servers import PostgresProcess, drop_postgres_tables, free_port
 from tests.stores.corruptions import postgres_corruptions
@@ -666,3 +666,55 @@ async def test_aclose_while_the_pool_is_opening_leaves_no_pool(
     # The pool that finished opening after aclose() was closed, not kept (it used to be kept,
     # open for ever, with min_size connections).
     assert store._pool is None
+
+
+# -- the session index (migration 3) ----------------------------------------------------------
+
+_INDEX_SUFFIXES = ("upd_idx", "crt_idx", "uupd_idx", "ucrt_idx")
+
+
+async def test_migration_3_indexes_a_0_1_table(postgres_dsn: str, table: str, pg: Any) -> None:
+    """Tables as 0.1 left them (migrations 1 and 2, no session index), holding 3,000 sessions,
+    get the indexes on first use; pages come out in order and are index scans, no sort."""
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        await store.setup()
+    for suffix in _INDEX_SUFFIXES:
+        await pg.execute(f'DROP INDEX "{table}_{suffix}"')
+    await pg.execute(f'DELETE FROM "{table}_migrations" WHERE version = 3')
+    await pg.execute(
+        f'INSERT INTO "{table}" (key, user_id, version, token_count, total_cost, metadata,'
+        " message_count, last_seq, created_at, updated_at)"
+        " SELECT 's' || lpad(i::text, 5, '0'), 'u' || (i % 7), 1, 0, 0, '\\x80'::bytea, 0, 0,"
+        " timestamptz '2025-01-01' + i * interval '1 second',"
+        " timestamptz '2025-06-01' - (i % 100) * interval '1 minute'"
+        " FROM generate_series(1, 3000) AS i"
+    )
+    async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
+        got = []
+        cursor = None
+        while True:
+            page = await store.list_sessions(user_id="u3", limit=100, cursor=cursor)
+            got += [(i.updated_at, i.conversation_id) for i in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert got == sorted(got, reverse=True)
+        assert len(got) == len(set(got)) == len([i for i in range(1, 3001) if i % 7 == 3])
+        first = await store.list_sessions(order="created_asc", limit=2)
+        assert [i.conversation_id for i in first.items] == ["s00001", "s00002"]
+    names = {r[0] for r in await pg.fetch("SELECT indexname FROM pg_indexes")}
+    assert {f"{table}_{suffix}" for suffix in _INDEX_SUFFIXES} <= names
+    versions = await pg.fetch(f'SELECT version FROM "{table}_migrations" ORDER BY version')
+    assert [r[0] for r in versions] == [1, 2, 3]
+    await pg.execute(f'ANALYZE "{table}"')
+    cases = {
+        "upd_idx": SessionQuery(after=(1_750_000_000_000_000, "s01000")),
+        "uupd_idx": SessionQuery(user_id="u3", limit=20),
+        "crt_idx": SessionQuery(order="created_asc"),
+        "ucrt_idx": SessionQuery(user_id="u1", order="created_desc"),
+    }
+    for suffix, query in cases.items():
+        sql, args = _page_sql(f'"{table}"', "(s.expires_at IS NULL OR s.expires_at > now())", query)
+        plan = "\n".join(r[0] for r in await pg.fetch("EXPLAIN " + sql, *args))
+        assert f"{table}_{suffix}" in plan, plan
+        assert "Sort" not in plan, plan

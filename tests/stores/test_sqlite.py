@@ -29,8 +29,8 @@ from promptstate import (
     ValidationError,
     open_store,
 )
-from promptstate.stores.base import Store
-from promptstate.stores.sqlite import _SQL_LOAD, SCHEMA_VERSION, _successor
+from promptstate.stores.base import SessionQuery, Store
+from promptstate.stores.sqlite import _SQL_LOAD, SCHEMA_VERSION, _page_sql, _successor
 from promptstate.testing import Corruption, StoreConformance, StoreFactory
 from tests.stores.corruptions import sqlite_corruptions
 
@@ -685,7 +685,63 @@ async def test_migration_2_is_applied_to_a_version_1_file(tmp_path: Path) -> Non
     conn = sqlite3.connect(path)
     versions = [row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")]
     conn.close()
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
+
+
+_INDEXES = (
+    "promptstate_sessions_updated",
+    "promptstate_sessions_created",
+    "promptstate_sessions_user_updated",
+    "promptstate_sessions_user_created",
+)
+
+
+def _plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str:
+    return " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+
+async def test_migration_3_indexes_a_0_1_file(tmp_path: Path) -> None:
+    """A file as 0.1 left it (schema versions 1 and 2, no session index) gets the indexes on
+    first open, its sessions are listed in order, and the pages are index range reads."""
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path) as store:
+        for i in range(30):
+            await store.set(f"s{i:02d}", State(conversation_id=f"s{i:02d}", user_id=f"u{i % 3}"))
+    conn = sqlite3.connect(path)
+    with conn:  # back to the 0.1 schema
+        for name in _INDEXES:
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute("DELETE FROM promptstate_migrations WHERE version = 3")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        page = await store.list_sessions(user_id="u1", limit=4)
+        expected = sorted(
+            [await store.get(f"s{i:02d}") for i in range(1, 30, 3)],
+            key=lambda s: (s.updated_at, s.conversation_id),
+            reverse=True,
+        )
+        assert [i.conversation_id for i in page.items] == [s.conversation_id for s in expected[:4]]
+        assert len((await store.list_sessions(limit=1000)).items) == 30
+    conn = sqlite3.connect(path)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert set(_INDEXES) <= names
+    versions = [row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")]
+    assert versions == [1, 2, 3]
+    cases = {
+        "promptstate_sessions_updated": SessionQuery(after=(10**16, "z")),
+        "promptstate_sessions_user_updated": SessionQuery(user_id="u1", after=(10**16, "z")),
+        "promptstate_sessions_created": SessionQuery(order="created_asc"),
+        "promptstate_sessions_user_created": SessionQuery(user_id="u1", order="created_desc"),
+    }
+    queries = {}
+    for name, query in cases.items():
+        sql, params = _page_sql(query)
+        queries[name] = (sql, (*params, 0, 21))
+    for index, (sql, args) in queries.items():
+        plan = _plan(conn, sql, args)
+        assert index in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # no sort: the index order is the page order
+    conn.close()
 
 
 # -- append_turn and leases (what the pipeline uses) ------------------------------------------
