@@ -198,6 +198,9 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
             raise _validation_error(
                 f"message role must be one of {sorted(ROLES)}, got {self.role!r}"
             )
+        tokens = self.tokens
+        if tokens is not None and (type(tokens) is not int or tokens < 0):
+            raise _validation_error(f"message tokens must be an int >= 0 or None, got {tokens!r}")
         given: object = self.parts
         if given:
             if isinstance(given, list):
