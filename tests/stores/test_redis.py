@@ -493,3 +493,57 @@ async def test_aclose_lets_calls_under_way_finish_and_leaves_no_connection(redis
         async with RedisStore.from_url(redis_url, prefix=prefix) as check:
             await check.delete_by_prefix("")
             assert [k async for k in check.client.scan_iter(match=f"{prefix}*")] == []
+
+
+# -- the session index ------------------------------------------------------------------------
+
+
+async def _index_size(raw: Redis, store: RedisStore) -> int:
+    """Entries in every index structure of the store (all shards, every user's sets)."""
+    total = 0
+    for shard in range(store._shards):
+        base = store._index_base(shard)
+        for suffix in (b"z", b"e", b"u", b"c"):
+            total += await raw.zcard(base + suffix)
+        total += await raw.hlen(base + b"w")
+        async for key in raw.scan_iter(match=base + b"[UC]:*", count=1000):
+            total += await raw.zcard(key)
+    return total
+
+
+async def test_the_session_index_does_not_grow_with_expired_sessions(
+    make: StoreFactory, raw: Redis
+) -> None:
+    store = await make(ttl=0.3)
+    assert isinstance(store, RedisStore)
+    for i in range(450):
+        await store.set(f"old{i}", State(conversation_id=f"old{i}", user_id=f"u{i % 9}"))
+        if i % 3 == 0:
+            await store.merge_metadata(f"old{i}", {"title": str(i)})
+    assert await _index_size(raw, store) > 450 * 6
+    await anyio.sleep(0.7)
+    for i in range(5):  # each write prunes a batch of what has expired, more while it is full
+        await store.append("new", [Message("user", str(i))])
+    assert [i.conversation_id for i in (await store.list_sessions()).items] == ["new"]
+    assert (await store.list_sessions(user_id="u1")).items == []
+    # z, e, u and c hold "new" (it has no user): nothing else is left.
+    assert await _index_size(raw, store) == 4
+
+
+async def test_the_session_index_follows_users_and_deletes(make: StoreFactory, raw: Redis) -> None:
+    store = await make()
+    assert isinstance(store, RedisStore)
+    await store.set("a", State(conversation_id="a", user_id="alice"))
+    await store.set("b", State(conversation_id="b", user_id="alice"))
+    await store.set("a", State(conversation_id="a", user_id="bob"))  # a changes hands
+    assert [i.conversation_id for i in (await store.list_sessions(user_id="alice")).items] == ["b"]
+    assert [i.conversation_id for i in (await store.list_sessions(user_id="bob")).items] == ["a"]
+    await store.set("a", State(conversation_id="a"))  # and loses its user
+    assert (await store.list_sessions(user_id="bob")).items == []
+    await store.fork("b", "c", at=0)
+    assert sorted(
+        i.conversation_id for i in (await store.list_sessions(user_id="alice")).items
+    ) == ["b", "c"]
+    await store.delete("b")
+    assert await store.delete_by_prefix("") == 2
+    assert await _index_size(raw, store) == 0
