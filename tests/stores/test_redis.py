@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import anyio
 import anyio.lowlevel
@@ -547,3 +547,15 @@ async def test_the_session_index_follows_users_and_deletes(make: StoreFactory, r
     await store.delete("b")
     assert await store.delete_by_prefix("") == 2
     assert await _index_size(raw, store) == 0
+
+
+async def test_merge_metadata_copies_values_it_cannot_decode(make: StoreFactory) -> None:
+    """The merge script walks the stored MessagePack without decoding values, so msgspec's
+    timestamps (an extension type Redis's cmsgpack can't read) and bytes stay exactly."""
+    store = await make()
+    when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    old = {"raw": b"\x00\xff" * 200, "when": when, "nested": {"t": [when, b"x"]}, "n": 1}
+    await store.set("m", State(conversation_id="m", metadata=old))
+    merged = await store.merge_metadata("m", {"n": 2, "at": when}, remove=["raw"])
+    assert merged == {"when": when, "nested": {"t": [when, b"x"]}, "n": 2, "at": when}
+    assert await store.get_metadata("m") == merged
