@@ -341,6 +341,8 @@ def load_pack(
         doc = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise PromptPackError(f"{source}: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise PromptPackError(f"{source}: nested too deeply to be a prompt pack") from None
     return _parse_pack(doc, source, validators)
 
 

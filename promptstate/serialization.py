@@ -194,9 +194,8 @@ def unpack_message(data: bytes, *, key: str | None = None) -> Message:
     """One stored message; CorruptStateError naming ``key`` when it does not decode."""
     try:
         return _message_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        where = f" (key {key!r})" if key is not None else ""
-        raise CorruptStateError(f"stored message does not decode{where}: {exc}") from exc
+    except (msgspec.DecodeError, TypeError, RecursionError) as exc:
+        raise _undecodable("message", data, key, exc) from exc
 
 
 def unpack_messages(items: list[bytes], *, key: str | None = None) -> list[Message]:
@@ -204,15 +203,24 @@ def unpack_messages(items: list[bytes], *, key: str | None = None) -> list[Messa
     decode = _message_decoder.decode
     try:
         return [decode(item) for item in items]
-    except msgspec.DecodeError as exc:
-        where = f" (key {key!r})" if key is not None else ""
-        raise CorruptStateError(f"stored message does not decode{where}: {exc}") from exc
+    except (msgspec.DecodeError, TypeError, RecursionError) as exc:
+        raise _undecodable("message", None, key, exc) from exc
 
 
 def unpack_any(data: bytes, *, key: str | None = None) -> Any:
     """A stored MessagePack value of no fixed type (e.g. a metadata dict)."""
     try:
         return _any_msgpack_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        where = f" (key {key!r})" if key is not None else ""
-        raise CorruptStateError(f"stored data does not decode{where}: {exc}") from exc
+    except (msgspec.DecodeError, TypeError, RecursionError) as exc:
+        raise _undecodable("data", data, key, exc) from exc
+
+
+def _undecodable(what: str, data: object, key: str | None, exc: BaseException) -> CorruptStateError:
+    """The error for stored bytes that do not decode: not bytes at all (a database column
+    of another type), not MessagePack, not the expected shape, or nested too deeply."""
+    where = f" (key {key!r})" if key is not None else ""
+    if isinstance(exc, RecursionError):
+        return CorruptStateError(f"stored {what} is nested too deeply to decode{where}")
+    if isinstance(exc, TypeError):
+        return CorruptStateError(f"stored {what} is not bytes{where}: {type(exc).__name__}: {exc}")
+    return CorruptStateError(f"stored {what} does not decode{where}: {exc}")

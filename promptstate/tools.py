@@ -316,6 +316,8 @@ class Tool:
                     raise ValidationError("the arguments must be a JSON object")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValidationError(f"invalid arguments: {exc}") from exc
+        except RecursionError:
+            raise ValidationError("invalid arguments: nested too deeply") from None
         return await _invoke(self.function, kwargs)
 
 

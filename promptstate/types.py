@@ -93,6 +93,11 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
             from promptstate.exceptions import ValidationError
 
             raise ValidationError(f"message role must be one of {sorted(ROLES)}, got {self.role!r}")
+        tokens = self.tokens
+        if tokens is not None and (type(tokens) is not int or tokens < 0):
+            from promptstate.exceptions import ValidationError
+
+            raise ValidationError(f"message tokens must be an int >= 0 or None, got {tokens!r}")
         ts = self.timestamp
         if isinstance(ts, datetime) and ts.tzinfo is not timezone.utc:
             # A naive timestamp came back naive from every store and then broke comparisons

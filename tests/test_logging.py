@@ -85,3 +85,36 @@ async def test_no_prompt_or_reply_text_at_info_or_above(caplog: pytest.LogCaptur
         assert SECRET not in handler.format(record), record.name
     # The details are there for whoever turns DEBUG on.
     assert any(SECRET in handler.format(r) for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+@pytest.mark.anyio
+async def test_each_save_retry_is_one_warning_line_with_the_traceback_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from promptstate import MemoryStore, StoreUnavailableError
+
+    class Flaky(MemoryStore):
+        """A store whose first two turn writes fail as an outage would."""
+
+        failures = 2
+
+        async def append_turn(self, *args: Any, **kwargs: Any) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailableError("Redis is unavailable while appending: refused")
+            return await super().append_turn(*args, **kwargs)
+
+    store = Flaky()
+    caplog.set_level(logging.DEBUG, logger="promptstate")
+    async with Pipeline(MockProvider(lambda m: "ok"), store=store) as pipe:
+        await pipe.execute("s", "user", "hi")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "saving the turn of session 's' failed (Redis is unavailable while appending: "
+        f"refused), retrying ({n}/2)"
+        for n in (1, 2)
+    ]
+    assert all(r.exc_info is None for r in warnings)
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(debug) == 2
+    assert [m.content for m in await store.load("s")] == ["hi", "ok"]

@@ -184,7 +184,7 @@ def _error_text(body: bytes) -> str:
     """The provider's own error message from an error body, in any of the common shapes."""
     try:
         doc = _json_decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return body.decode("utf-8", "replace").strip()[:500]
     if isinstance(doc, dict):
         err = doc.get("error", doc)
@@ -528,6 +528,10 @@ class HTTPProvider:
             raise self._error(
                 "response is not valid JSON", status_code=response.status_code
             ) from exc
+        except RecursionError:
+            raise self._error(
+                "response is nested too deeply to decode", status_code=response.status_code
+            ) from None
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[SSEEvent]:
         """The SSE events of a streamed response; transport errors become ProviderError."""
@@ -542,3 +546,5 @@ class HTTPProvider:
             return _json_decode(data)
         except msgspec.DecodeError as exc:
             raise self._error("stream sent an event that is not valid JSON") from exc
+        except RecursionError:
+            raise self._error("stream sent an event nested too deeply to decode") from None

@@ -138,11 +138,13 @@ class SaveState:
                 if attempt >= self.retries or isinstance(exc.__cause__, LeaseLostError):
                     raise
                 attempt += 1
+                # One line per retry while the store is out; the traceback only at DEBUG.
                 logger.warning(
-                    "saving the turn of session %r failed, retrying (%d/%d)",
+                    "saving the turn of session %r failed (%s), retrying (%d/%d)",
                     ctx.session_id,
+                    exc,
                     attempt,
                     self.retries,
-                    exc_info=True,
                 )
+                logger.debug("the failed save of session %r", ctx.session_id, exc_info=True)
                 await anyio.sleep(0.05 * 2**attempt)

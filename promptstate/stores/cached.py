@@ -82,6 +82,8 @@ class CachedStore(Store):
             raise ValidationError(f"max_entries must be an int >= 1, got {max_entries!r}")
         super().__init__(token_counter=inner.token_counter)
         self._inner = inner
+        # Bound to one event loop exactly when the inner store is (the wrapper adds nothing).
+        self.loop_bound = inner.loop_bound
         self.db_system = inner.db_system
         self._max_entries = max_entries
         self._entry_ttl = normalize_ttl(ttl)

@@ -122,6 +122,8 @@ class EncryptedStore(Store):
             raise ValidationError(f"active key {active!r} is not one of the keys")
         super().__init__(token_counter=inner.token_counter)
         self._inner = inner
+        # Bound to one event loop exactly when the inner store is (the wrapper adds nothing).
+        self.loop_bound = inner.loop_bound
         self.db_system = inner.db_system
         self._ciphers = ciphers
         self._active = active

@@ -19,6 +19,7 @@ from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores._sorted import SortedList
 from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store, to_micros
+from promptstate.stores.integrity import check_metadata
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -84,6 +85,9 @@ class MemoryStore(Store):
     whole or not at all. It is not shared across threads or processes; use
     :class:`~promptstate.SQLiteStore` or a server store for that.
     """
+
+    #: Nothing of it belongs to an event loop: any loop may use it.
+    loop_bound = False
 
     db_system = "memory"
 
@@ -207,7 +211,7 @@ class MemoryStore(Store):
             messages=messages,
             token_count=entry.token_count,
             total_cost=entry.total_cost,
-            metadata=unpack_any(entry.metadata, key=key),
+            metadata=check_metadata("memory", key, unpack_any(entry.metadata, key=key)),
             created_at=entry.created_at,
             updated_at=entry.updated_at,
             version=entry.version,

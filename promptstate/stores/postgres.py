@@ -54,6 +54,7 @@ from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.integrity import checked_state
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -814,8 +815,9 @@ class PostgresStore(Store):
     # -- reading --------------------------------------------------------------------------
 
     def _state(self, key: str, row: Any, offset: int = 0) -> State:
-        return State(
-            conversation_id=key,
+        return checked_state(
+            "PostgreSQL",
+            key,
             user_id=row[offset],
             version=row[offset + 1],
             token_count=row[offset + 2],

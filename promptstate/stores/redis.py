@@ -48,6 +48,7 @@ from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
+from promptstate.stores.integrity import checked_state, corrupt, timestamp_from_us
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
 
@@ -89,8 +90,23 @@ def _to_us(moment: datetime) -> int:
     return (moment - _EPOCH) // _US
 
 
-def _from_us(value: bytes) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
+def _header_number(
+    key: str,
+    fields: dict[bytes, bytes],
+    name: bytes,
+    kind: type[int] | type[float],
+    default: object = None,
+) -> object:
+    """One number of a session's header hash, parsed; ranges are checked by the caller."""
+    raw = fields.get(name, default)
+    if isinstance(raw, int):
+        return raw
+    if not isinstance(raw, bytes):
+        corrupt("Redis", key, f"header (field {name.decode()!r} is missing)", raw)
+    try:
+        return kind(raw)
+    except (ValueError, TypeError):
+        corrupt("Redis", key, f"header field {name.decode()!r}", raw)
 
 
 def _now_us() -> int:
@@ -453,30 +469,29 @@ class RedisStore(Store):
 
     def _state(self, key: str, flat: list[bytes], items: list[bytes]) -> State:
         fields = dict(zip(flat[::2], flat[1::2], strict=False))
-        try:
-            user = fields.get(b"u")
-            raw_meta = fields.get(b"d")
-            metadata = unpack_any(raw_meta, key=key) if raw_meta else {}
-            if not isinstance(metadata, dict):
-                raise TypeError(f"metadata is a {type(metadata).__name__}, not a map")
-            state = State(
-                conversation_id=key,
-                user_id=None if user is None else user.decode(),
-                messages=unpack_messages(items, key=key),
-                token_count=int(fields.get(b"t", b"0")),
-                total_cost=float(fields.get(b"c", b"0")),
-                metadata=metadata,
-                created_at=_from_us(fields[b"ca"]),
-                updated_at=_from_us(fields.get(b"ua", fields[b"ca"])),
-                version=int(fields[b"v"]),
-            )
-        except CorruptStateError:
-            raise
-        except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError) as exc:
-            raise CorruptStateError(
-                f"stored header of key {key!r} is not valid: {type(exc).__name__}: {exc}"
-            ) from exc
-        return state
+        raw_user = fields.get(b"u")
+        user: str | None = None
+        if raw_user is not None:
+            try:
+                user = raw_user.decode()
+            except UnicodeDecodeError:
+                corrupt("Redis", key, "user_id", raw_user)
+        raw_meta = fields.get(b"d")
+        created = _header_number(key, fields, b"ca", int)
+        return checked_state(
+            "Redis",
+            key,
+            user_id=user,
+            version=_header_number(key, fields, b"v", int),
+            token_count=_header_number(key, fields, b"t", int, b"0"),
+            total_cost=_header_number(key, fields, b"c", float, b"0"),
+            metadata=unpack_any(raw_meta, key=key) if raw_meta else {},
+            created_at=timestamp_from_us("Redis", key, "created_at", created),
+            updated_at=timestamp_from_us(
+                "Redis", key, "updated_at", _header_number(key, fields, b"ua", int, created)
+            ),
+            messages=unpack_messages(items, key=key),
+        )
 
     # -- reads ----------------------------------------------------------------------------
 

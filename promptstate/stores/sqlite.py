@@ -69,6 +69,7 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.integrity import checked_info, checked_state, timestamp_from_us
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State
 
@@ -242,10 +243,6 @@ def _to_us(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return (moment - _EPOCH) // _MICROSECOND
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _now_us() -> int:
@@ -859,21 +856,18 @@ class SQLiteStore(Store):
                 return None
         user_id, version, token_count, total_cost, metadata, created, updated, count = row
         data = [r[0] for r in conn.execute(_SQL_MESSAGES, (key,))]
-        if len(data) != count:
-            raise CorruptStateError(
-                f"SQLite session {key!r} in {self._path!r} should have {count} messages but has "
-                f"{len(data)}"
-            )
-        return State(
-            conversation_id=key,
+        return checked_state(
+            "SQLite",
+            key,
             user_id=user_id,
-            messages=unpack_messages(data, key=key),
+            version=version,
             token_count=token_count,
             total_cost=total_cost,
             metadata=unpack_any(metadata, key=key),
-            created_at=_from_us(created),
-            updated_at=_from_us(updated),
-            version=version,
+            created_at=timestamp_from_us("SQLite", key, "created_at", created),
+            updated_at=timestamp_from_us("SQLite", key, "updated_at", updated),
+            messages=unpack_messages(data, key=key),
+            message_count=count,
         )
 
     def _head_sync(self, conn: sqlite3.Connection, key: str, now: int) -> tuple[int, int] | None:
@@ -1218,15 +1212,16 @@ class SQLiteStore(Store):
         def work(conn: sqlite3.Connection) -> list[SessionInfo]:
             bound = (*params, _now_us(), query.limit + 1)
             return [
-                SessionInfo(
-                    conversation_id=key,
+                checked_info(
+                    "SQLite",
+                    key,
                     user_id=user_id,
                     message_count=count,
                     token_count=token_count,
                     total_cost=total_cost,
                     metadata=unpack_any(metadata, key=key),
-                    created_at=_from_us(created),
-                    updated_at=_from_us(updated),
+                    created_at=timestamp_from_us("SQLite", key, "created_at", created),
+                    updated_at=timestamp_from_us("SQLite", key, "updated_at", updated),
                     version=version,
                 )
                 for (

@@ -23,6 +23,6 @@ ships with anyio)::
 Each store the factory makes must be empty and isolated from the others.
 """
 
-from promptstate.testing.conformance import StoreConformance, StoreFactory
+from promptstate.testing.conformance import Corruption, StoreConformance, StoreFactory
 
-__all__ = ["StoreConformance", "StoreFactory"]
+__all__ = ["Corruption", "StoreConformance", "StoreFactory"]

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from promptstate import AnthropicProvider, Message, OpenAIProvider, ProviderError
+from tests.providers.loopback import LoopbackServer, json_reply, sse_reply
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +89,27 @@ def test_a_password_in_base_url_is_not_in_the_repr() -> None:
         p = cls("m", api_key="k", base_url="https://user:hunter2@proxy.internal/v1")
         assert "hunter2" not in repr(p)
         assert "user:***@proxy.internal" in repr(p)
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
+async def test_a_deep_provider_reply_is_a_provider_error(
+    server: LoopbackServer, cls: type[OpenAIProvider] | type[AnthropicProvider]
+) -> None:
+    provider = cls("m", api_key="k", base_url=server.url, max_retries=0)
+    try:
+        server.queue(json_reply(200, DEEP_JSON))
+        with pytest.raises(ProviderError, match="nested too deeply"):
+            await provider.complete([Message("user", "hi")])
+        server.queue(sse_reply([f"data: {DEEP_JSON.decode()}\n\n"]))
+        with pytest.raises(ProviderError, match="nested too deeply"):
+            async for _ in provider.stream([Message("user", "hi")]):
+                pass
+        server.queue(json_reply(400, b'{"error": ' + DEEP_JSON + b"}"))
+        with pytest.raises(ProviderError) as info:
+            await provider.complete([Message("user", "hi")])
+        assert info.value.status_code == 400
+    finally:
+        await provider.aclose()

@@ -8,7 +8,8 @@ import pytest
 
 from promptstate import MemoryStore, Message, State, ValidationError
 from promptstate.stores.base import Store
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import Corruption, StoreConformance, StoreFactory
+from tests.stores.corruptions import memory_corruptions
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +29,10 @@ class TestMemoryStoreConformance(StoreConformance):
         yield make
         for store in made:
             await store.aclose()
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        return memory_corruptions()
 
 
 async def test_lru_evicts_least_recently_used() -> None:

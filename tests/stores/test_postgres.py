@@ -29,8 +29,9 @@ from promptstate import (
 from promptstate.locks import SupportsLease
 from promptstate.stores.base import SessionQuery, Store
 from promptstate.stores.postgres import MIGRATIONS, _page_sql
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import Corruption, StoreConformance, StoreFactory
 from tests.servers import PostgresProcess, drop_postgres_tables, free_port
+from tests.stores.corruptions import postgres_corruptions
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -69,6 +70,10 @@ class TestPostgresStoreConformance(StoreConformance):
         for store, table in made:
             await store.aclose()
             await drop_tables(postgres_dsn, table)
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        return postgres_corruptions()
 
 
 # -- helpers ----------------------------------------------------------------------------------

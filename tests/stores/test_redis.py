@@ -27,7 +27,8 @@ from promptstate import (
 )
 from promptstate.stores.base import Store
 from promptstate.stores.redis import RedisStore
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import Corruption, StoreConformance, StoreFactory
+from tests.stores.corruptions import redis_corruptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -76,6 +77,10 @@ class TestRedisConformance(StoreConformance):
     @pytest.fixture
     async def store_factory(self, make: StoreFactory) -> StoreFactory:
         return make
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        return redis_corruptions()
 
 
 async def _session_keys(raw: Redis, prefix: str) -> list[bytes]:

@@ -17,8 +17,9 @@ from redis.crc import key_slot
 from promptstate import Message, State, StoreUnavailableError, open_store
 from promptstate.stores.base import Store
 from promptstate.stores.redis import RedisStore
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import Corruption, StoreConformance, StoreFactory
 from tests.redis_cluster import redis_cluster_url
+from tests.stores.corruptions import redis_corruptions
 
 __all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
@@ -69,6 +70,10 @@ class TestRedisClusterConformance(StoreConformance):
     @pytest.fixture
     async def store_factory(self, make: StoreFactory) -> StoreFactory:
         return make
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        return redis_corruptions()
 
 
 async def test_sessions_spread_over_every_primary_and_listing_sees_them_all(

@@ -31,7 +31,8 @@ from promptstate import (
 )
 from promptstate.stores.base import SessionQuery, Store
 from promptstate.stores.sqlite import _SQL_LOAD, SCHEMA_VERSION, _page_sql, _successor
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import Corruption, StoreConformance, StoreFactory
+from tests.stores.corruptions import sqlite_corruptions
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +54,10 @@ class TestSQLiteStoreConformance(StoreConformance):
         yield make
         for store in made:
             await store.aclose()
+
+    @pytest.fixture
+    def corruptions(self) -> dict[str, Corruption]:
+        return sqlite_corruptions()
 
 
 # -- files, folders and bad paths -------------------------------------------------------------
