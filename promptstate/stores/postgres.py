@@ -54,7 +54,7 @@ from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
-from promptstate.stores.integrity import checked_state
+from promptstate.stores.integrity import checked_info, checked_state
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -1260,8 +1260,9 @@ class PostgresStore(Store):
         async with self._conn("list_sessions with prefix", query.prefix) as conn:
             rows = await conn.fetch(sql, *args)
         return [
-            SessionInfo(
-                conversation_id=key,
+            checked_info(
+                "PostgreSQL",
+                key,
                 user_id=user_id,
                 message_count=count,
                 token_count=tokens,
