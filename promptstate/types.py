@@ -235,10 +235,22 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Tokens a provider call consumed."""
+    """Tokens a provider call consumed.
+
+    Attributes:
+        input_tokens: Prompt tokens.
+        output_tokens: Completion tokens.
+        estimated: ``True`` when the server reported no usage (a stream from a server that
+            ignores ``stream_options.include_usage``) and the tokens were counted locally:
+            by the pipeline's token counter in a turn, by a
+            :class:`~promptstate.tokens.HeuristicTokenCounter` when a provider is called
+            directly. The cost is priced from these counts. A sum is estimated when any of
+            its terms is.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -247,7 +259,9 @@ class Usage(msgspec.Struct, frozen=True):
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.estimated or other.estimated,
         )
 
 
