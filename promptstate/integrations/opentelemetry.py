@@ -55,6 +55,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from promptstate.types import AudioPart, ImagePart, Part, ReasoningPart, TextPart
+
 __all__ = ["CAPTURE_CONTENT_ENV", "PipelineTelemetry", "TurnTelemetry", "capture_content"]
 
 
@@ -103,12 +105,35 @@ def capture_content() -> bool:
     return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() == "true"
 
 
+def _part_json(part: Part) -> dict[str, Any]:
+    """A message part in the GenAI conventions' shapes; bytes are never recorded, only their
+    size (a ``blob`` without ``content``)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "content": part.text}
+    if isinstance(part, ReasoningPart):
+        return {"type": "reasoning", "content": part.text}
+    modality = (
+        "image"
+        if isinstance(part, ImagePart)
+        else "audio"
+        if isinstance(part, AudioPart)
+        else "file"
+    )
+    found: dict[str, Any] = {"modality": modality}
+    if part.media_type:
+        found["mime_type"] = part.media_type
+    if not isinstance(part, AudioPart) and part.url is not None:
+        return {"type": "uri", **found, "uri": part.url}
+    return {"type": "blob", **found, "size": len(part.data or b"")}
+
+
 def _messages_json(messages: Sequence[Any]) -> str:
     items = []
     for m in messages:
         parts: list[dict[str, Any]] = []
         if m.content:
             parts.append({"type": "text", "content": m.content})
+        parts.extend(_part_json(part) for part in getattr(m, "parts", ()))
         for call in m.tool_calls:
             parts.append(
                 {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}

@@ -167,6 +167,43 @@ async def test_content_capture_on(
     assert got == [{"role": "assistant", "parts": [{"type": "text", "content": "Hello Alice"}]}]
 
 
+async def test_content_capture_records_parts_without_their_bytes(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptstate import AudioPart, ImagePart, Message, ReasoningPart, TextPart
+
+    monkeypatch.setenv(CAPTURE_CONTENT_ENV, "true")
+    model = _model()
+    reply = Message("assistant", "A cat.", parts=(ReasoningPart(text="whiskers"),))
+    question = Message(
+        "user",
+        "What is it?",
+        parts=(
+            ImagePart(data=b"\x89PNG" + bytes(100), media_type="image/png"),
+            ImagePart(url="https://example.com/a.jpg"),
+            AudioPart(data=bytes(10), media_type="audio/wav"),
+            TextPart("more"),
+        ),
+    )
+    async with Pipeline(MockProvider([reply], model=model)) as pipe:
+        await pipe.execute("s", question)
+    (call,) = _by_name(spans)[f"chat {model}"]
+    assert "PNG" not in call.attributes["gen_ai.input.messages"]
+    sent = json.loads(call.attributes["gen_ai.input.messages"])
+    assert sent[0]["parts"] == [
+        {"type": "text", "content": "What is it?"},
+        {"type": "blob", "modality": "image", "mime_type": "image/png", "size": 104},
+        {"type": "uri", "modality": "image", "uri": "https://example.com/a.jpg"},
+        {"type": "blob", "modality": "audio", "mime_type": "audio/wav", "size": 10},
+        {"type": "text", "content": "more"},
+    ]
+    got = json.loads(call.attributes["gen_ai.output.messages"])
+    assert got[0]["parts"] == [
+        {"type": "text", "content": "A cat."},
+        {"type": "reasoning", "content": "whiskers"},
+    ]
+
+
 async def test_stream_turn(spans: InMemorySpanExporter) -> None:
     model = _model()
     async with (
