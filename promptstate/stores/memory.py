@@ -454,6 +454,20 @@ class MemoryStore(Store):
         self._index(key, entry)
         return keep
 
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        entry = self._lookup(key, read=False)
+        if entry is None or not count or not entry.messages:
+            return []
+        keep = max(len(entry.messages) - count, 0)
+        removed = unpack_messages(entry.messages[keep:], key=key)
+        entry.token_count = max(entry.token_count - sum(m.tokens or 0 for m in removed), 0)
+        del entry.messages[keep:]
+        entry.version += 1
+        entry.updated_at = utcnow()
+        entry.expires_at = self._expiry()
+        self._index(key, entry)
+        return removed
+
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         if query.user_id is None:
             items = self._by_created if query.by_created else self._by_updated
