@@ -115,3 +115,11 @@ def test_the_session_index_benchmark_runs(capsys: pytest.CaptureFixture[str]) ->
     assert "merge / append" in out
     assert "list_by_prefix (10)" in out
     assert "failed" not in out
+
+
+def test_parts_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = pytest.importorskip("benchmarks.bench_parts")
+    bench.main(["--sizes", "1000", "--budget", "0.001"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1,000 ")]
+    assert len(rows) == 1
+    assert rows[0].endswith("x |")
