@@ -605,3 +605,59 @@ async def test_mock_provider_callables_see_parts() -> None:
     assert result.response.parts == (ReasoningPart(text="saw an image"),)
     assert chunks[-1].message is not None
     assert chunks[-1].message.parts == (ReasoningPart(text="saw an image"),)
+
+
+# -- the official SDK as an oracle ----------------------------------------------------------
+
+
+async def test_the_openai_sdk_reads_the_same_reply_bytes(server: LoopbackServer) -> None:
+    openai_sdk = pytest.importorskip("openai")
+    reply = completion("42.", usage=(30, 7))
+    reply["choices"][0]["message"]["reasoning_content"] = "6 times 7."
+    events = openai_sse(
+        [
+            chunk({"role": "assistant", "content": "", "reasoning_content": "6 times "}),
+            chunk({"reasoning_content": "7."}),
+            chunk({"content": "42."}),
+            chunk({}, finish="stop"),
+            usage_chunk(30, 7),
+        ]
+    )
+    server.queue(
+        json_reply(200, reply), sse_reply(events), json_reply(200, reply), sse_reply(events)
+    )
+    question = [Message("user", "6*7?", parts=(ImagePart(data=EVERY, media_type="image/png"),))]
+    async with openai(server) as provider:
+        ours = await provider.complete(question)
+        body = provider.build_body(question, {}, stream=False)
+        ours_streamed = await drain(provider.stream(question))
+    client = openai_sdk.AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-x", max_retries=0)
+    try:
+        theirs = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=body["messages"]
+        )
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=body["messages"], stream=True
+        )
+        deltas = [c async for c in stream]
+    finally:
+        await client.close()
+    # The SDK sent what our provider sent: the same content array.
+    assert server.requests[2].json()["messages"] == server.requests[0].json()["messages"]
+    message = theirs.choices[0].message
+    assert message.content == ours.message.content
+    assert (message.model_extra or {})["reasoning_content"] == ours.message.parts[0].text  # type: ignore[union-attr]
+    assert theirs.usage is not None
+    assert (theirs.usage.prompt_tokens, theirs.usage.completion_tokens) == (
+        ours.usage.input_tokens,
+        ours.usage.output_tokens,
+    )
+    text = "".join(d.choices[0].delta.content or "" for d in deltas if d.choices)
+    thought = "".join(
+        (d.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for d in deltas
+        if d.choices
+    )
+    final = ours_streamed[-1].message
+    assert final is not None
+    assert (text, thought) == (final.content, final.parts[0].text)  # type: ignore[union-attr]
