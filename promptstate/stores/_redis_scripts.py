@@ -44,6 +44,7 @@ __all__ = [
     "INDEX_PRUNE_CHECKED",
     "INDEX_SYNC",
     "INFO",
+    "META_TOUCH",
     "LEASE_ACQUIRE_LOAD",
     "LEASE_RELEASE",
     "LEASE_RENEW",
@@ -870,5 +871,17 @@ INDEX_DROP = Script(
 local base = string.sub(KEYS[1], 1, -2)
 for i = 1, #ARGV do unindex(base, ARGV[i]) end
 return #ARGV
+"""
+)
+
+#: Read the version, the metadata and the message count, sliding the TTL ARGV[1] (reads with
+#: ``touch_on_read``). KEYS: h, m. Returns {version or false, metadata or false, count}.
+META_TOUCH = Script(
+    """
+local f = redis.call('HMGET', KEYS[1], 'v', 'd')
+if not f[1] then return {false, false, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {f[1], f[2], redis.call('LLEN', KEYS[2])}
 """
 )

@@ -1374,6 +1374,30 @@ class StoreConformance:
                 return
         pytest.fail("the machine was too busy to read within the TTL in 5 attempts")
 
+    async def test_count_and_get_metadata_refresh_the_ttl_when_asked(
+        self, store_factory: StoreFactory
+    ) -> None:
+        touching = await store_factory(ttl=self.ttl_seconds, touch_on_read=True)
+        for attempt in range(5):
+            key = f"f{attempt}"
+            await touching.append(key, [Message("user", "a")])
+            last = time.monotonic()
+            in_time = True
+            for i in range(4):
+                await anyio.sleep(self.ttl_seconds * 0.6)
+                if i % 2:
+                    await touching.get_metadata(key)
+                else:
+                    assert await touching.count(key) == 1
+                now = time.monotonic()
+                in_time = in_time and now - last < self.ttl_seconds * 0.95
+                last = now
+            alive = await touching.count(key)
+            if in_time:  # else the machine was too busy to read within the TTL: try again
+                assert alive == 1
+                return
+        pytest.fail("the machine was too busy to read within the TTL in 5 attempts")
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def test_use_after_close_raises(self, store_factory: StoreFactory) -> None:
