@@ -379,6 +379,18 @@ class StoreConformance:
             if style == "task":
                 assert cancelled, "no task.cancel() hit an append"
 
+    async def test_cancelled_pops_are_whole_and_settled(self, store: Store) -> None:
+        rng = random.Random(4122026)
+        for style in self._styles():
+            key = f"cancel-pop-{style}"
+            for trial in range(self.cancellation_trials):
+                await store.append(key, _batch(f"p{trial}", 2))
+                await self._cancel_at_random(rng, style, partial(store.pop_messages, key, 2))
+                left = await self._assert_settled(store, key)
+                _assert_whole_batches(left, 2)  # a pop took both messages of a batch or none
+                state = await store.get(key)
+                assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+
     async def test_cancelled_sets_and_saves_are_settled(self, store: Store) -> None:
         rng = random.Random(1204)
         for style in self._styles():
