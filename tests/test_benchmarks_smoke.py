@@ -135,3 +135,13 @@ def test_adapter_rows_compare_with_their_framework_and_are_never_a_peer() -> Non
     assert ours.ratio_vs_peer == pytest.approx(100.0 / 300.0)
     assert ours.extra["peer"] == agents_peer.store
     assert agents_peer.ratio_vs_peer == pytest.approx(100.0 / 300.0)
+
+
+def test_the_session_index_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_index = pytest.importorskip("benchmarks.bench_index")
+    bench_index.main(["--tiny", "--stores", "memory"])
+    out = capsys.readouterr().out
+    assert "| MemoryStore |" in out
+    assert "merge / append" in out
+    assert "list_by_prefix (10)" in out
+    assert "failed" not in out

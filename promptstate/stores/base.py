@@ -604,13 +604,9 @@ def _guard_merge(fn: F) -> F:
         if both:
             raise ValidationError(f"metadata keys both updated and removed: {both!r}")
         # The same checks as a state's metadata (str keys, JSON and MessagePack can hold it).
+        # Every store encodes what it keeps, so later changes to the caller's objects never
+        # reach it.
         _check_storable(State(conversation_id="-", metadata=new), "merge_metadata() updates")
-        # A copy: later changes to the caller's objects never reach the store.
-        new = (
-            _msgpack_decoders[State]
-            .decode(_msgpack_encode(State(conversation_id="-", metadata=new)))
-            .metadata
-        )
         return await fn(self, key, new, remove=tuple(drop))
 
     return cast(F, guarded)

@@ -437,8 +437,7 @@ class MemoryStore(Store):
         entry.updated_at = now
         entry.expires_at = self._expiry()
         self._index(key, entry)
-        result: dict[str, Any] = unpack_any(entry.metadata, key=key)
-        return result
+        return metadata  # a new dict: the store keeps only its encoding
 
     async def truncate(self, key: str, keep: int) -> int:
         entry = self._lookup(key, read=False)
