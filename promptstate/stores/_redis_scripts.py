@@ -51,6 +51,7 @@ __all__ = [
     "LOAD_TOUCH",
     "MERGE_META",
     "PAGE",
+    "POP",
     "SAVE",
     "SET",
     "Script",
@@ -735,6 +736,41 @@ redis.call('HSET', h, 'v', string.format('%d', tonumber(head[1]) + 1),
 expire(ARGV[1], h, m)
 sync(3, h, ARGV[3])
 return keep
+"""
+)
+
+#: Remove the newest ARGV[4] messages and return them, oldest first. KEYS: h, m[, idx, exp].
+#: ARGV: ttl, now_us, member, how many. Returns {} (and writes nothing) when the session does
+#: not exist or holds no message; the tokens of the removed messages are read from them.
+POP = Script(
+    _HELPERS
+    + _MSGPACK
+    + """
+local h, m = KEYS[1], KEYS[2]
+local bad = guard(h, m)
+if bad then return bad end
+local head = redis.call('HMGET', h, 'v', 't')
+if not head[1] then return {} end
+local count = redis.call('LLEN', m)
+if count == 0 then return {} end
+local keep = count - tonumber(ARGV[4])
+if keep < 0 then keep = 0 end
+local popped = redis.call('LRANGE', m, keep, -1)
+local t = tonumber(head[2] or '0')
+for _, item in ipairs(popped) do
+  t = t - message_tokens(item)
+end
+if t < 0 then t = 0 end
+if keep == 0 then
+  redis.call('UNLINK', m)
+else
+  redis.call('LTRIM', m, 0, keep - 1)
+end
+redis.call('HSET', h, 'v', string.format('%d', tonumber(head[1]) + 1),
+  't', string.format('%d', t), 'ua', ARGV[2])
+expire(ARGV[1], h, m)
+sync(3, h, ARGV[3])
+return popped
 """
 )
 

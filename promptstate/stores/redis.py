@@ -835,6 +835,17 @@ class RedisStore(Store):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
 
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        if not count:
+            return []
+        keys, member = self._write_keys(key)
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, member, count]
+        raw = await self._write(
+            "popping from key", key, scripts.POP, keys, member, args, updated=now
+        )
+        return unpack_messages(raw, key=key) if raw else []
+
     def _info(self, key: str, flat: list[bytes], count: int) -> SessionInfo:
         fields = dict(zip(flat[::2], flat[1::2], strict=False))
         raw_user = fields.get(b"u")
