@@ -59,7 +59,20 @@ from promptstate.truncation import (
     TokenBudget,
     truncate_messages,
 )
-from promptstate.types import Message, SessionInfo, SessionPage, State, ToolCall, Usage
+from promptstate.types import (
+    AudioPart,
+    FilePart,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    SessionInfo,
+    SessionPage,
+    State,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 from promptstate.validators import Guardrails, Validator, ValidatorRegistry, Violation
 
 TYPE_CHECKING = False
@@ -74,6 +87,7 @@ _logging.getLogger("promptstate").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AnthropicProvider",
+    "AudioPart",
     "CachedStore",
     "Chunk",
     "ClosedError",
@@ -87,9 +101,11 @@ __all__ = [
     "EncryptedStore",
     "ExecutionContext",
     "ExecutionResult",
+    "FilePart",
     "GuardrailError",
     "Guardrails",
     "HeuristicTokenCounter",
+    "ImagePart",
     "ImportResult",
     "InvalidKeyError",
     "LeaseLostError",
@@ -98,6 +114,7 @@ __all__ = [
     "MockProvider",
     "NotFoundError",
     "OpenAIProvider",
+    "Part",
     "Pipeline",
     "PostgresStore",
     "PromptPack",
@@ -105,6 +122,7 @@ __all__ = [
     "PromptStateError",
     "Provider",
     "ProviderError",
+    "ReasoningPart",
     "RedisStore",
     "Response",
     "SCHEMA_VERSION",
@@ -119,6 +137,7 @@ __all__ = [
     "StoreUnavailableError",
     "Summarize",
     "SupportsLease",
+    "TextPart",
     "TiktokenCounter",
     "TimeWindow",
     "TokenBudget",
