@@ -54,7 +54,7 @@ from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
-from promptstate.stores.integrity import checked_state
+from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -193,10 +193,13 @@ class _SQL:
         touch = f"UPDATE {t} s SET expires_at = {exp} WHERE {live_s} AND s.key"
         self.touching = ttl is not None
 
-        self.get = f"SELECT {head}, {msgs} FROM {t} s WHERE s.key = $1 AND {live_s}"
+        self.get = (
+            f"SELECT {head}, {msgs}, s.message_count FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
         self.get_touch = f"WITH touch AS ({touch} = $1) {self.get}"
         self.get_many = (
-            f"SELECT s.key, {head}, {msgs} FROM {t} s WHERE s.key = ANY($1::text[]) AND {live_s}"
+            f"SELECT s.key, {head}, {msgs}, s.message_count FROM {t} s"
+            f" WHERE s.key = ANY($1::text[]) AND {live_s}"
         )
         self.get_many_touch = f"WITH touch AS ({touch} = ANY($1::text[])) {self.get_many}"
 
@@ -826,6 +829,7 @@ class PostgresStore(Store):
             created_at=row[offset + 5],
             updated_at=row[offset + 6],
             messages=unpack_messages(row[offset + 7], key=key),
+            message_count=row[offset + 8],
         )
 
     async def get(self, key: str) -> State:
@@ -887,7 +891,7 @@ class PostgresStore(Store):
         while True:
             where, args = _range(prefix, after, 1)
             page = (
-                f"SELECT s.key, {sql.head}, {sql.msgs} FROM {sql.sessions} s"
+                f"SELECT s.key, {sql.head}, {sql.msgs}, s.message_count FROM {sql.sessions} s"
                 f" WHERE {where} AND {sql.live_s} ORDER BY s.key LIMIT {_PAGE}"
             )
             if self._touch_on_read and sql.touching:
@@ -928,7 +932,11 @@ class PostgresStore(Store):
         if not messages:
             async with self._conn("append to", session_id) as conn:
                 count = await conn.fetchval(self._sql.count, session_id)
-            return int(count or 0)
+            return (
+                0
+                if count is None
+                else check_count("PostgreSQL", session_id, "message_count", count)
+            )
         _, encoded, tokens = self._encode(messages, session_id)
         count = await self._write(
             "append to",
@@ -1198,15 +1206,14 @@ class PostgresStore(Store):
     async def count(self, key: str) -> int:
         async with self._conn("count", key) as conn:
             count = await conn.fetchval(self._sql.count, key)
-        return int(count or 0)
+        return 0 if count is None else check_count("PostgreSQL", key, "message_count", count)
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
         async with self._conn("get_metadata", key) as conn:
             row = await conn.fetchrow(self._sql.metadata, key)
         if row is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
-        metadata: dict[str, Any] = unpack_any(row[0], key=key)
-        return metadata
+        return check_metadata("PostgreSQL", key, unpack_any(row[0], key=key))
 
     @settled_write
     async def merge_metadata(
@@ -1224,7 +1231,10 @@ class PostgresStore(Store):
                     metadata = dict(updates)
                     version = await conn.fetchval(sql.metadata_new, key, pack(metadata), now)
                 else:
-                    metadata = {**unpack_any(row[1], key=key), **updates}
+                    metadata = {
+                        **check_metadata("PostgreSQL", key, unpack_any(row[1], key=key)),
+                        **updates,
+                    }
                     for name in drop:
                         metadata.pop(name, None)
                     packed = pack(metadata) if metadata else _EMPTY_DICT
@@ -1260,8 +1270,9 @@ class PostgresStore(Store):
         async with self._conn("list_sessions with prefix", query.prefix) as conn:
             rows = await conn.fetch(sql, *args)
         return [
-            SessionInfo(
-                conversation_id=key,
+            checked_info(
+                "PostgreSQL",
+                key,
                 user_id=user_id,
                 message_count=count,
                 token_count=tokens,
