@@ -44,6 +44,7 @@ from promptstate.sdk import (
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import (
     CachedStore,
+    LeasingStore,
     MemoryStore,
     PostgresStore,
     SQLiteStore,
@@ -119,6 +120,7 @@ __all__ = [
     "StoreUnavailableError",
     "Summarize",
     "SupportsLease",
+    "LeasingStore",
     "TiktokenCounter",
     "TimeWindow",
     "TokenBudget",

@@ -61,6 +61,7 @@ import anyio
 
 from promptstate.exceptions import LeaseLostError, SessionBusyError, ValidationError
 from promptstate.settle import settled
+from promptstate.stores.base import LeasingStore
 
 if TYPE_CHECKING:
     from promptstate.types import Message
@@ -220,40 +221,10 @@ class SessionLock:
 _tables: weakref.WeakKeyDictionary[object, SessionLock] = weakref.WeakKeyDictionary()
 
 
-_lease_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
 def supports_lease(store: object) -> bool:
-    """Whether ``store`` implements :class:`SupportsLease` (cached per class)."""
-    cls = type(store)
-    known = _lease_support.get(cls)
-    if known is None:
-        known = isinstance(store, SupportsLease)
-        # A wrapper that forwards attributes (CachedStore) has leases when its inner store
-        # does: decide per object for those, never per class.
-        if not hasattr(cls, "__getattr__"):
-            _lease_support[cls] = known
-    return known
-
-
-_leased_load_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
-def supports_leased_load(store: object) -> bool:
-    """Whether ``store`` has ``acquire_and_load`` (:class:`SupportsLeasedLoad`), per class."""
-    cls = type(store)
-    known = _leased_load_support.get(cls)
-    if known is None:
-        known = supports_lease(store) and isinstance(store, SupportsLeasedLoad)
-        if not hasattr(cls, "__getattr__"):
-            _leased_load_support[cls] = known
-    return known
-
-
-def releases_lease_on_save(store: object) -> bool:
-    """Whether ``store.append_turn`` takes ``release_lease=owner`` natively (atomically)."""
-    append_turn = getattr(type(store), "append_turn", None)
-    return bool(getattr(append_turn, "__promptstate_release_lease__", False))
+    """Whether ``store`` declares cross-process turn leases: it is a
+    :class:`~promptstate.stores.base.LeasingStore` (the one question the pipeline asks)."""
+    return isinstance(store, LeasingStore)
 
 
 def local_locks(store: object) -> SessionLock:
@@ -296,7 +267,7 @@ class TurnLease:
         #: ``(last, messages)`` read with the lease by ``acquire_and_load``, until used.
         self.prefetch: tuple[int | None, list[Message]] | None = None
         #: Whether the save may release the lease in its own write (``release_lease=``).
-        self.release_on_save = releases_lease_on_save(store)
+        self.release_on_save = True
 
     async def acquire(
         self, max_wait: float | None, *, load: tuple[int | None] | None = None
@@ -480,8 +451,6 @@ async def session_turn(
             return
         remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
         lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
-        if load is not None and not supports_leased_load(store):
-            load = None
         try:
             await lease.acquire(remaining, load=load)
             keeper = _TimerKeepAlive.start(lease)

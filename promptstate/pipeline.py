@@ -43,7 +43,6 @@ from promptstate.locks import (
     run_turn,
     session_turn,
     supports_lease,
-    supports_leased_load,
 )
 from promptstate.providers.base import Chunk, Completion, Provider
 from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
@@ -408,14 +407,21 @@ class Pipeline(AsyncResource):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
         self._middleware: tuple[Middleware, ...] = tuple(stages)
         self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
-        # When the chain starts with the load stage, a store with acquire_and_load reads its
-        # first window together with taking the turn's lease (one round trip, not two).
+        # The one question asked of the store, once: does it declare cross-process leases?
+        self._leasing = supports_lease(self._store)
+        if not self._leasing and callable(getattr(self._store, "acquire_lease", None)):
+            raise ValidationError(
+                f"{type(self._store).__name__} has lease methods but is not a LeasingStore: "
+                "subclass promptstate.LeasingStore to declare them (a pipeline would otherwise "
+                "serialize its turns within this process only)"
+            )
+        # When the chain starts with the load stage, a leasing store reads the first window
+        # together with taking the turn's lease (acquire_and_load).
         first = stages[0] if stages else None
         self._first_load: LoadState | None = (
-            first if isinstance(first, LoadState) and supports_leased_load(self._store) else None
+            first if isinstance(first, LoadState) and self._leasing else None
         )
         self._locks = local_locks(self._store)
-        self._leasing = supports_lease(self._store)
         self._release_on_save = _saves_once(stages)
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")

@@ -53,7 +53,7 @@ from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
 from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
@@ -516,7 +516,7 @@ def _page_sql(sessions: str, live: str, query: SessionQuery) -> tuple[str, list[
 # -- the store --------------------------------------------------------------------------------
 
 
-class PostgresStore(Store):
+class PostgresStore(LeasingStore):
     """Conversation state in PostgreSQL, through an asyncpg pool.
 
     Use :meth:`from_dsn` to have the store build (and close) its own pool, or pass an
@@ -1021,8 +1021,6 @@ class PostgresStore(Store):
                 if self._maybe_purge_due():
                     await self._opportunistic_purge(conn)
                 return int(new_count)
-
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     async def _append_turn_release(
         self,

@@ -46,7 +46,7 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, Store, normalize_ttl
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, normalize_ttl
 from promptstate.stores.integrity import checked_state, corrupt, timestamp_from_us
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, State
@@ -112,7 +112,7 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class RedisStore(Store):
+class RedisStore(LeasingStore):
     """Conversation state in Redis or Redis Cluster, over ``redis.asyncio`` (with hiredis).
 
     Three ways to make one:
@@ -624,8 +624,6 @@ class RedisStore(Store):
                 f"session {session_id!r} holds {count} messages, expected {expected_count}"
             )
         return int(count)
-
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)

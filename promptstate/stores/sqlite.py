@@ -68,7 +68,7 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
 from promptstate.stores.integrity import (
     check_count,
     check_metadata,
@@ -401,7 +401,7 @@ class _BrokenConnection(Exception):
         self.original = original
 
 
-class SQLiteStore(Store):
+class SQLiteStore(LeasingStore):
     """Conversations in one SQLite file: persistent, no server, safe across processes.
 
     Args:
@@ -1064,8 +1064,6 @@ class SQLiteStore(Store):
             return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
 
         return await self._run(work, "write", f"append a turn to {session_id!r}")
-
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     def _append_sync(
         self,
