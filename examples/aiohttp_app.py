@@ -8,6 +8,7 @@ Run it (``pip install 'promptstate[aiohttp]'``)::
          -d '{"user_id": "alice", "conversation_id": "alice:1"}'
     curl -X POST localhost:8080/conversations/alice:1/messages -d '{"content": "Hi, I am Alice"}'
     curl localhost:8080/conversations/alice:1/messages
+    curl 'localhost:8080/users/alice/conversations?limit=20'     # newest first, paged
 
 Without PROMPTSTATE_URL it uses ``sqlite:///promptstate.db``; without OPENAI_API_KEY (or
 OPENAI_BASE_URL for a local server) it answers with a mock model.
@@ -131,6 +132,32 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await response.write(chunk.text.encode())
     await response.write_eof()
     return response
+
+
+@routes.get("/users/{user_id}/conversations")
+async def by_user(request: web.Request) -> web.Response:
+    """A user's conversations, newest first, one page at a time: pass the response's
+    ``next_cursor`` as ``cursor`` for the next page (``null`` on the last)."""
+    limit = request.query.get("limit", "20")
+    if not limit.isdigit():
+        raise web.HTTPBadRequest(text="limit must be a number")
+    page = await request.app[MANAGER].list_conversations(
+        user_id=request.match_info["user_id"],
+        limit=int(limit),
+        cursor=request.query.get("cursor"),
+    )
+    items = [
+        {
+            "id": info.conversation_id,
+            "title": info.metadata.get("title"),
+            "messages": info.message_count,
+            "tokens": info.token_count,
+            "cost": info.total_cost,
+            "updated_at": info.updated_at.isoformat(),
+        }
+        for info in page.items
+    ]
+    return web.json_response({"items": items, "next_cursor": page.next_cursor})
 
 
 @routes.delete("/conversations/{cid}")

@@ -10,6 +10,7 @@ Run it (``pip install 'promptstate[fastapi]' uvicorn``)::
          -H 'content-type: application/json' -d '{"content": "Hi, I am Alice"}'
     curl localhost:8000/conversations/alice:1/messages
     curl 'localhost:8000/conversations/alice:1/stream?content=Still+there%3F'
+    curl 'localhost:8000/users/alice/conversations?limit=20'     # newest first, paged
 
 Without PROMPTSTATE_URL it uses ``sqlite:///promptstate.db``; without OPENAI_API_KEY (or
 OPENAI_BASE_URL for a local server) it answers with a mock model.
@@ -32,6 +33,7 @@ from promptstate import (
     PromptStateError,
     ProviderError,
     SessionBusyError,
+    SessionInfo,
     Store,
     ValidationError,
 )
@@ -67,6 +69,17 @@ def _status(exc: PromptStateError) -> int:
     if isinstance(exc, ProviderError):
         return 502
     return 500
+
+
+def _summary(info: SessionInfo) -> dict[str, object]:
+    return {
+        "id": info.conversation_id,
+        "title": info.metadata.get("title"),
+        "messages": info.message_count,
+        "tokens": info.token_count,
+        "cost": info.total_cost,
+        "updated_at": info.updated_at.isoformat(),
+    }
 
 
 def create_app(store: Store | str | None = None, provider: Provider | None = None) -> FastAPI:
@@ -135,8 +148,13 @@ def create_app(store: Store | str | None = None, provider: Provider | None = Non
         return Response(status_code=204)
 
     @app.get("/users/{user_id}/conversations")
-    async def by_user(user_id: str, manager: ManagerDep) -> list[str]:
-        return sorted([s.conversation_id async for s in manager.list_conversations(f"{user_id}:")])
+    async def by_user(
+        user_id: str, manager: ManagerDep, limit: int = 20, cursor: str | None = None
+    ) -> dict[str, object]:
+        """A user's conversations, newest first, one page at a time: pass the response's
+        ``next_cursor`` as ``cursor`` for the next page (``null`` on the last)."""
+        page = await manager.list_conversations(user_id=user_id, limit=limit, cursor=cursor)
+        return {"items": [_summary(info) for info in page.items], "next_cursor": page.next_cursor}
 
     @app.post("/chat/{session_id}")
     async def chat(session_id: str, body: UserMessage, pipe: PipelineDep) -> dict[str, str]:

@@ -4,8 +4,9 @@
 
     promptstate demo                       # a conversation that remembers, then a load test
     promptstate chat [--session ID]        # talk to a model (or the mock) with stored history
-    promptstate ls [PREFIX]                # list conversations
+    promptstate ls [PREFIX] [--user U]     # list conversations, newest first, a page at a time
     promptstate show ID                    # print one conversation
+    promptstate meta ID [key=value ...] [-k KEY]   # show, set or remove metadata
     promptstate export [--prefix P] [-o FILE]
     promptstate import FILE [--overwrite] [--skip-errors]
     promptstate rm ID... | --prefix P
@@ -53,6 +54,8 @@ __all__ = ["DEFAULT_STORE_URL", "main"]
 DEFAULT_STORE_URL = "sqlite:///promptstate.db"
 
 _DEMO_SESSION = "demo:alice"
+#: The metadata key under which conversations keep their settings (promptstate.sdk).
+_SETTINGS_KEY = "promptstate"
 
 
 class CommandError(Exception):
@@ -103,29 +106,37 @@ def _age(when: datetime) -> str:
 
 
 async def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
-    rows: list[tuple[str, ...]] = []
+    if args.all and args.cursor is not None:
+        raise UsageError("give --cursor or --all, not both")
     count = 0
+    cursor = args.cursor
     async with _opened(args.store, read_only=True) as store:
-        async for state in store.list_by_prefix(args.prefix):
-            if args.user is not None and state.user_id != args.user:
-                continue
-            count += 1
-            rows.append(
-                (
-                    state.conversation_id,
-                    state.user_id or "-",
-                    str(len(state.messages)),
-                    str(state.token_count),
-                    f"{state.total_cost:.4f}",
-                    _age(state.updated_at),
-                )
+        while True:
+            page = await store.list_sessions(
+                prefix=args.prefix, user_id=args.user, limit=args.limit, cursor=cursor
             )
-            if len(rows) >= 500:  # print in pages: memory stays flat for big stores
-                _table(out, rows, header=count == len(rows))
-                rows = []
-    if rows or count == 0:
-        _table(out, rows, header=count == len(rows))
-    print(f"{count} conversation{'s' if count != 1 else ''}", file=sys.stderr)
+            rows: list[tuple[str, ...]] = [
+                (
+                    info.conversation_id,
+                    info.user_id or "-",
+                    str(info.message_count),
+                    str(info.token_count),
+                    f"{info.total_cost:.4f}",
+                    _age(info.updated_at),
+                )
+                for info in page.items
+            ]
+            if rows or count == 0:
+                _table(out, rows, header=count == 0)
+            count += len(rows)
+            cursor = page.next_cursor
+            if cursor is None or not args.all:
+                break
+    noun = f"{count} conversation{'s' if count != 1 else ''}"
+    if cursor is None:
+        print(noun, file=sys.stderr)
+    else:
+        print(f"{noun} (newest first); next page: --cursor {cursor}  (or --all)", file=sys.stderr)
     return 0
 
 
@@ -182,6 +193,39 @@ def _print_state(out: TextIO, state: State, *, last: int | None) -> None:
 def _one_line(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _meta_value(text: str) -> Any:
+    """``key=value`` values: JSON when they parse as JSON (3, true, null, "x", [1]), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def cmd_meta(args: argparse.Namespace, out: TextIO) -> int:
+    updates: dict[str, Any] = {}
+    for item in args.assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"expected key=value, got {item!r}")
+        updates[name] = _meta_value(value)
+    remove = list(dict.fromkeys(args.remove))
+    reserved = [k for k in [*updates, *remove] if k == _SETTINGS_KEY]
+    if reserved:
+        raise UsageError(
+            f"{_SETTINGS_KEY!r} holds the conversation's settings; it is not changed here"
+        )
+    both = [k for k in remove if k in updates]
+    if both:
+        raise UsageError(f"both set and removed: {', '.join(both)}")
+    async with _opened(args.store, read_only=True) as store:
+        metadata = await store.get_metadata(args.id)  # NotFoundError: nothing is created
+        if updates or remove:
+            metadata = await store.merge_metadata(args.id, updates, remove=remove)
+    shown = {k: v for k, v in metadata.items() if k != _SETTINGS_KEY}
+    out.write(json.dumps(shown, indent=2, ensure_ascii=False, default=str) + "\n")
+    return 0
 
 
 async def cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
@@ -601,6 +645,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _page_size(text: str) -> int:
+    from promptstate.stores.base import MAX_PAGE_SIZE
+
+    value = _positive(text)
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_PAGE_SIZE}: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``promptstate`` argument parser."""
     from promptstate import __version__
@@ -644,9 +697,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt of a new conversation")
     p.add_argument("--max-tokens", type=_positive, default=None, help="prompt budget (tokens)")
 
-    p = sub.add_parser("ls", parents=[common], help="list conversations")
+    p = sub.add_parser("ls", parents=[common], help="list conversations, newest first")
     p.add_argument("prefix", nargs="?", default="", help="only ids starting with this")
     p.add_argument("--user", default=None, help="only this user's")
+    p.add_argument(
+        "--limit", type=_page_size, default=50, help="conversations per page (default 50)"
+    )
+    p.add_argument("--cursor", default=None, help="the next page, as the last page said")
+    p.add_argument("--all", action="store_true", help="every page, one after the other")
+
+    p = sub.add_parser(
+        "meta",
+        parents=[common],
+        help="show, set or remove a conversation's metadata",
+        description="Values are JSON when they parse as JSON (3, true, null, [1, 2], "
+        '"quoted"), else text: title="Trip to Rome" sets a string. Prints the metadata.',
+    )
+    p.add_argument("id")
+    p.add_argument("assignments", nargs="*", metavar="key=value")
+    p.add_argument("-k", "--remove", action="append", default=[], metavar="KEY", help="remove KEY")
 
     p = sub.add_parser("show", parents=[common], help="print one conversation")
     p.add_argument("id")
@@ -682,6 +751,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Any]] = {
     "chat": cmd_chat,
     "ls": cmd_ls,
     "show": cmd_show,
+    "meta": cmd_meta,
     "export": cmd_export,
     "import": cmd_import,
     "rm": cmd_rm,
@@ -696,6 +766,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything after "bench" is the benchmarks' own: "--tiny" and "-- --tiny" alike.
         passed = [*extra, *args.args]
         args.args = passed[1:] if passed[:1] == ["--"] else passed
+    elif args.command == "meta" and extra and not any(e.startswith("-") for e in extra):
+        # key=value pairs after a -k option: argparse leaves them over.
+        args.assignments = [*args.assignments, *extra]
     elif extra:
         args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -26,17 +26,16 @@ validated; the backend keeps leases in its own namespace, apart from the states)
 
 ``ttl`` is in seconds (a float; Redis rounds it up to whole milliseconds for ``SET NX PX``).
 
-Two optional capabilities let a turn on a leasing store cost two round trips instead of four
-(acquire, load, save, release):
+A store declares leases by subclassing :class:`~promptstate.stores.base.LeasingStore`, which
+also has the two methods that let a turn cost two round trips instead of four (acquire, load,
+save, release) where a backend implements them in one atomic step each:
 
-* :class:`SupportsLeasedLoad`: ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease
-  and, only when it was taken, reads the newest ``last`` messages, in one atomic step
-  (``None`` when another owner holds the lease). The turn uses it when its first stage is a
-  :class:`~promptstate.stages.LoadState`, whose first read it then serves.
+* ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease and, only when it was taken,
+  reads the newest ``last`` messages (``None`` when another owner holds the lease). The turn
+  uses it when its first stage is a :class:`~promptstate.stages.LoadState`, whose first read
+  it then serves.
 * ``append_turn(..., release_lease=owner)``: the store appends the turn only while ``owner``
-  holds the lease and deletes the lease in the same atomic step. A store declares it by
-  setting ``__promptstate_release_lease__ = True`` on its ``append_turn`` (see
-  :func:`releases_lease_on_save`).
+  holds the lease and deletes the lease in the same atomic step.
 
 A turn that fails or is cancelled before its save still releases its lease with
 ``release_lease``, as before.

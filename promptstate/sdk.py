@@ -57,15 +57,16 @@ from promptstate.exceptions import (
     PromptPackError,
     ValidationError,
 )
+from promptstate.locks import session_turn
 from promptstate.pipeline import Middleware, Pipeline
 from promptstate.providers.base import Chunk, Provider
 from promptstate.stages import SaveState
 from promptstate.stages.check_reply import with_check_reply
-from promptstate.stores.base import Store, validate_key, validate_prefix
+from promptstate.stores.base import Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.url import open_store
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, State, ToolCall, Usage
+from promptstate.types import Message, SessionPage, State, ToolCall, Usage
 from promptstate.validators import Guardrails, ValidatorFunction, ValidatorRegistry
 from promptstate.validators import Validator as PromptValidator
 
@@ -869,6 +870,66 @@ class Conversation:
         state = await self._manager.store.fork(self.id, target)
         return Conversation(self._manager, state, self._settings)
 
+    async def branch(self, new_id: str | None = None, *, at: int) -> Conversation:
+        """A new conversation holding the first ``at`` messages of this one ("edit and
+        resend": branch before the message to change, then send the new one on the branch).
+
+        The branch has the same settings (prompt, variables, budget) and metadata; later turns
+        on either leave the other alone. ``at`` beyond the last message copies them all.
+
+        Args:
+            new_id: The branch's id (a random one when ``None``).
+            at: How many of the first messages the branch keeps (0: none).
+
+        Raises:
+            ConflictError: ``new_id`` exists already.
+            NotFoundError: This conversation was deleted.
+            ValidationError: ``at`` is not an int >= 0.
+        """
+        target = uuid.uuid4().hex if new_id is None else validate_key(new_id)
+        state = await self._manager.store.fork(self.id, target, at=at)
+        return Conversation(self._manager, state, self._settings)
+
+    async def undo(self, turns: int = 1) -> list[Message]:
+        """Drop the last ``turns`` turns: each user message and what answered it (tool calls,
+        tool results and the reply). "Regenerate" is ``undo()`` and sending the returned
+        user message again.
+
+        Holds the conversation like a turn does (within this process and, on stores with
+        leases, across processes), so no turn is cut in half. Messages before the first user
+        message (a stored system prompt) are kept. Reads only as many of the newest messages
+        as it needs.
+
+        Returns:
+            The messages removed, oldest first (empty when there was no turn to drop).
+
+        Raises:
+            ValidationError: ``turns`` is not an int >= 1.
+            SessionBusyError: A turn held the conversation for the lock timeout.
+        """
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 1:
+            raise ValidationError(f"turns must be an int >= 1, got {turns!r}")
+        manager = self._manager
+        manager._check_open()
+        store = manager.store
+        async with session_turn(
+            store, self.id, max_wait=manager._lock_timeout, lease_ttl=_UNDO_LEASE_TTL
+        ):
+            count = await store.count(self.id)
+            last = 16
+            while True:
+                tail = await store.load(self.id, last=min(last, count))
+                starts = [i for i, m in enumerate(tail) if m.role == "user"]
+                if len(starts) >= turns or len(tail) >= count:
+                    break
+                last *= 4
+            if not starts:
+                return []
+            cut = starts[-turns] if len(starts) >= turns else starts[0]
+            removed = tail[cut:]
+            await store.truncate(self.id, count - len(removed))
+        return removed
+
     async def delete(self) -> bool:
         """Delete the conversation from the store; True when it existed."""
         return await self._manager.store.delete(self.id)
@@ -1148,23 +1209,75 @@ class ConversationManager(AsyncResource):
         return Conversation(self, state, _settings_of(state))
 
     async def list_conversations(
-        self, prefix: str = "", *, user_id: str | None = None
-    ) -> AsyncIterator[State]:
-        """The stored states whose id starts with ``prefix``, optionally only ``user_id``'s.
+        self,
+        prefix: str = "",
+        *,
+        user_id: str | None = None,
+        order: str = "updated_desc",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """One page of conversations, newest first by default, without their messages.
 
-        Filtering by ``user_id`` reads every state under ``prefix``; give your conversation
-        ids a per-user prefix (``"alice:..."``) to list one user's cheaply.
+        ``page.items`` are :class:`~promptstate.SessionInfo` (id, user, message count, tokens,
+        cost, metadata, times); pass ``page.next_cursor`` as ``cursor`` for the next page
+        (``None`` on the last one). Filtering by ``user_id`` and paging read only the page,
+        from the store's index (see :meth:`Store.list_sessions`).
+
+        Raises:
+            ValidationError: A bad cursor, order or limit.
         """
         self._check_open()
-        validate_prefix(prefix)
-        async for state in self._store.list_by_prefix(prefix):
-            if user_id is None or state.user_id == user_id:
-                yield state
+        return await self._store.list_sessions(
+            prefix=prefix, user_id=user_id, order=order, limit=limit, cursor=cursor
+        )
+
+    async def open_conversation(
+        self,
+        pack: PromptPack | str | None = None,
+        config: ConversationConfig | None = None,
+    ) -> Conversation:
+        """The conversation ``config.conversation_id`` when it exists, else a new one.
+
+        An existing conversation keeps the settings it was started with (``pack`` and the
+        rest of ``config`` only shape a new one). Safe when two callers open the same new id
+        at once: one creates it, the other gets it.
+
+        Raises:
+            ConflictError: The conversation exists and belongs to another user than
+                ``config.user_id`` (when that is given): an id from a request never opens
+                someone else's conversation.
+            PromptPackError, ValidationError: As :meth:`new_conversation`, for a new one.
+        """
+        self._check_open()
+        config = ConversationConfig() if config is None else config
+        if not isinstance(config, ConversationConfig):
+            raise ValidationError(f"config must be a ConversationConfig, got {config!r}")
+        key = config.conversation_id
+        if key is None:
+            return await self.new_conversation(pack, config)
+        validate_key(key, what="conversation_id")
+        for _ in range(3):
+            try:
+                state = await self._store.get(key)
+            except NotFoundError:
+                try:
+                    return await self.new_conversation(pack, config)
+                except ConflictError:
+                    continue  # created meanwhile by another caller: get it
+            if config.user_id is not None and state.user_id != config.user_id:
+                raise ConflictError(f"conversation {key!r} exists and belongs to another user")
+            return Conversation(self, state, _settings_of(state))
+        raise ConflictError(f"conversation {key!r} was created and deleted while opening it")
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         """Delete a conversation; True when it existed."""
         self._check_open()
         return await self._store.delete(conversation_id)
+
+
+#: Lease lifetime of :meth:`Conversation.undo` on stores with leases (renewed while it runs).
+_UNDO_LEASE_TTL = 30.0
 
 
 def _check_budget(max_tokens: object) -> None:

@@ -326,3 +326,99 @@ def test_chat_with_an_openai_compatible_server(
         "server saw 3 messages, 2 from you",
         "Third",
     ]
+
+
+def _seed(url: str, count: int) -> None:
+    """``count`` conversations c00.. (alternating users u0/u1), written one after the other."""
+    import anyio
+
+    from promptstate import Message, State
+    from promptstate.stores.sqlite import SQLiteStore
+
+    async def write() -> None:
+        async with SQLiteStore(url.removeprefix("sqlite:///")) as store:
+            for i in range(count):
+                key = f"c{i:02d}"
+                await store.set(key, State(conversation_id=key, user_id=f"u{i % 2}"))
+                await store.append(key, [Message("user", "x")] * (i % 3 + 1))
+
+    anyio.run(write)
+
+
+def test_ls_pages_newest_first(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _seed(store_url, 7)
+    assert main(["ls", "--limit", "3"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["ID", "USER", "MESSAGES", "TOKENS", "COST", "UPDATED"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["c06", "u0", "1"],
+        ["c05", "u1", "3"],
+        ["c04", "u0", "2"],
+    ]
+    cursor = captured.err.split("--cursor ")[1].split()[0]
+    assert "3 conversations (newest first); next page: --cursor" in captured.err
+    assert main(["ls", "--limit", "3", "--cursor", cursor]) == 0
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()[1:]] == ["c03", "c02", "c01"]
+    assert main(["ls", "--all", "--limit", "2"]) == 0
+    captured = capsys.readouterr()
+    ids = [line.split()[0] for line in captured.out.splitlines() if not line.startswith("ID")]
+    assert ids == [f"c{i:02d}" for i in range(6, -1, -1)]
+    assert captured.out.count("ID ") == 1, "one header for every page"
+    assert captured.err.strip() == "7 conversations"
+    assert main(["ls", "--user", "u1", "--all"]) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert ids == ["c05", "c03", "c01"]
+    assert main(["ls", "c0", "--user", "u0", "--limit", "1"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["c06"]
+    # Bad paging arguments: usage errors (2) or one line (1), never a traceback.
+    for argv in (
+        ["ls", "--limit", "0"],
+        ["ls", "--limit", "5000"],
+        ["ls", "--all", "--cursor", cursor],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+    capsys.readouterr()
+    assert main(["ls", "--cursor", "garbage"]) == 1
+    assert "cursor" in capsys.readouterr().err
+    assert main(["ls", "--cursor", cursor, "--user", "u1"]) == 1  # made for another query
+    capsys.readouterr()
+
+
+def test_meta_shows_sets_and_removes(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _seed(store_url, 1)
+    assert main(["meta", "c00"]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
+    assert main(["meta", "c00", "title=Trip to Rome", "n=3", "pinned=true", 'tags=["a"]']) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "title": "Trip to Rome",
+        "n": 3,
+        "pinned": True,
+        "tags": ["a"],
+    }
+    assert main(["meta", "c00", "-k", "n", "--remove", "tags", "zip=01234"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "title": "Trip to Rome",
+        "pinned": True,
+        "zip": "01234",
+    }
+    assert main(["ls"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["c00", "u0", "1"]
+    # An unknown id is an error and creates nothing; bad assignments are usage errors.
+    assert main(["meta", "nope", "a=1"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["ls"]) == 0
+    assert "1 conversation" in capsys.readouterr().err
+    for argv in (
+        ["meta", "c00", "novalue"],
+        ["meta", "c00", "=x"],
+        ["meta", "c00", "promptstate=x"],
+        ["meta", "c00", "a=1", "-k", "a"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+    capsys.readouterr()

@@ -339,10 +339,19 @@ async def test_list_conversations_by_prefix_and_user() -> None:
             await manager.new_conversation(
                 None, ConversationConfig(conversation_id=key, user_id=user)
             )
-        ids = sorted([s.conversation_id async for s in manager.list_conversations("alice:")])
-        assert ids == ["alice:1", "alice:2"]
-        ids = sorted([s.conversation_id async for s in manager.list_conversations(user_id="bob")])
-        assert ids == ["bob:1"]
+        page = await manager.list_conversations("alice:")
+        assert sorted(i.conversation_id for i in page.items) == ["alice:1", "alice:2"]
+        assert page.next_cursor is None
+        page = await manager.list_conversations(user_id="bob")
+        assert [i.conversation_id for i in page.items] == ["bob:1"]
+        first = await manager.list_conversations(order="created_asc", limit=2)
+        assert [i.conversation_id for i in first.items] == ["alice:1", "alice:2"]
+        rest = await manager.list_conversations(
+            order="created_asc", limit=2, cursor=first.next_cursor
+        )
+        assert ([i.conversation_id for i in rest.items], rest.next_cursor) == (["bob:1"], None)
+        with pytest.raises(ValidationError):
+            await manager.list_conversations(limit=0)
         assert await manager.delete_conversation("bob:1") is True
         assert await manager.delete_conversation("bob:1") is False
 
@@ -427,3 +436,62 @@ async def test_custom_stages_per_budget() -> None:
         assert budgets == [None, 999]  # one pipeline per budget, built once
     with pytest.raises(ValidationError, match="stages"):
         ConversationManager(provider, stages=[log])  # type: ignore[arg-type]
+
+
+async def test_open_conversation_gets_or_creates() -> None:
+    async with ConversationManager(MockProvider(_echo)) as manager:
+        config = ConversationConfig(conversation_id="c", user_id="u1", metadata={"n": 1})
+        first = await manager.open_conversation(None, config)
+        await first.send("hi")
+        other = ConversationConfig(conversation_id="c", user_id="u1", metadata={"n": 2})
+        second = await manager.open_conversation(None, other)
+        assert second.metadata == {"n": 1}, "an existing conversation keeps what it had"
+        assert len(await second.history()) == 2
+        # Another user's id never opens this one.
+        with pytest.raises(ConflictError, match="another user"):
+            await manager.open_conversation(
+                None, ConversationConfig(conversation_id="c", user_id="u2")
+            )
+        # Without a user, or without an id (a new random one), it opens as asked.
+        assert (
+            await manager.open_conversation(None, ConversationConfig(conversation_id="c"))
+        ).id == "c"
+        fresh = await manager.open_conversation()
+        assert fresh.id != "c"
+
+        # Many callers opening one new id at once: one creates it, all get the same.
+        async def open_one(results: list[str]) -> None:
+            conv = await manager.open_conversation(
+                None, ConversationConfig(conversation_id="race", user_id="u1")
+            )
+            results.append(conv.id)
+
+        results: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(open_one, results)
+        assert results == ["race"] * 10
+        assert (await manager.store.get("race")).version == 1
+
+
+async def test_branch_and_undo_refuse_bad_arguments() -> None:
+    async with ConversationManager(MockProvider(_echo)) as manager:
+        conv = await manager.new_conversation(None, ConversationConfig(conversation_id="c"))
+        await conv.send("hi")
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValidationError):
+                await conv.undo(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await conv.branch("b", at=-1)
+        with pytest.raises(ValidationError):
+            await conv.branch("c", at=1)  # onto itself
+        await manager.new_conversation(None, ConversationConfig(conversation_id="taken"))
+        with pytest.raises(ConflictError):
+            await conv.branch("taken", at=1)
+        branch = await conv.branch(at=1)
+        assert [m.content for m in await branch.history()] == ["hi"]
+        # A conversation whose history starts with a stored system message keeps it.
+        await manager.store.save("s", [Message("system", "rules"), Message("user", "q")])
+        stored = await manager.get_conversation("s")
+        assert [m.content for m in await stored.undo()] == ["q"]
+        assert [m.content for m in await stored.history()] == ["rules"]

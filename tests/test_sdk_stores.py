@@ -143,9 +143,8 @@ async def test_conversation_resumes_on_a_new_store_object(opener: Opener) -> Non
         branch = await conv.fork("u1:c{1}%:b")
         await branch.send("branch")
         assert len(await conv.history()) == 6
-        assert [s.conversation_id async for s in manager.list_conversations("u1:c{1}%:")] == [
-            "u1:c{1}%:b"
-        ]
+        page = await manager.list_conversations("u1:c{1}%:")
+        assert [i.conversation_id for i in page.items] == ["u1:c{1}%:b"]
 
 
 async def test_two_store_objects_sending_at_once_lose_nothing(opener: Opener) -> None:
@@ -197,3 +196,44 @@ async def test_backup_round_trip_between_stores(opener: Opener, tmp_path: Path) 
                 a.total_cost,
                 a.user_id,
             )
+
+
+async def test_branch_undo_open_and_list_on_every_backend(opener: Opener) -> None:
+    async with opener() as store, ConversationManager(MockProvider(_reply), store) as manager:
+        config = ConversationConfig(
+            conversation_id="u1:chat", user_id="u1", system_prompt="Be nice."
+        )
+        conv = await manager.open_conversation(None, config)  # created
+        for text in ("one", "two", "three"):
+            await conv.send(text)
+        again = await manager.open_conversation(None, config)  # got, settings as stored
+        assert (again.id, again.system_prompt) == ("u1:chat", "Be nice.")
+        assert len(await again.history()) == 6
+        # Edit and resend: a branch before the second user message, then a new one on it.
+        branch = await conv.branch("u1:chat:edit", at=2)
+        assert branch.system_prompt == "Be nice."
+        reply = await branch.send("TWO")
+        assert reply.content == "[Be nice.] turn 2: TWO"
+        assert [m.content for m in await conv.history()][-2:] == [
+            "three",
+            "[Be nice.] turn 3: three",
+        ]
+        # Regenerate: drop the last answer with its question, send the question again.
+        removed = await conv.undo()
+        assert [m.content for m in removed] == ["three", "[Be nice.] turn 3: three"]
+        assert await store.count("u1:chat") == 4
+        assert (await conv.send(removed[0].content)).content == "[Be nice.] turn 3: three"
+        assert [m.content for m in await conv.undo(turns=2)] == [
+            "two",
+            "[Be nice.] turn 2: two",
+            "three",
+            "[Be nice.] turn 3: three",
+        ]
+        state = await conv.state()
+        assert [m.content for m in state.messages] == ["one", "[Be nice.] turn 1: one"]
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        assert len(await conv.undo(turns=5)) == 2
+        assert await conv.undo() == []
+        page = await manager.list_conversations(user_id="u1")
+        assert [i.conversation_id for i in page.items] == ["u1:chat", "u1:chat:edit"]
+        assert [i.message_count for i in page.items] == [0, 4]

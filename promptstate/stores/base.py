@@ -848,12 +848,8 @@ class Store(AsyncResource, ABC):
         * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
           session holds exactly that many messages before the append (0 for a new session).
           Checked after the turn id, so a retried turn is not a conflict.
-        * ``release_lease`` (a keyword the guard accepts for every store with leases): the
-          owner token of the turn's lease. A backend whose override takes it and is marked
-          ``__promptstate_release_lease__ = True`` writes only while that owner holds the
-          lease (else :class:`~promptstate.locks.LeaseLostError`, unless the turn is stored
-          already) and deletes the lease in the same atomic step. For any other store the base class
-          appends and then calls ``release_lease`` (two steps).
+        * ``release_lease`` (only on a :class:`LeasingStore`, see its ``append_turn``): the
+          owner token of the turn's lease, released with the write.
 
         Backends override this with one native atomic operation. The default composes other
         methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``

@@ -13,11 +13,15 @@ and sets the TTL of both keys, at a cost that does not depend on the history's l
 ``load(last=n)`` is one ``LRANGE``.
 
 Listing uses a sorted-set index per store prefix (members = session ids, all scored 0, queried
-with ``ZRANGEBYLEX``) plus a second sorted set of expiry hints, so listing costs what it
-returns, never ``KEYS`` and never ``SCAN``. On a single Redis the index is updated in the same
-script as the session. On a Cluster it lives in its own slots (sharded over
-``index_shards`` keys) and is updated by a second call; listing checks that each listed
-session exists and prunes what it finds gone.
+with ``ZRANGEBYLEX``), a second sorted set of expiry hints, and sorted sets of the session ids
+by updated and by created time (microseconds), for the store and per user, so listing costs
+what it returns, never ``KEYS`` and never ``SCAN`` (the layout is in
+:mod:`promptstate.stores._redis_scripts`). On a single Redis the index is updated in the same
+script as the session, from the header as the script left it. On a Cluster it lives in its own
+slots (sharded over ``index_shards`` keys) and is updated by a second call just before the
+write; listing checks every entry it returns against the session's header, prunes what is gone
+and repairs what a failed or racing write left behind. Expired sessions leave the index through
+the expiry hints (a pruning pass now and then on writes) and whenever a listing meets them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -46,10 +50,16 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, normalize_ttl
-from promptstate.stores.integrity import checked_state, corrupt, timestamp_from_us
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, normalize_ttl
+from promptstate.stores.integrity import (
+    check_metadata,
+    checked_info,
+    checked_state,
+    corrupt,
+    timestamp_from_us,
+)
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, State
+from promptstate.types import Message, SessionInfo, State
 
 try:
     import redis.exceptions as redis_errors
@@ -73,6 +83,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 #: Sessions per listing / deletion batch: bounds how long one server step can take.
 _BATCH = 200
+#: Index entries one PAGE script looks at at most (entries a prefix filter skips count too).
+_PAGE_BUDGET = 2000
+#: How often a listing may find the index out of step with the sessions (gone, or repaired
+#: on a Cluster) and read the page again before it returns what it has checked.
+_PAGE_ATTEMPTS = 8
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
@@ -357,9 +372,12 @@ class RedisStore(LeasingStore):
         base = self._pkey + b"{" + _tag(session_id).encode() + b"}:"
         return base + b"h", base + b"m"
 
-    def _index_keys(self, shard: int) -> tuple[bytes, bytes]:
+    def _index_base(self, shard: int) -> bytes:
         # '%i' never occurs in an escaped session id, so no session's keys can collide.
-        base = self._pkey + b"{%idx" + str(shard).encode() + b"}:"
+        return self._pkey + b"{%idx" + str(shard).encode() + b"}:"
+
+    def _index_keys(self, shard: int) -> tuple[bytes, bytes]:
+        base = self._index_base(shard)
         return base + b"z", base + b"e"
 
     def _shard(self, member: bytes) -> int:
@@ -501,10 +519,36 @@ class RedisStore(LeasingStore):
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def _index_add(self, member: bytes) -> None:
-        """Cluster only: record a session in its index shard (just before each write)."""
+    async def _index_sync(
+        self,
+        member: bytes,
+        ttl: bytes,
+        updated: int,
+        created: int | None,
+        user: tuple[str, str | None],
+        *,
+        exact: bool = False,
+    ) -> None:
+        """Cluster only: index a session in its shard as a write is about to leave it (only
+        adding, see :data:`~promptstate.stores._redis_scripts.INDEX_SYNC`), or ``exact``ly as
+        its header reads.
+
+        ``created`` is ``None`` to keep the indexed one (or ``updated`` for a new session);
+        ``user`` is ``("k", None)`` to keep the indexed user, ``("s", id)`` or ``("n", None)``.
+        """
+        mode, user_id = user
         await self._eval(
-            scripts.INDEX_ADD, self._index_keys(self._shard(member)), (member, self._ttl_ms)
+            scripts.INDEX_SYNC,
+            self._index_keys(self._shard(member)),
+            (
+                member,
+                ttl,
+                updated,
+                b"" if created is None else created,
+                mode,
+                b"" if user_id is None else user_id,
+                1 if exact else 0,
+            ),
         )
 
     async def _write(
@@ -515,13 +559,17 @@ class RedisStore(LeasingStore):
         keys: list[bytes],
         member: bytes,
         args: list[Any],
+        *,
+        updated: int,
+        created: int | None = None,
+        user: tuple[str, str | None] = ("k", None),
     ) -> Any:
         with self._errors(what, key):
             if self._cluster:
                 # Index first: if the write then fails or is cancelled, the entry points at
-                # nothing and listing prunes it; the other order could leave a session that
-                # no listing finds.
-                await self._index_add(member)
+                # nothing (or at the wrong time) and listing prunes or repairs it; the other
+                # order could leave a session that no listing finds.
+                await self._index_sync(member, self._ttl_ms, updated, created, user)
             result = await self._eval(script, keys, args)
         if self._ttl is not None and time.monotonic() >= self._next_prune:
             try:
@@ -555,7 +603,17 @@ class RedisStore(LeasingStore):
             *fields,
             *(pack(m) for m in stored.messages),
         ]
-        ok, version = await self._write("writing key", key, scripts.SET, keys, member, args)
+        ok, version = await self._write(
+            "writing key",
+            key,
+            scripts.SET,
+            keys,
+            member,
+            args,
+            updated=fields[7],
+            created=fields[5],
+            user=("n", None) if stored.user_id is None else ("s", stored.user_id),
+        )
         if not ok:
             raise ConflictError(
                 f"version conflict on key {key!r}: expected {expected_version}, stored {version}"
@@ -569,10 +627,11 @@ class RedisStore(LeasingStore):
                 return int(await self._cmd("LLEN", self._keys(session_id)[1]))
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
-        args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, tokens, member]
         args.extend(pack(m) for m in counted)
         count = await self._write(
-            "appending to key", session_id, scripts.APPEND, keys, member, args
+            "appending to key", session_id, scripts.APPEND, keys, member, args, updated=now
         )
         return int(count)
 
@@ -600,9 +659,10 @@ class RedisStore(LeasingStore):
         if release_lease is not None:
             script = scripts.APPEND_TURN_RELEASE
             keys.insert(2, self._lease_key(session_id))
+        now = _now_us()
         args: list[Any] = [
             self._ttl_ms,
-            _now_us(),
+            now,
             tokens,
             member,
             repr(float(cost)),
@@ -613,7 +673,7 @@ class RedisStore(LeasingStore):
             args.append(release_lease)
         args.extend(pack(m) for m in counted)
         status, count = await self._write(
-            "appending a turn to key", session_id, script, keys, member, args
+            "appending a turn to key", session_id, script, keys, member, args, updated=now
         )
         if status == -2:
             raise LeaseLostError(
@@ -628,31 +688,30 @@ class RedisStore(LeasingStore):
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
-        args: list[Any] = [self._ttl_ms, _now_us(), tokens, member]
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, tokens, member]
         args.extend(pack(m) for m in counted)
-        await self._write("saving key", session_id, scripts.SAVE, keys, member, args)
+        await self._write("saving key", session_id, scripts.SAVE, keys, member, args, updated=now)
 
     async def delete(self, key: str) -> bool:
         keys, member = self._write_keys(key)
         with self._errors("deleting key", key):
             existed = await self._eval(scripts.DELETE, keys, (member,))
             if self._cluster:
-                idx, exp = self._index_keys(self._shard(member))
-                pipe = await self._pipeline()
-                pipe.zrem(idx, member)
-                pipe.zrem(exp, member)
-                await pipe.execute()
+                await self._eval(
+                    scripts.INDEX_DROP, self._index_keys(self._shard(member)), (member,)
+                )
         return bool(existed)
 
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
-        if at is not None:
-            return await super().fork(source, target, overwrite=overwrite, at=at)
         if self._cluster:
             # Source and target live in different slots: read the source in one atomic step,
             # then write the target guarded by its version (0 = must not exist).
             state = await self.get(source)
+            if at is not None:
+                del state.messages[at:]
             try:
                 return await self.set(target, state, expected_version=None if overwrite else 0)
             except ConflictError as exc:
@@ -660,15 +719,185 @@ class RedisStore(LeasingStore):
         keys = [*self._keys(source), *self._keys(target)]
         member = target.encode()
         keys.extend(self._index_keys(self._shard(member)))
-        args = (1 if overwrite else 0, self._ttl_ms, _now_us(), member)
+        now = _now_us()
+        args = (1 if overwrite else 0, self._ttl_ms, now, member, -1 if at is None else at)
         result = await self._write(
-            f"forking {source!r} to key", target, scripts.FORK, keys, member, list(args)
+            f"forking {source!r} to key",
+            target,
+            scripts.FORK,
+            keys,
+            member,
+            list(args),
+            updated=now,
         )
         if result[0] == 0:
             raise NotFoundError(f"fork source {source!r} does not exist")
         if result[0] == 1:
             raise ConflictError(f"fork target {target!r} exists already")
         return self._state(target, result[1], result[2])
+
+    # -- session facts, listing, branching ------------------------------------------------
+
+    async def count(self, key: str) -> int:
+        with self._errors("counting messages of key", key):
+            return int(await self._cmd("LLEN", self._keys(key)[1]))
+
+    async def get_metadata(self, key: str) -> dict[str, Any]:
+        with self._errors("reading the metadata of key", key):
+            version, raw = await self._cmd("HMGET", self._keys(key)[0], b"v", b"d")
+        if version is None:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return self._metadata(key, raw)
+
+    @staticmethod
+    def _metadata(key: str, raw: bytes | None) -> dict[str, Any]:
+        return check_metadata("Redis", key, unpack_any(raw, key=key) if raw else {})
+
+    async def merge_metadata(
+        self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """One script that rewrites only the header's metadata map, pair by pair, whatever the
+        history holds (the messages are never read)."""
+        keys, member = self._write_keys(key)
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, member, len(updates)]
+        for name, value in updates.items():
+            args += [pack(name), pack(value)]
+        args.extend(pack(name) for name in remove)
+        _, raw = await self._write(
+            "merging the metadata of key",
+            key,
+            scripts.MERGE_META,
+            keys,
+            member,
+            args,
+            updated=now,
+        )
+        return self._metadata(key, raw)
+
+    async def truncate(self, key: str, keep: int) -> int:
+        keys, member = self._write_keys(key)
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, member, keep]
+        count = int(
+            await self._write(
+                "truncating key", key, scripts.TRUNCATE, keys, member, args, updated=now
+            )
+        )
+        if count < 0:
+            raise NotFoundError(f"no conversation state under key {key!r}")
+        return count
+
+    def _info(self, key: str, flat: list[bytes], count: int) -> SessionInfo:
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        raw_user = fields.get(b"u")
+        user: str | None = None
+        if raw_user is not None:
+            try:
+                user = raw_user.decode()
+            except UnicodeDecodeError:
+                corrupt("Redis", key, "user_id", raw_user)
+        raw_meta = fields.get(b"d")
+        created = _header_number(key, fields, b"ca", int)
+        return checked_info(
+            "Redis",
+            key,
+            user_id=user,
+            version=_header_number(key, fields, b"v", int),
+            token_count=_header_number(key, fields, b"t", int, b"0"),
+            total_cost=_header_number(key, fields, b"c", float, b"0"),
+            metadata=unpack_any(raw_meta, key=key) if raw_meta else {},
+            created_at=timestamp_from_us("Redis", key, "created_at", created),
+            updated_at=timestamp_from_us(
+                "Redis", key, "updated_at", _header_number(key, fields, b"ua", int, created)
+            ),
+            message_count=count,
+        )
+
+    def _time_index(self, shard: int, query: SessionQuery) -> bytes:
+        base = self._index_base(shard)
+        if query.user_id is None:
+            return base + (b"c" if query.by_created else b"u")
+        return base + (b"C:" if query.by_created else b"U:") + query.user_id.encode()
+
+    async def _shard_page(
+        self, shard: int, query: SessionQuery, want: int
+    ) -> list[tuple[int, str]]:
+        """The first ``want`` index entries of one shard after the cursor, as (time, id)."""
+        index = self._time_index(shard, query)
+        prefix = query.prefix.encode()
+        after = query.after
+        found: list[tuple[int, str]] = []
+        while True:
+            args: list[Any] = [
+                1 if query.descending else 0,
+                0 if after is None else 1,
+                0 if after is None else after[0],
+                b"" if after is None else after[1].encode(),
+                want - len(found),
+                prefix,
+                _PAGE_BUDGET,
+            ]
+            with self._errors("listing sessions with prefix", query.prefix):
+                items, done, last_time, last_id = await self._eval(scripts.PAGE, (index,), args)
+            found += [
+                (int(float(items[i + 1])), items[i].decode()) for i in range(0, len(items), 2)
+            ]
+            if len(found) >= want or int(done) or not last_id:
+                return found
+            after = (int(float(last_time)), last_id.decode())
+
+    async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
+        want = query.limit + 1
+        checked: list[SessionInfo] = []
+        for _ in range(_PAGE_ATTEMPTS):
+            pages = await asyncio.gather(
+                *(self._shard_page(shard, query, want) for shard in range(self._shards))
+            )
+            candidates = sorted(
+                (entry for page in pages for entry in page), reverse=query.descending
+            )[:want]
+            if not candidates:
+                return []
+            ids = [key for _, key in candidates]
+
+            def build(pipe: Any, ids: list[str] = ids) -> None:
+                for key in ids:
+                    pipe.execute_command("EVALSHA", scripts.INFO.sha, 2, *self._keys(key))
+
+            with self._errors("listing sessions with prefix", query.prefix):
+                found = await self._run_read_pipeline(build, (scripts.INFO,))
+            checked = []
+            gone: dict[int, list[bytes]] = {}
+            stale: list[SessionInfo] = []
+            for (at, key), item in zip(candidates, found, strict=True):
+                if not item:  # expired or deleted: its entry goes
+                    member = key.encode()
+                    gone.setdefault(self._shard(member), []).append(member)
+                    continue
+                info = self._info(key, item[0], item[1])
+                if query.sort_key(info) != (at, key) or (
+                    query.user_id is not None and info.user_id != query.user_id
+                ):
+                    stale.append(info)  # (a Cluster only) the index is behind the header
+                    continue
+                checked.append(info)
+            for shard, members in gone.items():
+                await self._prune(shard, members)
+            for info in stale:
+                await self._repair(info)
+            if not gone and not stale:
+                return checked
+        return checked
+
+    async def _repair(self, info: SessionInfo) -> None:
+        """Index a session as its header reads (a Cluster write failed or raced)."""
+        member = info.conversation_id.encode()
+        user = ("n", None) if info.user_id is None else ("s", info.user_id)
+        with self._errors("repairing the listing index of key", info.conversation_id):
+            await self._index_sync(
+                member, b"0", _to_us(info.updated_at), _to_us(info.created_at), user, exact=True
+            )
 
     # -- listing --------------------------------------------------------------------------
 
@@ -740,10 +969,7 @@ class RedisStore(LeasingStore):
                 h, m = self._keys(member.decode())
                 pipe.execute_command("EVAL", scripts.DELETE.lua, 2, h, m, member)
             found = await pipe.execute()
-            pipe = await self._pipeline()
-            pipe.zrem(idx, *batch)
-            pipe.zrem(exp, *batch)
-            await pipe.execute()
+            await self._eval(scripts.INDEX_DROP, (idx, exp), batch)
             return sum(int(f) for f in found)
 
     # -- index upkeep ---------------------------------------------------------------------

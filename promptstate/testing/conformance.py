@@ -578,6 +578,30 @@ class StoreConformance:
         value["k"].append(2)
         assert await store.get_metadata("mm") == {"v": {"k": [1]}}
 
+    async def test_merge_metadata_keeps_every_value_type(self, store: Store) -> None:
+        many = {f"k{i:02d}": i * 1000 for i in range(40)}  # past 15 and 255 bytes: longer maps
+        old: dict[str, Any] = {
+            "f": 1.5,
+            "neg": -(2**40),
+            "big": 2**63 - 1,
+            "none": None,
+            "flag": False,
+            "text": "ü" * 300,
+            "nested": {"a": [1, {"b": "x" * 70_000}], "e": {}},
+            **many,
+        }
+        await store.set("types", State(conversation_id="types", metadata=old))
+        merged = await store.merge_metadata(
+            "types", {"f": 2.5, "new": {"n": [None]}, "k00": "changed"}, remove=["k01", "none"]
+        )
+        expected = {**old, "f": 2.5, "new": {"n": [None]}, "k00": "changed"}
+        del expected["k01"], expected["none"]
+        assert merged == expected
+        got = await store.get_metadata("types")
+        assert got == expected
+        assert list(got) == list(expected), "kept keys keep their place, new ones come last"
+        assert (await store.get("types")).metadata == expected
+
     async def test_merge_metadata_refuses_bad_arguments(self, store: Store) -> None:
         await store.set("b", State(conversation_id="b", metadata={"a": 1}))
         bad_calls: list[Callable[[], Awaitable[object]]] = [

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from examples._provider import remembering_mock
 from examples.aiohttp_app import create_app
-from promptstate import Store
+from promptstate import MemoryStore, Store
 from promptstate.integrations.aiohttp import (
     MANAGER,
     PIPELINE,
@@ -116,3 +116,33 @@ def test_without_aiohttp_the_import_error_names_the_extra(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "aiohttp", None)
     with pytest.raises(ImportError, match=r"pip install 'promptstate\[aiohttp\]'"):
         import promptstate.integrations.aiohttp  # noqa: F401
+
+
+async def test_list_my_conversations_newest_first_a_page_at_a_time() -> None:
+    app = create_app(MemoryStore(), MockProvider(remembering_mock))
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
+        for i in range(5):
+            body = {"user_id": "alice", "conversation_id": f"alice:{i}"}
+            assert (await client.post("/conversations", json=body)).status_code == 201
+        await client.post("/conversations", json={"user_id": "bob", "conversation_id": "bob:0"})
+        await client.post("/conversations/alice:1/messages", json={"content": "hi"})
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2} if cursor is None else {"limit": 2, "cursor": cursor}
+            r = await client.get("/users/alice/conversations", params=params)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            assert len(page["items"]) <= 2
+            seen += [c["id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ["alice:1", "alice:4", "alice:3", "alice:2", "alice:0"]
+        first = (await client.get("/users/alice/conversations")).json()["items"][0]
+        assert (first["id"], first["messages"]) == ("alice:1", 2)
+        assert first["tokens"] > 0
+        r = await client.get("/users/alice/conversations", params={"cursor": "garbage"})
+        assert r.status_code == 422
+        r = await client.get("/users/nobody/conversations")
+        assert r.json() == {"items": [], "next_cursor": None}

@@ -20,6 +20,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from examples._provider import remembering_mock  # noqa: E402
 from examples.fastapi_app import create_app  # noqa: E402
+from promptstate import MemoryStore  # noqa: E402
 from promptstate.integrations.fastapi import (  # noqa: E402
     ManagerDep,
     PipelineDep,
@@ -71,8 +72,8 @@ async def test_many_concurrent_sessions_share_one_store_and_shut_down_cleanly() 
             responses = [await client.get("/_ids") for _ in range(5)]
             assert all(r.json() == [id(store)] for r in responses)
 
-            r = await client.get("/users/user3/conversations")
-            assert r.json() == sorted(f"user3:conv{i}" for i in range(30) if i % 7 == 3)
+            r = await client.get("/users/u3/conversations")
+            assert [c["id"] for c in r.json()["items"]] == ["user3:conv3"]
 
             r = await client.get("/conversations/user0:conv0/stream", params={"content": "more"})
             assert r.status_code == 200
@@ -164,3 +165,38 @@ def test_without_fastapi_the_import_error_names_the_extra(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(ImportError, match=r"pip install 'promptstate\[fastapi\]'"):
         import promptstate.integrations.fastapi  # noqa: F401
+
+
+async def test_list_my_conversations_newest_first_a_page_at_a_time() -> None:
+    app = create_app(MemoryStore(), MockProvider(remembering_mock))
+    with serve(app) as base:
+        await _list_pages(base)
+
+
+async def _list_pages(base: str) -> None:
+    async with httpx.AsyncClient(base_url=base) as client:
+        for i in range(5):
+            body = {"user_id": "alice", "conversation_id": f"alice:{i}"}
+            assert (await client.post("/conversations", json=body)).status_code == 201
+        await client.post("/conversations", json={"user_id": "bob", "conversation_id": "bob:0"})
+        await client.post("/conversations/alice:1/messages", json={"content": "hi"})
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2} if cursor is None else {"limit": 2, "cursor": cursor}
+            r = await client.get("/users/alice/conversations", params=params)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            assert len(page["items"]) <= 2
+            seen += [c["id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ["alice:1", "alice:4", "alice:3", "alice:2", "alice:0"]
+        first = (await client.get("/users/alice/conversations")).json()["items"][0]
+        assert (first["id"], first["messages"]) == ("alice:1", 2)
+        assert first["tokens"] > 0
+        r = await client.get("/users/alice/conversations", params={"cursor": "garbage"})
+        assert r.status_code == 422
+        r = await client.get("/users/nobody/conversations")
+        assert r.json() == {"items": [], "next_cursor": None}

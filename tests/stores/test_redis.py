@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import anyio
 import anyio.lowlevel
@@ -498,3 +498,69 @@ async def test_aclose_lets_calls_under_way_finish_and_leaves_no_connection(redis
         async with RedisStore.from_url(redis_url, prefix=prefix) as check:
             await check.delete_by_prefix("")
             assert [k async for k in check.client.scan_iter(match=f"{prefix}*")] == []
+
+
+# -- the session index ------------------------------------------------------------------------
+
+
+async def _index_size(raw: Redis, store: RedisStore) -> int:
+    """Entries in every index structure of the store (all shards, every user's sets)."""
+    total = 0
+    for shard in range(store._shards):
+        base = store._index_base(shard)
+        for suffix in (b"z", b"e", b"u", b"c"):
+            total += await raw.zcard(base + suffix)
+        total += await raw.hlen(base + b"w")
+        async for key in raw.scan_iter(match=base + b"[UC]:*", count=1000):
+            total += await raw.zcard(key)
+    return total
+
+
+async def test_the_session_index_does_not_grow_with_expired_sessions(
+    make: StoreFactory, raw: Redis
+) -> None:
+    store = await make(ttl=0.3)
+    assert isinstance(store, RedisStore)
+    for i in range(450):
+        await store.set(f"old{i}", State(conversation_id=f"old{i}", user_id=f"u{i % 9}"))
+        if i % 3 == 0:
+            await store.merge_metadata(f"old{i}", {"title": str(i)})
+    assert await _index_size(raw, store) > 450 * 6
+    await anyio.sleep(0.7)
+    for i in range(5):  # each write prunes a batch of what has expired, more while it is full
+        await store.append("new", [Message("user", str(i))])
+    assert [i.conversation_id for i in (await store.list_sessions()).items] == ["new"]
+    assert (await store.list_sessions(user_id="u1")).items == []
+    # z, e, u and c hold "new" (it has no user): nothing else is left.
+    assert await _index_size(raw, store) == 4
+
+
+async def test_the_session_index_follows_users_and_deletes(make: StoreFactory, raw: Redis) -> None:
+    store = await make()
+    assert isinstance(store, RedisStore)
+    await store.set("a", State(conversation_id="a", user_id="alice"))
+    await store.set("b", State(conversation_id="b", user_id="alice"))
+    await store.set("a", State(conversation_id="a", user_id="bob"))  # a changes hands
+    assert [i.conversation_id for i in (await store.list_sessions(user_id="alice")).items] == ["b"]
+    assert [i.conversation_id for i in (await store.list_sessions(user_id="bob")).items] == ["a"]
+    await store.set("a", State(conversation_id="a"))  # and loses its user
+    assert (await store.list_sessions(user_id="bob")).items == []
+    await store.fork("b", "c", at=0)
+    assert sorted(
+        i.conversation_id for i in (await store.list_sessions(user_id="alice")).items
+    ) == ["b", "c"]
+    await store.delete("b")
+    assert await store.delete_by_prefix("") == 2
+    assert await _index_size(raw, store) == 0
+
+
+async def test_merge_metadata_copies_values_it_cannot_decode(make: StoreFactory) -> None:
+    """The merge script walks the stored MessagePack without decoding values, so msgspec's
+    timestamps (an extension type Redis's cmsgpack can't read) and bytes stay exactly."""
+    store = await make()
+    when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    old = {"raw": b"\x00\xff" * 200, "when": when, "nested": {"t": [when, b"x"]}, "n": 1}
+    await store.set("m", State(conversation_id="m", metadata=old))
+    merged = await store.merge_metadata("m", {"n": 2, "at": when}, remove=["raw"])
+    assert merged == {"when": when, "nested": {"t": [when, b"x"]}, "n": 2, "at": when}
+    assert await store.get_metadata("m") == merged

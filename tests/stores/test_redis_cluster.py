@@ -187,3 +187,67 @@ async def test_unreachable_cluster_is_store_unavailable() -> None:
         async with store:
             pass
     await store.aclose()
+
+
+# -- the session index ------------------------------------------------------------------------
+
+
+async def _index_size(raw: RedisCluster, store: RedisStore) -> int:
+    """Entries in every index structure of the store (all shards, every user's sets)."""
+    total = 0
+    for shard in range(store._shards):
+        base = store._index_base(shard)
+        for suffix in (b"z", b"e", b"u", b"c"):
+            total += await raw.zcard(base + suffix)
+        total += await raw.hlen(base + b"w")
+    async for key in raw.scan_iter(match=store.prefix + "{%idx*}:[UC]:*", count=1000):
+        total += await raw.zcard(key)
+    return total
+
+
+async def test_the_session_index_does_not_grow_with_expired_or_deleted_sessions(
+    make: StoreFactory, raw: RedisCluster
+) -> None:
+    store = await make(ttl=0.3)
+    assert isinstance(store, RedisStore)
+    for i in range(200):
+        await store.set(f"old{i}", State(conversation_id=f"old{i}", user_id=f"u{i % 5}"))
+    await store.merge_metadata("old1", {"t": 1})
+    assert await _index_size(raw, store) >= 200 * 7
+    await anyio.sleep(0.7)
+    for i in range(4):
+        await store.append("new", [Message("user", str(i))])
+    assert [i.conversation_id for i in (await store.list_sessions()).items] == ["new"]
+    assert await _index_size(raw, store) == 4
+    await store.set("new", State(conversation_id="new", user_id="u1"))
+    assert [i.conversation_id for i in (await store.list_sessions(user_id="u1")).items] == ["new"]
+    assert await store.delete("new") is True
+    assert await _index_size(raw, store) == 0
+
+
+async def test_listing_repairs_an_index_a_failed_write_left_behind(
+    make: StoreFactory, raw: RedisCluster
+) -> None:
+    """On a Cluster the index is written just before the session: an entry whose write never
+    happened, or whose time or user is off, is checked against the header and repaired."""
+    store = await make()
+    assert isinstance(store, RedisStore)
+    for key in ("a", "b", "c"):
+        await store.set(key, State(conversation_id=key, user_id="alice"))
+    # As if a write of "a" indexed it (newest, for bob) and then failed; and of "ghost" too.
+    await store._index_sync(b"a", b"0", 2**52, None, ("s", "bob"))
+    await store._index_sync(b"ghost", b"0", 2**52 + 1, None, ("s", "alice"))
+    states = [await store.get(k) for k in ("a", "b", "c")]
+    expected = [
+        s.conversation_id
+        for s in sorted(states, key=lambda s: (s.updated_at, s.conversation_id), reverse=True)
+    ]
+    page = await store.list_sessions(user_id="alice", limit=2)
+    assert page.next_cursor is not None
+    rest = await store.list_sessions(user_id="alice", limit=2, cursor=page.next_cursor)
+    assert rest.next_cursor is None
+    assert [i.conversation_id for i in page.items + rest.items] == expected
+    assert (await store.list_sessions(user_id="bob")).items == []
+    assert [i.conversation_id for i in (await store.list_sessions()).items] == expected
+    assert await store.delete_by_prefix("") == 3
+    assert await _index_size(raw, store) == 0
