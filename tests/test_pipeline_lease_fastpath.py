@@ -400,10 +400,12 @@ async def test_long_turns_renew_the_lease_with_either_keeper(
     store = LeasingMemoryStore()
 
     async def slow(messages: list[Message]) -> str:
-        await anyio.sleep(0.35)
+        await anyio.sleep(1.0)
         return "done"
 
-    async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.15) as pipe:
+    # A TTL of 0.6 s renewed every 0.2 s: long enough that a loaded machine's stalls (the
+    # suite runs beside other jobs) do not let it lapse (0.15 s did, once in a random run).
+    async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.6) as pipe:
         result = await pipe.execute("conv", "user", "take your time")
         stream = [c async for c in pipe.stream("conv", "user", "again")]
     assert result.response.content == "done"

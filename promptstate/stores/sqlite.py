@@ -68,6 +68,7 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
+from promptstate.settle import settled
 from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
 from promptstate.stores.integrity import (
     check_count,
@@ -653,7 +654,11 @@ class SQLiteStore(LeasingStore):
         for job in batch:
             job.taken = True
         try:
-            await anyio.to_thread.run_sync(self._run_batch, batch)
+            # settled(): a plain task.cancel() passes anyio's shield around the thread hop, and
+            # a batch the worker thread had started then committed after its callers had been
+            # told "cancelled" (found by the conformance suite's cancellation section). The
+            # hop now runs to its end before a cancellation leaves this call.
+            await settled(anyio.to_thread.run_sync(self._run_batch, batch))
         finally:
             lane.flushers -= 1
             # Cancelled before the worker thread started: nothing ran, so requeue the calls
