@@ -105,3 +105,13 @@ def test_progress_bar_counts_steps() -> None:
     assert lines[0].startswith("[" + "#" * 14 + "-" * 14 + "] 1/2")
     assert lines[1].startswith("[" + "#" * 28 + "] 2/2")
     assert lines[1].endswith("two")
+
+
+def test_the_session_index_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_index = pytest.importorskip("benchmarks.bench_index")
+    bench_index.main(["--tiny", "--stores", "memory"])
+    out = capsys.readouterr().out
+    assert "| MemoryStore |" in out
+    assert "merge / append" in out
+    assert "list_by_prefix (10)" in out
+    assert "failed" not in out

@@ -787,18 +787,21 @@ end
 local stop = desc and '-inf' or '+inf'
 local off, done = 0, false
 while found < want and seen < budget do
+  -- Without a prefix every entry counts: read just what is missing.
+  local size = 256
+  if np == 0 then size = want - found end
   local batch
   if desc then
-    batch = redis.call('ZREVRANGEBYSCORE', key, start, stop, 'WITHSCORES', 'LIMIT', off, 256)
+    batch = redis.call('ZREVRANGEBYSCORE', key, start, stop, 'WITHSCORES', 'LIMIT', off, size)
   else
-    batch = redis.call('ZRANGEBYSCORE', key, start, stop, 'WITHSCORES', 'LIMIT', off, 256)
+    batch = redis.call('ZRANGEBYSCORE', key, start, stop, 'WITHSCORES', 'LIMIT', off, size)
   end
   local i = 1
   while i < #batch and found < want do
     consider(batch[i], batch[i + 1])
     i = i + 2
   end
-  if i >= #batch and #batch < 512 then
+  if i >= #batch and #batch < 2 * size then
     done = true
     break
   end

@@ -598,13 +598,9 @@ def _guard_merge(fn: F) -> F:
         if both:
             raise ValidationError(f"metadata keys both updated and removed: {both!r}")
         # The same checks as a state's metadata (str keys, JSON and MessagePack can hold it).
+        # Every store encodes what it keeps, so later changes to the caller's objects never
+        # reach it.
         _check_storable(State(conversation_id="-", metadata=new), "merge_metadata() updates")
-        # A copy: later changes to the caller's objects never reach the store.
-        new = (
-            _msgpack_decoders[State]
-            .decode(_msgpack_encode(State(conversation_id="-", metadata=new)))
-            .metadata
-        )
         return await fn(self, key, new, remove=tuple(drop))
 
     return cast(F, guarded)
@@ -617,6 +613,17 @@ def _guard_truncate(fn: F) -> F:
         validate_key(key)
         _check_count_arg(keep, "keep")
         return await fn(self, key, keep)
+
+    return cast(F, guarded)
+
+
+def _guard_pop(fn: F) -> F:
+    @functools.wraps(fn)
+    async def guarded(self: Store, key: object, count: object = 1) -> Any:
+        self._check_open()
+        validate_key(key)
+        _check_count_arg(count, "count")
+        return await fn(self, key, count)
 
     return cast(F, guarded)
 
@@ -678,6 +685,7 @@ _GUARDS: dict[str, Callable[[Any], Any]] = {
     "get_metadata": _guard_key,
     "merge_metadata": _guard_merge,
     "truncate": _guard_truncate,
+    "pop_messages": _guard_pop,
     "list_keys": _guard_prefix_iter,
     "list_by_prefix": _guard_prefix_iter,
     "list_all": _guard_open,
@@ -973,6 +981,37 @@ class Store(AsyncResource, ABC):
             except ConflictError:
                 continue
             return keep
+
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        """Remove the newest ``count`` messages and return them, oldest first, in one step.
+
+        This is a :meth:`truncate` that says what it removed, atomically: two concurrent pops
+        never return the same message, and a message appended meanwhile is never removed
+        unseen. Fewer are returned when the session holds fewer; an unknown session, an empty
+        one or ``count=0`` returns ``[]`` and writes nothing. ``token_count`` drops with the
+        messages; ``total_cost`` stays.
+
+        The default is a compare-and-set loop on :meth:`get` / :meth:`set` (its cost grows
+        with the history); the bundled SQL and memory backends read only what they remove.
+
+        Raises:
+            ValidationError: ``count`` is not an int >= 0.
+        """
+        while True:
+            try:
+                state = await self.get(key)
+            except NotFoundError:
+                return []
+            if not count or not state.messages:
+                return []
+            keep = max(len(state.messages) - count, 0)
+            removed = state.messages[keep:]
+            del state.messages[keep:]
+            try:
+                await self.set(key, state, expected_version=state.version)
+            except ConflictError:
+                continue
+            return removed
 
     async def list_sessions(
         self,

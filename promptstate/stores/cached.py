@@ -318,6 +318,9 @@ class CachedStore(Store):
     async def truncate(self, key: str, keep: int) -> int:
         return await self._write(key, self._inner.truncate(key, keep))
 
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        return await self._write(key, self._inner.pop_messages(key, count))
+
     async def delete_by_prefix(self, prefix: str) -> int:
         def drop() -> None:
             for key in [k for k in self._cache if k.startswith(prefix)]:

@@ -375,6 +375,9 @@ class EncryptedStore(Store):
     async def truncate(self, key: str, keep: int) -> int:
         return await self._inner.truncate(key, keep)
 
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        return self._open_messages(await self._inner.pop_messages(key, count), key)
+
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         self._inner._check_open()
         return [

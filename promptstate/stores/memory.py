@@ -440,8 +440,7 @@ class MemoryStore(Store):
         entry.updated_at = now
         entry.expires_at = self._expiry()
         self._index(key, entry)
-        result = check_metadata("memory", key, unpack_any(entry.metadata, key=key))
-        return result
+        return metadata  # a new dict: the store keeps only its encoding
 
     async def truncate(self, key: str, keep: int) -> int:
         entry = self._lookup(key, read=False)
@@ -457,6 +456,20 @@ class MemoryStore(Store):
         entry.expires_at = self._expiry()
         self._index(key, entry)
         return keep
+
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        entry = self._lookup(key, read=False)
+        if entry is None or not count or not entry.messages:
+            return []
+        keep = max(len(entry.messages) - count, 0)
+        removed = unpack_messages(entry.messages[keep:], key=key)
+        entry.token_count = max(entry.token_count - sum(m.tokens or 0 for m in removed), 0)
+        del entry.messages[keep:]
+        entry.version += 1
+        entry.updated_at = utcnow()
+        entry.expires_at = self._expiry()
+        self._index(key, entry)
+        return removed
 
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         if query.user_id is None:

@@ -384,6 +384,14 @@ class _SQL:
             " AND m.seq > s.last_seq - s.message_count + $2::bigint AND m.seq <= s.last_seq)"
             f" FROM {t} s WHERE s.key = $1 AND {live_s}"
         )
+        # pop: $1 key, $2 how many -> version, count, the newest $2 messages, oldest first
+        self.pop_probe = (
+            "SELECT s.version, s.message_count, ARRAY(SELECT m.data FROM"
+            f" {m} m WHERE m.session_key = s.key"
+            " AND m.seq > s.last_seq - least($2::bigint, s.message_count)"
+            " AND m.seq <= s.last_seq ORDER BY m.seq)"
+            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
         # $1 key, $2 keep, $3 their tokens removed, $4 now, $5 version, $6 how many removed
         self.truncate = (
             f"WITH up AS (UPDATE {t} s SET version = s.version + 1, message_count = $2::bigint,"
@@ -1262,6 +1270,26 @@ class PostgresStore(LeasingStore):
                 if top is None:
                     continue  # another writer came in between: look again
             return keep
+
+    @settled_write
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        if not count:
+            return []
+        sql = self._sql
+        while True:
+            async with self._conn("pop from", key) as conn:
+                row = await conn.fetchrow(sql.pop_probe, key, count)
+                if row is None or not row[1]:
+                    return []
+                version, held, raw = row
+                removed = unpack_messages(raw, key=key)
+                tokens = sum(m.tokens or 0 for m in removed)
+                top = await conn.fetchval(
+                    sql.truncate, key, held - len(removed), tokens, utcnow(), version, len(removed)
+                )
+                if top is None:
+                    continue  # another writer came in between: look again
+            return removed
 
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         sql, args = _page_sql(self._sql.sessions, self._sql.live_s, query)

@@ -27,6 +27,7 @@ the expiry hints (a pruning pass now and then on writes) and whenever a listing 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import math
@@ -153,10 +154,12 @@ class RedisStore(LeasingStore):
             milliseconds by Redis.
         touch_on_read: Slide the TTL on reads too.
         token_counter: Counter for ``State.token_count``.
-        max_connections: Pool size (per node on a Cluster).
+        max_connections: Pool size (per node on a Cluster). On a Cluster it also caps the
+            store's calls in flight at once: the others wait in arrival order.
         socket_timeout: Seconds to wait for a reply before giving up.
         socket_connect_timeout: Seconds to wait for a connection.
-        pool_timeout: Seconds to wait for a free pooled connection (single Redis).
+        pool_timeout: Seconds a call waits for a free connection before
+            :class:`~promptstate.exceptions.StoreUnavailableError` (``None``: no limit).
         index_shards: How many sorted sets hold the listing index (default 1 on a single
             Redis, 8 on a Cluster, where they spread over the nodes).
 
@@ -236,6 +239,14 @@ class RedisStore(LeasingStore):
             self._owns_client = True
         self._cluster = isinstance(self._client, RedisCluster)
         self._pending_init = self._cluster
+        # redis-py's async RedisCluster refuses a call at once (MaxConnectionsError) when all
+        # max_connections connections to its node are busy; the store queues such calls
+        # instead, as a single Redis's blocking pool does. Each call holds one permit and
+        # uses at most one connection per node at a time, so no node runs out.
+        self._permits: _Permits | None = None
+        if isinstance(self._client, RedisCluster):
+            size = self._client.connection_kwargs.get("max_connections") or max_connections
+            self._permits = _Permits(int(size), pool_timeout)
         self._init_lock = asyncio.Lock()
         # Calls under way, so that aclose() can let them finish before closing the client.
         self._in_flight = 0
@@ -318,6 +329,7 @@ class RedisStore(LeasingStore):
             ttl=ttl,
             touch_on_read=touch_on_read,
             token_counter=token_counter,
+            pool_timeout=pool_timeout,
             index_shards=index_shards,
         )
         store._owns_client = True
@@ -402,10 +414,17 @@ class RedisStore(LeasingStore):
         if self._pending_init:
             await self._ready()
         client = self._client
+        permits = self._permits
+        if permits is not None:
+            await permits.acquire()
         try:
-            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await client.execute_command("EVAL", script.lua, len(keys), *keys, *args)
+            try:
+                return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                return await client.execute_command("EVAL", script.lua, len(keys), *keys, *args)
+        finally:
+            if permits is not None:
+                permits.release()
 
     async def _ready(self) -> None:
         """Initialise a cluster client once, before any concurrent use.
@@ -418,29 +437,47 @@ class RedisStore(LeasingStore):
             async with self._init_lock:
                 if self._pending_init:
                     assert isinstance(self._client, RedisCluster)
-                    await self._client.initialize()
+                    async with self._permit():
+                        await self._client.initialize()
                     self._pending_init = False
 
     async def _cmd(self, *args: Any) -> Any:
         if self._pending_init:
             await self._ready()
-        return await self._client.execute_command(*args)
+        permits = self._permits
+        if permits is None:
+            return await self._client.execute_command(*args)
+        await permits.acquire()
+        try:
+            return await self._client.execute_command(*args)
+        finally:
+            permits.release()
+
+    def _permit(self) -> _Permit:
+        """Hold one of the Cluster's call permits (a no-op on a single Redis)."""
+        return _Permit(self._permits)
 
     async def _pipeline(self) -> Pipeline | ClusterPipeline:
         if self._pending_init:
             await self._ready()
         return self._client.pipeline(transaction=False)
 
+    async def _execute(self, pipe: Pipeline | ClusterPipeline, **options: Any) -> list[Any]:
+        """Run a pipeline under one permit (a Cluster pipeline uses one connection per node)."""
+        async with self._permit():
+            return await pipe.execute(**options)
+
     async def _run_read_pipeline(self, build: Any, used: Sequence[scripts.Script]) -> list[Any]:
         """Run a read-only pipeline built by ``build(pipe)``, loading scripts on NOSCRIPT."""
         for attempt in range(2):
             pipe = await self._pipeline()
             build(pipe)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await self._execute(pipe, raise_on_error=False)
             if not any(isinstance(r, redis_errors.NoScriptError) for r in results) or attempt:
                 break
             for script in used:
-                await self._client.script_load(script.lua)
+                async with self._permit():
+                    await self._client.script_load(script.lua)
         for result in results:
             if isinstance(result, Exception):
                 raise result
@@ -968,7 +1005,7 @@ class RedisStore(LeasingStore):
             for member in batch:
                 h, m = self._keys(member.decode())
                 pipe.execute_command("EVAL", scripts.DELETE.lua, 2, h, m, member)
-            found = await pipe.execute()
+            found = await self._execute(pipe)
             await self._eval(scripts.INDEX_DROP, (idx, exp), batch)
             return sum(int(f) for f in found)
 
@@ -985,11 +1022,11 @@ class RedisStore(LeasingStore):
             pipe = await self._pipeline()
             for member in members:
                 pipe.zscore(exp, member)
-            scores = await pipe.execute()
+            scores = await self._execute(pipe)
             pipe = await self._pipeline()
             for member in members:
                 pipe.pttl(self._keys(member.decode())[0])
-            ttls = await pipe.execute()
+            ttls = await self._execute(pipe)
             args: list[Any] = []
             for member, score, ttl in zip(members, scores, ttls, strict=True):
                 args += [member, b"none" if score is None else repr(score), ttl]
@@ -1084,6 +1121,84 @@ async def _first_batches(
             yield shard, batch
 
 
+class _Permits:
+    """At most ``size`` calls in flight on a Redis Cluster; the others wait, in arrival order,
+    for up to ``timeout`` seconds (``None``: no limit).
+
+    Cancellation-safe: a waiter cancelled or timed out leaves the queue, and a permit handed
+    to a waiter that was cancelled at that moment goes on to the next one.
+    """
+
+    __slots__ = ("free", "size", "timeout", "waiters")
+
+    def __init__(self, size: int, timeout: float | None) -> None:
+        self.size = size
+        self.free = size
+        self.timeout = timeout
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.free and not self.waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            # asyncio.wait neither raises on the timeout nor cancels the waiter.
+            await asyncio.wait((waiter,), timeout=self.timeout)
+        except BaseException:
+            self._leave(waiter)
+            raise
+        if waiter.done():
+            return
+        self._leave(waiter)
+        raise _PermitTimeout(
+            f"all {self.size} connections (max_connections={self.size}) stayed in use for "
+            f"{self.timeout:g} s (pool_timeout); raise max_connections or pool_timeout, or make "
+            "fewer calls at once"
+        )
+
+    def _leave(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            self.release()  # handed a permit at the last moment: pass it on
+            return
+        waiter.cancel()
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+class _PermitTimeout(redis_errors.MaxConnectionsError):
+    """No permit within ``pool_timeout``: reported like redis-py's own pool exhaustion."""
+
+
+class _Permit:
+    """``async with``: one permit of a :class:`_Permits`, or nothing when there is none."""
+
+    __slots__ = ("permits",)
+
+    def __init__(self, permits: _Permits | None) -> None:
+        self.permits = permits
+
+    async def __aenter__(self) -> None:
+        if self.permits is not None:
+            await self.permits.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.permits is not None:
+            self.permits.release()
+
+
 class _Errors:
     """The boundary where redis-py and socket errors become promptstate errors.
 
@@ -1123,6 +1238,16 @@ class _Errors:
         ):
             # Refused credentials are not an outage: retrying cannot help.
             raise StoreAuthError(f"Redis refused the credentials while {what}: {exc}") from exc
+        if isinstance(exc, redis_errors.MaxConnectionsError):
+            # redis-py's own has no text: the client is shared with code that does not queue.
+            detail = str(exc) or (
+                "every connection of the client's pool to one node was in use "
+                "(max_connections is per node); the client is shared with code that does "
+                "not wait for a free connection"
+            )
+            raise StoreUnavailableError(
+                f"Redis had no free connection while {what}: {detail}"
+            ) from exc
         if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
             raise StoreUnavailableError(f"Redis is unavailable while {what}: {exc}") from exc
         if isinstance(exc, redis_errors.ResponseError):

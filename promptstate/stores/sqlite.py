@@ -1214,6 +1214,25 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
 
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        if not count:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            now = _now_us()
+            head = self._head_sync(conn, key, now)
+            if head is None or not head[1]:
+                return []
+            keep = max(head[1] - count, 0)
+            raw = [r[0] for r in conn.execute(_SQL_MESSAGES_FROM, (key, keep))]
+            removed = unpack_messages(raw, key=key)
+            tokens = sum(m.tokens or 0 for m in removed)
+            conn.execute(_SQL_TRUNCATE_MESSAGES, (key, keep))
+            conn.execute(_SQL_TRUNCATE_SESSION, (tokens, keep, now, self._expires(now), key))
+            return removed
+
+        return await self._run(work, "write", f"pop from {key!r}")
+
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         sql, params = _page_sql(query)
 

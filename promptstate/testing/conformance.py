@@ -680,6 +680,69 @@ class StoreConformance:
                 await store.truncate("tr", bad)  # type: ignore[arg-type]
         assert await store.count("tr") == 1
 
+    async def test_pop_messages(self, store: Store) -> None:
+        assert await store.pop_messages("absent") == []
+        assert await store.count("absent") == 0, "a pop from nothing created a session"
+        messages = _sample_messages()
+        state = State(conversation_id="pop", messages=messages, total_cost=1.5, metadata={"a": 1})
+        before = await store.set("pop", state)
+        assert await store.pop_messages("pop", 0) == []
+        assert (await store.get("pop")).version == before.version, "pop_messages(0) wrote"
+        popped = await store.pop_messages("pop")
+        assert _plain_all(popped) == messages[-1:]
+        assert popped[0].tokens is not None, "a popped message lost its token count"
+        assert _plain_all(await store.pop_messages("pop", 2)) == messages[-3:-1]
+        state = await store.get("pop")
+        assert _plain_all(state.messages) == messages[:3]
+        assert state.version == before.version + 2
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+        assert (state.total_cost, state.metadata) == (1.5, {"a": 1})
+        assert await store.count("pop") == 3
+        # Appends after a pop carry on at the new end; asking for more pops what is there.
+        assert await store.append("pop", [Message("user", "again")]) == 4
+        assert [m.content for m in await store.load("pop", last=2)] == [
+            messages[2].content,
+            "again",
+        ]
+        assert _plain_all(await store.pop_messages("pop", 99))[0] == messages[0]
+        assert await store.load("pop") == []
+        assert (await store.get("pop")).token_count == 0
+        version = (await store.get("pop")).version
+        assert await store.pop_messages("pop") == []
+        assert (await store.get("pop")).version == version, "a pop from an empty session wrote"
+        for bad in (-1, 1.5, "2", None, True):
+            with pytest.raises(ValidationError):
+                await store.pop_messages("pop", bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKeyError):
+            await store.pop_messages("")
+
+    async def test_concurrent_pops_never_return_a_message_twice(self, store: Store) -> None:
+        # Pops race each other and appends: every message is popped at most once, none is
+        # lost, and what is left plus what was popped is exactly what was appended.
+        start, appends, pops = 30, 10, 30
+        await store.append("race", [Message("user", f"m{i}") for i in range(start)])
+        popped: list[str] = []
+
+        async def pop() -> None:
+            popped.extend(m.content for m in await store.pop_messages("race"))
+
+        async def add(i: int) -> None:
+            await store.append("race", [Message("user", f"a{i}")])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(max(pops, appends)):
+                if i < pops:
+                    tg.start_soon(pop)
+                if i < appends:
+                    tg.start_soon(add, i)
+        left = [m.content for m in await store.load("race")]
+        assert len(popped) == len(set(popped)), "a message was popped twice"
+        assert len(popped) == pops
+        expected = {f"m{i}" for i in range(start)} | {f"a{i}" for i in range(appends)}
+        assert sorted(popped + left) == sorted(expected), "a message was lost or duplicated"
+        state = await store.get("race")
+        assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+
     async def test_fork_at_makes_a_branch(self, store: Store) -> None:
         messages = _sample_messages()
         await store.set(
@@ -909,6 +972,7 @@ class StoreConformance:
             await store.get_metadata("exp:2")
         with pytest.raises(NotFoundError):
             await store.truncate("exp:1", 0)
+        assert await store.pop_messages("exp:1") == []
         await store.append("exp:1", [Message("user", "again")])
         assert [i.conversation_id for i in (await store.list_sessions()).items] == ["exp:1"]
 
@@ -956,6 +1020,7 @@ class StoreConformance:
             lambda: store.get_metadata("c"),
             lambda: store.merge_metadata("c", {"a": 1}),
             lambda: store.truncate("c", 0),
+            lambda: store.pop_messages("c"),
             lambda: store.fork("c", "d", at=0),
             lambda: store.list_sessions(),
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -208,13 +209,15 @@ async def _index_size(raw: RedisCluster, store: RedisStore) -> int:
 async def test_the_session_index_does_not_grow_with_expired_or_deleted_sessions(
     make: StoreFactory, raw: RedisCluster
 ) -> None:
-    store = await make(ttl=0.3)
+    store = await make(ttl=1.0)
     assert isinstance(store, RedisStore)
+    started = time.monotonic()
     for i in range(200):
         await store.set(f"old{i}", State(conversation_id=f"old{i}", user_id=f"u{i % 5}"))
     await store.merge_metadata("old1", {"t": 1})
-    assert await _index_size(raw, store) >= 200 * 7
-    await anyio.sleep(0.7)
+    if time.monotonic() - started < 0.8:  # else some expired (and left) while writing
+        assert await _index_size(raw, store) == 200 * 7
+    await anyio.sleep(1.5)
     for i in range(4):
         await store.append("new", [Message("user", str(i))])
     assert [i.conversation_id for i in (await store.list_sessions()).items] == ["new"]
