@@ -60,7 +60,20 @@ from promptstate.truncation import (
     TokenBudget,
     truncate_messages,
 )
-from promptstate.types import Message, SessionInfo, SessionPage, State, ToolCall, Usage
+from promptstate.types import (
+    AudioPart,
+    FilePart,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    SessionInfo,
+    SessionPage,
+    State,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 from promptstate.validators import Guardrails, Validator, ValidatorRegistry, Violation
 
 TYPE_CHECKING = False
@@ -75,6 +88,7 @@ _logging.getLogger("promptstate").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AnthropicProvider",
+    "AudioPart",
     "CachedStore",
     "Chunk",
     "ClosedError",
@@ -88,9 +102,11 @@ __all__ = [
     "EncryptedStore",
     "ExecutionContext",
     "ExecutionResult",
+    "FilePart",
     "GuardrailError",
     "Guardrails",
     "HeuristicTokenCounter",
+    "ImagePart",
     "ImportResult",
     "InvalidKeyError",
     "LeaseLostError",
@@ -100,6 +116,7 @@ __all__ = [
     "MockProvider",
     "NotFoundError",
     "OpenAIProvider",
+    "Part",
     "Pipeline",
     "PostgresStore",
     "PromptPack",
@@ -107,6 +124,7 @@ __all__ = [
     "PromptStateError",
     "Provider",
     "ProviderError",
+    "ReasoningPart",
     "RedisStore",
     "Response",
     "SCHEMA_VERSION",
@@ -121,6 +139,7 @@ __all__ = [
     "StoreUnavailableError",
     "Summarize",
     "SupportsLease",
+    "TextPart",
     "TiktokenCounter",
     "TimeWindow",
     "TokenBudget",

@@ -46,7 +46,16 @@ from promptstate.exceptions import (
     ProviderError,
 )
 from promptstate.stores.base import Store
-from promptstate.types import Message, State
+from promptstate.types import (
+    AudioPart,
+    FilePart,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    State,
+    TextPart,
+)
 
 __all__ = ["DEFAULT_STORE_URL", "main"]
 
@@ -186,8 +195,44 @@ def _print_state(out: TextIO, state: State, *, last: int | None) -> None:
     for m in messages:
         who = m.role if m.name is None else f"{m.role} ({m.name})"
         out.write(f"[{_age(m.timestamp)}] {who}: {m.content}\n")
+        for part in m.parts:
+            out.write(f"    + {part_summary(part)}\n")
         for call in m.tool_calls:
             out.write(f"    -> {call.name}({call.arguments})\n")
+
+
+def _size(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"
+
+
+def part_summary(part: Part) -> str:
+    """One line about a message part: its kind, media type and size (never its bytes)."""
+    if isinstance(part, TextPart):
+        return f"text {len(part.text)} chars: {_one_line(part.text, 60)}"
+    if isinstance(part, ReasoningPart):
+        bits = [f"reasoning {len(part.text)} chars"]
+        if part.data is not None:
+            bits.append(f"opaque {len(part.data)} chars")
+        if part.signature is not None:
+            bits.append("signed")
+        if part.provider:
+            bits.append(f"from {part.provider}")
+        return ", ".join(bits)
+    if isinstance(part, AudioPart):
+        line = f"audio {part.media_type} {_size(len(part.data))}"
+        if part.transcript:
+            line += f": {_one_line(part.transcript, 60)}"
+        return line
+    kind = "image" if isinstance(part, ImagePart) else "file"
+    media = part.media_type or "-"
+    if part.data is not None:
+        where = _size(len(part.data))
+    else:
+        where = f"url {_one_line(part.url or '', 80)}"
+    line = f"{kind} {media} {where}"
+    if isinstance(part, FilePart) and part.name:
+        line += f" ({part.name})"
+    return line
 
 
 def _one_line(text: str, width: int) -> str:

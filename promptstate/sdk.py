@@ -66,7 +66,7 @@ from promptstate.stores.base import Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.url import open_store
 from promptstate.tokens import TokenCounter
-from promptstate.types import Message, SessionPage, State, ToolCall, Usage
+from promptstate.types import Message, Part, SessionPage, State, ToolCall, Usage
 from promptstate.validators import Guardrails, ValidatorFunction, ValidatorRegistry
 from promptstate.validators import Validator as PromptValidator
 
@@ -702,6 +702,11 @@ class Response(msgspec.Struct, frozen=True, kw_only=True):
     def tool_calls(self) -> tuple[ToolCall, ...]:
         """The tools the model asked to call."""
         return self.message.tool_calls
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """The reply's other pieces: reasoning, images, audio, files (see ``Message.parts``)."""
+        return self.message.parts
 
 
 class _Settings(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -174,6 +174,16 @@ def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@migration(1)
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 1, promptstate 0.1: the same layout without ``Message.parts``.
+
+    Schema 2 only added fields with defaults (``parts``), so a version 1 document is a valid
+    version 2 document as it stands.
+    """
+    return doc
+
+
 def _from_unix(ts: object) -> str:
     if ts is None:
         return datetime.now(timezone.utc).isoformat()

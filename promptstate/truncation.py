@@ -508,7 +508,7 @@ class Summarize(TruncationStrategy):
             lines.append(f"[earlier summary]\n{previous.content}")
         for m in fold:
             who = m.role if not m.name else f"{m.role} ({m.name})"
-            text = m.content
+            text = m.text
             if m.tool_calls:
                 calls = ", ".join(f"{c.name}({c.arguments})" for c in m.tool_calls)
                 text = f"{text}\n[called {calls}]".strip()

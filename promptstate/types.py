@@ -15,10 +15,16 @@ import msgspec
 __all__ = [
     "ROLES",
     "SESSION_ORDERS",
+    "AudioPart",
+    "FilePart",
+    "ImagePart",
     "Message",
+    "Part",
+    "ReasoningPart",
     "SessionInfo",
     "SessionPage",
     "State",
+    "TextPart",
     "ToolCall",
     "Usage",
     "utcnow",
@@ -28,7 +34,7 @@ __all__ = [
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 #: The schema version this release writes. ``promptstate.serialization`` migrates older data.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -57,6 +63,101 @@ class ToolCall(msgspec.Struct, frozen=True):
     arguments: str
 
 
+def _validation_error(text: str) -> Exception:
+    from promptstate.exceptions import ValidationError
+
+    return ValidationError(text)
+
+
+class TextPart(msgspec.Struct, frozen=True, tag="text"):
+    """A piece of text among a message's parts.
+
+    Attributes:
+        text: The text.
+    """
+
+    text: str
+
+
+class ImagePart(msgspec.Struct, frozen=True, tag="image", omit_defaults=True):
+    """An image, by URL or by its bytes (exactly one of the two).
+
+    Attributes:
+        url: An ``http(s)://`` or ``data:`` URL.
+        data: The image file's bytes (PNG, JPEG, GIF, WebP, ...), stored byte for byte.
+        media_type: The image's media type (``"image/png"``); required with ``data``.
+        detail: OpenAI's detail level: ``"low"``, ``"high"`` or ``"auto"``.
+    """
+
+    url: str | None = None
+    data: bytes | None = None
+    media_type: str | None = None
+    detail: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.data is None):
+            raise _validation_error("ImagePart needs exactly one of url and data")
+        if self.data is not None and not self.media_type:
+            raise _validation_error("ImagePart with data needs a media_type, e.g. 'image/png'")
+
+
+class AudioPart(msgspec.Struct, frozen=True, tag="audio", omit_defaults=True):
+    """A piece of audio.
+
+    Attributes:
+        data: The audio file's bytes.
+        media_type: Its media type (``"audio/wav"``, ``"audio/mpeg"``).
+        transcript: What is said in it, when known (a model's audio reply carries one).
+    """
+
+    data: bytes
+    media_type: str
+    transcript: str | None = None
+
+
+class FilePart(msgspec.Struct, frozen=True, tag="file", omit_defaults=True):
+    """A document or other file, by URL or by its bytes (exactly one of the two).
+
+    Attributes:
+        url: Where the file is.
+        data: The file's bytes.
+        media_type: Its media type (``"application/pdf"``, ``"text/plain"``, ...).
+        name: Its file name, if any.
+    """
+
+    url: str | None = None
+    data: bytes | None = None
+    media_type: str = "application/octet-stream"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.data is None):
+            raise _validation_error("FilePart needs exactly one of url and data")
+
+
+class ReasoningPart(msgspec.Struct, frozen=True, tag="reasoning", omit_defaults=True):
+    """A model's reasoning, kept so that it can be shown or sent back verbatim.
+
+    Attributes:
+        text: The model's visible reasoning, if any.
+        signature: Anthropic's signature of a ``thinking`` block, kept verbatim.
+        data: Opaque, encrypted or redacted reasoning (Anthropic ``redacted_thinking``),
+            kept verbatim.
+        provider: Who produced it (``"anthropic"``, ``"openai"``, ...).
+    """
+
+    text: str = ""
+    signature: str | None = None
+    data: str | None = None
+    provider: str | None = None
+
+
+#: One piece of a message besides its ``content``.
+Part = TextPart | ImagePart | AudioPart | FilePart | ReasoningPart
+
+_PART_TYPES = (TextPart, ImagePart, AudioPart, FilePart, ReasoningPart)
+
+
 class _MessageHead(msgspec.Struct, frozen=True, omit_defaults=True):
     # role and content are the only positional fields: Message("user", "hi") works.
     role: str
@@ -79,6 +180,9 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
         metadata: Free-form JSON-compatible data of your own.
         tokens: The message's token count as the storing store or pipeline counted it, kept so
             that nothing is counted twice. ``None`` until counted.
+        parts: Images, audio, files, reasoning and further text, in order after ``content``
+            (see :class:`TextPart`, :class:`ImagePart`, :class:`AudioPart`,
+            :class:`FilePart`, :class:`ReasoningPart`).
     """
 
     name: str | None = None
@@ -87,29 +191,66 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
     timestamp: datetime = msgspec.field(default_factory=utcnow)
     metadata: dict[str, Any] = {}
     tokens: int | None = None
+    parts: tuple[Part, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            from promptstate.exceptions import ValidationError
-
-            raise ValidationError(f"message role must be one of {sorted(ROLES)}, got {self.role!r}")
+            raise _validation_error(
+                f"message role must be one of {sorted(ROLES)}, got {self.role!r}"
+            )
         tokens = self.tokens
         if tokens is not None and (type(tokens) is not int or tokens < 0):
-            from promptstate.exceptions import ValidationError
-
-            raise ValidationError(f"message tokens must be an int >= 0 or None, got {tokens!r}")
+            raise _validation_error(f"message tokens must be an int >= 0 or None, got {tokens!r}")
+        given: object = self.parts
+        if given:
+            if isinstance(given, list):
+                # A list is accepted and kept as a tuple (the field is immutable).
+                given = tuple(given)
+                msgspec.structs.force_setattr(self, "parts", given)
+            elif not isinstance(given, tuple):
+                raise _validation_error(
+                    f"message parts must be a tuple of parts, got {type(given).__name__}"
+                )
+            for part in given:
+                if not isinstance(part, _PART_TYPES):
+                    raise _validation_error(
+                        "a message part must be a TextPart, ImagePart, AudioPart, FilePart or "
+                        f"ReasoningPart, got {type(part).__name__}"
+                    )
         ts = self.timestamp
         if isinstance(ts, datetime) and ts.tzinfo is not timezone.utc:
             # A naive timestamp came back naive from every store and then broke comparisons
             # with aware ones (TimeWindow raised TypeError on the whole session).
             msgspec.structs.force_setattr(self, "timestamp", _as_utc(ts))
 
+    @property
+    def text(self) -> str:
+        """The message's text: ``content`` (when not empty) and each :class:`TextPart`'s text,
+        in order, joined with ``"\\n"``."""
+        if not self.parts:
+            return self.content
+        pieces = [self.content] if self.content else []
+        pieces.extend(p.text for p in self.parts if type(p) is TextPart)
+        return "\n".join(pieces)
+
 
 class Usage(msgspec.Struct, frozen=True):
-    """Tokens a provider call consumed."""
+    """Tokens a provider call consumed.
+
+    Attributes:
+        input_tokens: Prompt tokens.
+        output_tokens: Completion tokens.
+        estimated: ``True`` when the server reported no usage (a stream from a server that
+            ignores ``stream_options.include_usage``) and the tokens were counted locally:
+            by the pipeline's token counter in a turn, by a
+            :class:`~promptstate.tokens.HeuristicTokenCounter` when a provider is called
+            directly. The cost is priced from these counts. A sum is estimated when any of
+            its terms is.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -118,7 +259,9 @@ class Usage(msgspec.Struct, frozen=True):
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
-            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.estimated or other.estimated,
         )
 
 

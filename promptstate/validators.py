@@ -156,7 +156,7 @@ def _check_banned_words(params: dict[str, Any]) -> str | None:
 
 
 def _banned_words(reply: Message, params: dict[str, Any]) -> str | None:
-    text = reply.content
+    text = reply.text
     found = []
     for word in params["words"]:
         pattern = r"(?<!\w)" + re.escape(word.strip()) + r"(?!\w)"
@@ -178,8 +178,8 @@ def _check_max_length(params: dict[str, Any]) -> str | None:
 
 def _max_length(reply: Message, params: dict[str, Any]) -> str | None:
     limit = params.get("max_characters")
-    if limit is not None and len(reply.content) > limit:
-        return f"is {len(reply.content)} characters long, more than {limit}"
+    if limit is not None and len(reply.text) > limit:
+        return f"is {len(reply.text)} characters long, more than {limit}"
     limit = params.get("max_tokens")
     if limit is not None:
         tokens = reply.tokens if reply.tokens is not None else _heuristic.count(reply)
@@ -205,7 +205,7 @@ def _count_sentences(text: str) -> int:
 
 
 def _max_sentences(reply: Message, params: dict[str, Any]) -> str | None:
-    count = _count_sentences(reply.content)
+    count = _count_sentences(reply.text)
     limit = params["max_sentences"]
     if count > limit:
         return f"has {count} sentences, more than {limit}"
@@ -227,7 +227,7 @@ def _check_regex_match(params: dict[str, Any]) -> str | None:
 
 def _regex_match(reply: Message, params: dict[str, Any]) -> str | None:
     pattern = params["pattern"]
-    found = re.search(pattern, reply.content) is not None
+    found = re.search(pattern, reply.text) is not None
     if params.get("must_match", True) and not found:
         return f"does not match the pattern {pattern!r}"
     if not params.get("must_match", True) and found:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -10,11 +11,16 @@ from pathlib import Path
 import pytest
 
 from promptstate import (
+    AudioPart,
     ClosedError,
     CorruptStateError,
+    FilePart,
+    ImagePart,
     MemoryStore,
     Message,
+    ReasoningPart,
     State,
+    TextPart,
     ValidationError,
     decode_state,
     encode_state,
@@ -64,6 +70,40 @@ async def test_round_trip_keeps_everything_but_the_version() -> None:
         assert after.token_count == before.token_count
         assert after.created_at == before.created_at
         assert after.version == 1
+
+
+async def test_parts_survive_export_and_import_byte_for_byte() -> None:
+    every = bytes(range(256))
+    big = every * 8192  # 2 MiB
+    messages = [
+        Message(
+            "user",
+            "see",
+            parts=(
+                TextPart("more"),
+                ImagePart(data=big, media_type="image/png", detail="low"),
+                ImagePart(url="https://example.com/x.png"),
+                AudioPart(data=every, media_type="audio/wav", transcript="t"),
+                FilePart(data=every[::-1], media_type="application/pdf", name="a.pdf"),
+            ),
+        ),
+        Message(
+            "assistant",
+            "ok",
+            parts=(ReasoningPart(text="hm", signature="s==", provider="anthropic"),),
+        ),
+    ]
+    source, target = MemoryStore(), MemoryStore()
+    await source.set("r", State(conversation_id="r", messages=messages))
+    lines = await _export(source)
+    doc = json.loads(lines[0])
+    image = doc["messages"][0]["parts"][1]
+    assert (image["type"], image["media_type"]) == ("image", "image/png")
+    assert base64.b64decode(image["data"]) == big  # base64 in the JSON wire format
+    assert (await import_states(target, lines)).imported == 1
+    got = await target.get("r")
+    assert got.messages == (await source.get("r")).messages
+    assert [m.parts for m in got.messages] == [m.parts for m in messages]
 
 
 async def test_export_prefix_is_literal() -> None:

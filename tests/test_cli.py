@@ -168,6 +168,72 @@ def test_chat_ls_show_export_import_rm(
     assert "1 conversation" in capsys.readouterr().err
 
 
+def test_show_summarises_parts_and_export_import_keep_them(
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import anyio
+
+    from promptstate import (
+        AudioPart,
+        FilePart,
+        ImagePart,
+        Message,
+        ReasoningPart,
+        SQLiteStore,
+        TextPart,
+    )
+
+    every = bytes(range(256))
+    messages = [
+        Message(
+            "user",
+            "what is this?",
+            parts=(
+                ImagePart(data=every * 4, media_type="image/png"),
+                ImagePart(url="https://example.com/cat.jpg"),
+                AudioPart(data=every, media_type="audio/wav", transcript="hello there"),
+                FilePart(data=b"%PDF" + every, media_type="application/pdf", name="r.pdf"),
+                TextPart("and a note"),
+            ),
+        ),
+        Message(
+            "assistant",
+            "A cat.",
+            parts=(ReasoningPart(text="It has whiskers.", signature="c2ln", provider="anthropic"),),
+        ),
+    ]
+
+    async def fill() -> None:
+        async with SQLiteStore(tmp_path / "cli.db") as store:
+            await store.append("rich", messages)
+
+    anyio.run(fill)
+    assert main(["show", "rich"]) == 0
+    out = capsys.readouterr().out
+    assert "user: what is this?" in out
+    assert "    + image image/png 1024 bytes\n" in out
+    assert "    + image - url https://example.com/cat.jpg\n" in out
+    assert "    + audio audio/wav 256 bytes: hello there\n" in out
+    assert "    + file application/pdf 260 bytes (r.pdf)\n" in out
+    assert "    + text 10 chars: and a note\n" in out
+    assert "    + reasoning 16 chars, signed, from anthropic\n" in out
+    assert "\\x" not in out  # no bytes printed
+
+    backup = tmp_path / "rich.jsonl"
+    assert main(["export", "-o", str(backup)]) == 0
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["import", str(backup), "--store", other]) == 0
+    capsys.readouterr()
+
+    async def read() -> list[Message]:
+        async with SQLiteStore(tmp_path / "other.db") as store:
+            return await store.load("rich")
+
+    got = anyio.run(read)
+    assert [m.parts for m in got] == [m.parts for m in messages]
+    assert [m.content for m in got] == [m.content for m in messages]
+
+
 def test_import_bad_lines(
     store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

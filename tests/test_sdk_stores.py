@@ -147,6 +147,44 @@ async def test_conversation_resumes_on_a_new_store_object(opener: Opener) -> Non
         assert [i.conversation_id for i in page.items] == ["u1:c{1}%:b"]
 
 
+async def test_rich_turns_through_the_manager_and_the_pipeline(opener: Opener) -> None:
+    from promptstate import ImagePart, Pipeline, ReasoningPart, TextPart
+
+    image = bytes(range(256)) * 64
+    seen: list[list[Message]] = []
+
+    def answer(messages: list[Message]) -> Message:
+        seen.append(messages)
+        last = messages[-1]
+        sizes = [len(p.data) for p in last.parts if isinstance(p, ImagePart) and p.data]
+        return Message(
+            "assistant",
+            f"{last.text} / {sizes}",
+            parts=(ReasoningPart(text="counting bytes", signature="c2ln", provider="anthropic"),),
+        )
+
+    question = Message(
+        "user", "how big?", parts=(ImagePart(data=image, media_type="image/png"), TextPart("pls"))
+    )
+    async with opener() as store, ConversationManager(MockProvider(answer), store) as manager:
+        conv = await manager.new_conversation(None, ConversationConfig(conversation_id="rich"))
+        resp = await conv.send(question)
+        assert resp.content == "how big?\npls / [16384]"
+        assert resp.parts == (
+            ReasoningPart(text="counting bytes", signature="c2ln", provider="anthropic"),
+        )
+        async with Pipeline(MockProvider(answer), store=store) as pipeline:
+            result = await pipeline.execute("rich", question)
+        assert result.response.parts == resp.parts
+    # The second call saw the first turn whole, parts included.
+    assert seen[1][-3].parts == question.parts
+    assert seen[1][-2].parts == resp.parts
+    async with opener() as store:  # a new store object on the same data
+        history = await store.load("rich")
+    assert [m.parts for m in history] == [question.parts, resp.parts] * 2
+    assert [m.content for m in history if m.role == "user"] == ["how big?"] * 2
+
+
 async def test_two_store_objects_sending_at_once_lose_nothing(opener: Opener) -> None:
     async with (
         opener() as one,

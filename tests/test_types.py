@@ -58,7 +58,7 @@ def test_state_defaults() -> None:
     assert s.version == 0
     assert s.messages == []
     assert s.created_at <= s.updated_at
-    assert s.schema_version == 1
+    assert s.schema_version == 2
     t = State(conversation_id="d")
     s.messages.append(Message("user"))
     assert t.messages == []

@@ -32,9 +32,10 @@ import msgspec
 from promptstate.exceptions import ClosedError, PromptStateError, ProviderError, ValidationError
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import Price, PriceTable, cost_of, lookup_price
-from promptstate.types import Message
+from promptstate.tokens import HeuristicTokenCounter, count_tokens
+from promptstate.types import Message, Usage
 
-__all__ = ["HTTPProvider", "SSEEvent", "Secret", "iter_sse", "parse_retry_after"]
+__all__ = ["HTTPProvider", "Request", "SSEEvent", "Secret", "iter_sse", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ _P = TypeVar("_P", bound="HTTPProvider")
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 #: Longest ``Retry-After`` we wait for; longer ones fall back to our own backoff.
 MAX_RETRY_AFTER = 60.0
+
+_ESTIMATOR = HeuristicTokenCounter()
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
@@ -111,6 +114,14 @@ class _KeyAuth(httpx.Auth):
 class _ClientState(enum.Enum):
     OPEN = 1
     CLOSED = 2
+
+
+class Request(msgspec.Struct, frozen=True):
+    """One call's messages, options and model, for the parsers of its answer."""
+
+    messages: Sequence[Message]
+    options: Mapping[str, Any]
+    model: str
 
 
 class SSEEvent(msgspec.Struct, frozen=True):
@@ -221,11 +232,28 @@ class HTTPProvider:
         """The JSON body for ``POST`` :attr:`path` (public so it can be inspected)."""
         raise NotImplementedError
 
-    def _parse_completion(self, doc: Any) -> Completion:
+    def _parse_completion(self, doc: Any, request: Request) -> Completion:
         raise NotImplementedError
 
-    def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+    def _read_stream(self, response: httpx.Response, request: Request) -> AsyncIterator[Chunk]:
         raise NotImplementedError
+
+    def _request(self, messages: Sequence[Message], options: Mapping[str, Any]) -> Request:
+        return Request(messages, options, str(options.get("model") or self.model))
+
+    @staticmethod
+    def _estimate(request: Request, message: Message) -> Usage:
+        """Usage counted locally, for a stream whose server sent none (``estimated=True``).
+
+        Messages that carry a count (the pipeline's counter filled ``tokens``) keep it; the
+        rest are counted by a :class:`~promptstate.tokens.HeuristicTokenCounter`. The
+        pipeline counts the reply again with its own counter.
+        """
+        return Usage(
+            count_tokens(list(request.messages), _ESTIMATOR),
+            _ESTIMATOR.count(message),
+            estimated=True,
+        )
 
     # -- the calls -----------------------------------------------------------------------------
 
@@ -241,7 +269,7 @@ class HTTPProvider:
         body = self.build_body(messages, options, stream=False)
         doc = await self._post_json(self.path, body)
         with self._malformed():
-            completion = self._parse_completion(doc)
+            completion = self._parse_completion(doc, self._request(messages, options))
             self._check_answer(completion.message)
         return completion
 
@@ -255,14 +283,48 @@ class HTTPProvider:
             ClosedError: The provider was closed.
         """
         body = self.build_body(messages, options, stream=True)
+        request = self._request(messages, options)
         response = await self._send(self.path, body, stream=True)
         try:
+            media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type == "application/json" or media_type.endswith("+json"):
+                # Some proxies answer a streaming request with the whole response as JSON.
+                async for chunk in self._whole_json(response, request):
+                    yield chunk
+                return
             with self._malformed():
-                async for chunk in self._read_stream(response):
+                async for chunk in self._read_stream(response, request):
                     self._check_answer(chunk.message, chunk.text)
                     yield chunk
         finally:
             await response.aclose()
+
+    async def _whole_json(self, response: httpx.Response, request: Request) -> AsyncIterator[Chunk]:
+        """A complete JSON answer to a streaming request, as the chunks a stream would give."""
+        try:
+            data = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._error(f"stream interrupted ({type(exc).__name__})", retryable=True) from exc
+        try:
+            doc = _json_decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._error(
+                "response is not valid JSON", status_code=response.status_code
+            ) from exc
+        with self._malformed():
+            completion = self._parse_completion(doc, request)
+            self._check_answer(completion.message)
+        message = completion.message
+        if message.content:
+            yield Chunk(text=message.content)
+        yield Chunk(
+            done=True,
+            message=message,
+            tool_calls=message.tool_calls,
+            usage=completion.usage,
+            cost=completion.cost,
+            finish_reason=completion.finish_reason,
+        )
 
     def __init__(
         self,
@@ -359,14 +421,19 @@ class HTTPProvider:
         *,
         cache_write_tokens: int = 0,
         cache_read_tokens: int = 0,
+        model: str | None = None,
     ) -> float:
-        """USD for a request of this provider's model (0.0 when its price is unknown).
+        """USD for a request of ``model`` (by default the provider's model; 0.0 when its price
+        is unknown).
 
         ``input_tokens`` are all prompt tokens, cache writes and reads included; those are
         billed at the table's cache multipliers instead of the full input price.
         """
+        price = self._price
+        if model is not None and model != self.model:
+            price = lookup_price(model, self._prices)
         return cost_of(
-            self._price,
+            price,
             input_tokens,
             output_tokens,
             cache_write_tokens=cache_write_tokens,

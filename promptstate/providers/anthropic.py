@@ -18,11 +18,21 @@ import httpx
 import msgspec
 
 from promptstate.exceptions import ProviderError, ValidationError
-from promptstate.providers._http import HTTPProvider, Secret, read_key
+from promptstate.providers._http import HTTPProvider, Request, Secret, read_key
+from promptstate.providers._parts import b64, parse_data_url, unsupported
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import ANTHROPIC_PRICES, Price
 from promptstate.tools import Tool, pair_tool_messages
-from promptstate.types import Message, ToolCall, Usage
+from promptstate.types import (
+    FilePart,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 
 __all__ = ["AnthropicProvider"]
 
@@ -82,28 +92,148 @@ def _tool_input(call: ToolCall) -> dict[str, Any]:
     return value
 
 
-def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
-    """The Anthropic role and content blocks of one of our (non-system) messages."""
+def _image_block(part: ImagePart) -> dict[str, Any]:
+    if part.data is not None:
+        source = {"type": "base64", "media_type": part.media_type, "data": b64(part.data)}
+    else:
+        url = part.url or ""
+        inline = parse_data_url(url)
+        if inline is not None:
+            source = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+        else:
+            source = {"type": "url", "url": url}
+    return {"type": "image", "source": source}
+
+
+def _document_block(part: FilePart, role: str) -> dict[str, Any]:
+    media_type = part.media_type.split(";")[0].strip().lower()
+    source: dict[str, Any]
+    if part.data is not None:
+        if media_type == "application/pdf":
+            source = {"type": "base64", "media_type": media_type, "data": b64(part.data)}
+        elif media_type.startswith("text/"):
+            try:
+                text = part.data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise unsupported("anthropic", part, role, "a text document must be UTF-8") from exc
+            source = {"type": "text", "media_type": "text/plain", "data": text}
+        else:
+            raise unsupported(
+                "anthropic",
+                part,
+                role,
+                f"documents are PDF or plain text, not {part.media_type!r}",
+            )
+    else:
+        url = part.url or ""
+        inline = parse_data_url(url)
+        if inline is not None:
+            if inline[0] != "application/pdf":
+                raise unsupported(
+                    "anthropic", part, role, f"documents are PDF or plain text, not {inline[0]!r}"
+                )
+            source = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+        else:
+            source = {"type": "url", "url": url}
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if part.name:
+        block["title"] = part.name
+    return block
+
+
+def _part_block(part: Part, role: str) -> dict[str, Any] | None:
+    """The content block of one part of a user or tool message (``None``: not sent)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        return _image_block(part)
+    if isinstance(part, FilePart):
+        return _document_block(part, role)
+    if isinstance(part, ReasoningPart):
+        return None
+    raise unsupported("anthropic", part, role, "the messages API takes no audio")
+
+
+def _thinking_block(part: ReasoningPart) -> dict[str, Any] | None:
+    """The ``thinking``/``redacted_thinking`` block a reasoning part came from, verbatim;
+    ``None`` for reasoning Anthropic did not sign (another provider's, or shown text only)."""
+    if part.provider not in (None, "anthropic"):
+        return None
+    if part.data is not None:
+        return {"type": "redacted_thinking", "data": part.data}
+    if part.signature is not None:
+        return {"type": "thinking", "thinking": part.text, "signature": part.signature}
+    return None
+
+
+def _blocks(message: Message, *, thinking: bool) -> tuple[str, list[dict[str, Any]]]:
+    """The Anthropic role and content blocks of one of our (non-system) messages.
+
+    ``thinking``: send an assistant message's reasoning back (as the blocks it came from,
+    first, in order), which the API needs for the turns of a tool loop still going on.
+    """
     if message.role == "tool":
         if not message.tool_call_id:
             raise ValidationError("a tool message needs tool_call_id (the call it answers)")
+        content: str | list[dict[str, Any]] = message.content
+        if message.parts:
+            items = [{"type": "text", "text": message.content}] if message.content else []
+            for part in message.parts:
+                item = _part_block(part, "tool")
+                if item is not None:
+                    items.append(item)
+            content = items
         block: dict[str, Any] = {
             "type": "tool_result",
             "tool_use_id": message.tool_call_id,
-            "content": message.content,
+            "content": content,
         }
         if message.metadata.get("is_error"):
             block["is_error"] = True
         return "user", [block]
     blocks: list[dict[str, Any]] = []
-    if message.content:
-        blocks.append({"type": "text", "text": message.content})
     if message.role == "assistant":
+        for part in message.parts:
+            if isinstance(part, ReasoningPart):
+                if thinking:
+                    found = _thinking_block(part)
+                    if found is not None:
+                        blocks.append(found)
+            elif not isinstance(part, TextPart):
+                raise unsupported(
+                    "anthropic", part, "assistant", "assistant messages take text and reasoning"
+                )
+        if message.content:
+            blocks.append({"type": "text", "text": message.content})
+        blocks.extend(
+            {"type": "text", "text": p.text} for p in message.parts if isinstance(p, TextPart)
+        )
         blocks.extend(
             {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c)}
             for c in message.tool_calls
         )
+        return "assistant", blocks
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    for part in message.parts:
+        item = _part_block(part, message.role)
+        if item is not None:
+            blocks.append(item)
     return message.role, blocks
+
+
+def _reasoning_part(block: Mapping[str, Any]) -> ReasoningPart | None:
+    """A ``thinking`` or ``redacted_thinking`` block of a reply as a reasoning part."""
+    if block.get("type") == "thinking":
+        signature = block.get("signature")
+        return ReasoningPart(
+            text=str(block.get("thinking") or ""),
+            signature=signature if isinstance(signature, str) else None,
+            provider="anthropic",
+        )
+    if block.get("type") == "redacted_thinking":
+        return ReasoningPart(data=str(block.get("data") or ""), provider="anthropic")
+    return None
 
 
 def _usage(doc: Any) -> tuple[int, int, int, int]:
@@ -195,12 +325,21 @@ class AnthropicProvider(HTTPProvider):
         """The JSON body for ``POST /v1/messages`` (public so it can be inspected)."""
         system: list[str] = []
         turns: list[dict[str, Any]] = []
-        for message in pair_tool_messages(messages):
+        paired = pair_tool_messages(messages)
+        # Reasoning goes back for the assistant turns after the last user message: the tool
+        # loop in progress, whose thinking blocks the API wants back unchanged.
+        last_user = max((i for i, m in enumerate(paired) if m.role == "user"), default=-1)
+        for index, message in enumerate(paired):
             if message.role == "system":
-                if message.content:
-                    system.append(message.content)
+                for part in message.parts:
+                    if not isinstance(part, TextPart):
+                        raise unsupported(
+                            "anthropic", part, "system", "the system prompt takes text only"
+                        )
+                if message.text:
+                    system.append(message.text)
                 continue
-            role, blocks = _blocks(message)
+            role, blocks = _blocks(message, thinking=index > last_user)
             if not blocks:
                 continue
             if turns and turns[-1]["role"] == role:
@@ -238,15 +377,19 @@ class AnthropicProvider(HTTPProvider):
             body["stream"] = True
         return body
 
-    def _parse_completion(self, doc: Any) -> Completion:
+    def _parse_completion(self, doc: Any, request: Request) -> Completion:
         if not isinstance(doc, dict) or doc.get("type") == "error":
             raise self._error(f"error in response: {doc!r}"[:500])
         text: list[str] = []
         calls: list[ToolCall] = []
+        parts: list[Part] = []
         for block in doc.get("content") or ():
             if not isinstance(block, dict):
                 continue
-            if block.get("type") == "text":
+            reasoning = _reasoning_part(block)
+            if reasoning is not None:
+                parts.append(reasoning)
+            elif block.get("type") == "text":
                 text.append(str(block.get("text") or ""))
             elif block.get("type") == "tool_use":
                 calls.append(
@@ -260,16 +403,22 @@ class AnthropicProvider(HTTPProvider):
         inp, out, write, read = _usage(doc.get("usage"))
         stop = doc.get("stop_reason")
         return Completion(
-            message=Message("assistant", "".join(text), tool_calls=tool_calls),
+            message=Message("assistant", "".join(text), tool_calls=tool_calls, parts=tuple(parts)),
             usage=Usage(inp, out),
-            cost=self.cost(inp, out, cache_write_tokens=write, cache_read_tokens=read),
+            cost=self.cost(
+                inp, out, cache_write_tokens=write, cache_read_tokens=read, model=request.model
+            ),
             finish_reason=_STOP_REASONS.get(stop, stop) if isinstance(stop, str) else None,
             model=doc.get("model"),
         )
 
-    async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+    async def _read_stream(
+        self, response: httpx.Response, request: Request
+    ) -> AsyncIterator[Chunk]:
         text: list[str] = []
         blocks: dict[int, list[Any]] = {}  # index -> [id, name, [json parts]] for tool_use
+        # index -> [kind, [thinking pieces], [signature pieces], data] for (redacted) thinking
+        thinking: dict[int, list[Any]] = {}
         usage_doc: dict[str, Any] = {}
         stop: str | None = None
         finished = False
@@ -292,11 +441,30 @@ class AnthropicProvider(HTTPProvider):
                 elif block.get("type") == "text" and block.get("text"):
                     text.append(block["text"])
                     yield Chunk(text=block["text"])
+                elif block.get("type") == "thinking":
+                    index = int(doc.get("index") or 0)
+                    first, sig = block.get("thinking"), block.get("signature")
+                    thinking[index] = [
+                        "thinking",
+                        [first] if isinstance(first, str) and first else [],
+                        [sig] if isinstance(sig, str) and sig else [],
+                        None,
+                    ]
+                elif block.get("type") == "redacted_thinking":
+                    index = int(doc.get("index") or 0)
+                    thinking[index] = ["redacted", [], [], str(block.get("data") or "")]
             elif kind == "content_block_delta":
                 delta = doc.get("delta") or {}
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     text.append(delta["text"])
                     yield Chunk(text=delta["text"])
+                elif delta.get("type") in ("thinking_delta", "signature_delta"):
+                    slot = thinking.get(int(doc.get("index") or 0))
+                    if slot is not None:
+                        if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                            slot[1].append(str(delta["thinking"]))
+                        elif delta.get("type") == "signature_delta" and delta.get("signature"):
+                            slot[2].append(str(delta["signature"]))
                 elif delta.get("type") == "input_json_delta":
                     slot = blocks.get(int(doc.get("index") or 0))
                     if slot is not None and delta.get("partial_json"):
@@ -319,13 +487,32 @@ class AnthropicProvider(HTTPProvider):
             ToolCall(str(call_id), str(name or ""), "".join(parts) or "{}")
             for _, (call_id, name, parts) in sorted(blocks.items())
         )
+        parts: list[Part] = []
+        for _, (kind, pieces, signature, data) in sorted(thinking.items()):
+            if kind == "redacted":
+                parts.append(ReasoningPart(data=data, provider="anthropic"))
+            else:
+                parts.append(
+                    ReasoningPart(
+                        text="".join(pieces),
+                        signature="".join(signature) or None,
+                        provider="anthropic",
+                    )
+                )
+        message = Message("assistant", "".join(text), tool_calls=calls, parts=tuple(parts))
         inp, out, write, read = _usage(usage_doc)
+        usage = Usage(inp, out)
+        if not usage_doc:  # a server that sent no usage at all: counted here, marked so
+            usage = self._estimate(request, message)
+            inp, out = usage.input_tokens, usage.output_tokens
         yield Chunk(
             done=True,
-            message=Message("assistant", "".join(text), tool_calls=calls),
+            message=message,
             tool_calls=calls,
-            usage=Usage(inp, out),
-            cost=self.cost(inp, out, cache_write_tokens=write, cache_read_tokens=read),
+            usage=usage,
+            cost=self.cost(
+                inp, out, cache_write_tokens=write, cache_read_tokens=read, model=request.model
+            ),
             finish_reason=_STOP_REASONS.get(stop, stop) if stop else None,
         )
 

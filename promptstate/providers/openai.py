@@ -10,22 +10,36 @@ server, Ollama, LM Studio, Together, Groq and anything else that serves ``POST
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+import msgspec
 
 from promptstate.exceptions import ProviderError, ValidationError
-from promptstate.providers._http import HTTPProvider, Secret, read_key
+from promptstate.providers._http import HTTPProvider, Request, Secret, read_key
+from promptstate.providers._parts import b64, data_url, unsupported
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import OPENAI_PRICES, Price
 from promptstate.tools import Tool, pair_tool_messages
-from promptstate.types import Message, ToolCall, Usage
+from promptstate.types import (
+    AudioPart,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 
 __all__ = ["OpenAIProvider"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_json_encode = msgspec.json.Encoder().encode
 
 
 def _tool_entry(item: Any) -> Any:
@@ -46,6 +60,79 @@ def _tool_choice(choice: Any) -> Any:
     return choice
 
 
+#: Media types of the audio OpenAI's ``input_audio`` takes, and the format it names them by.
+_AUDIO_FORMATS = {
+    "audio/wav": "wav",
+    "audio/wave": "wav",
+    "audio/x-wav": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+}
+#: The media type of an audio reply, by the ``audio.format`` the request asked for.
+_AUDIO_MEDIA_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "pcm16": "audio/pcm",
+}
+
+
+def _content_item(part: Part, role: str) -> dict[str, Any] | None:
+    """One item of a user message's content array (``None`` for a part never sent)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ReasoningPart):
+        return None  # a model's reasoning is not sent back
+    if isinstance(part, ImagePart):
+        if part.data is not None:
+            url = data_url(part.media_type or "application/octet-stream", part.data)
+        else:
+            url = part.url or ""
+        image: dict[str, Any] = {"url": url}
+        if part.detail:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    if isinstance(part, AudioPart):
+        audio_format = _AUDIO_FORMATS.get(part.media_type.lower())
+        if audio_format is None:
+            raise unsupported(
+                "openai", part, role, f"input_audio takes wav or mp3, not {part.media_type!r}"
+            )
+        return {
+            "type": "input_audio",
+            "input_audio": {"data": b64(part.data), "format": audio_format},
+        }
+    if part.data is None:
+        raise unsupported("openai", part, role, "the file part takes the file's data, not a URL")
+    return {
+        "type": "file",
+        "file": {
+            "filename": part.name or "file",
+            "file_data": data_url(part.media_type, part.data),
+        },
+    }
+
+
+def _text_only(message: Message) -> str:
+    """The text of a message whose role takes text only (reasoning is left out)."""
+    for part in message.parts:
+        if not isinstance(part, (TextPart, ReasoningPart)):
+            if message.role == "assistant" and isinstance(part, AudioPart):
+                continue  # a model's audio reply: its transcript stands for it
+            raise unsupported(
+                "openai", part, message.role, f"{message.role} messages take text only"
+            )
+    text = message.text
+    if not text and message.role == "assistant":
+        text = "\n".join(
+            p.transcript for p in message.parts if isinstance(p, AudioPart) and p.transcript
+        )
+    return text
+
+
 def _message_entry(message: Message) -> dict[str, Any]:
     role = message.role
     entry: dict[str, Any] = {"role": role}
@@ -53,10 +140,19 @@ def _message_entry(message: Message) -> dict[str, Any]:
         if not message.tool_call_id:
             raise ValidationError("a tool message needs tool_call_id (the call it answers)")
         entry["tool_call_id"] = message.tool_call_id
-        entry["content"] = message.content
+        entry["content"] = _text_only(message)
         return entry
-    if role == "assistant" and message.tool_calls:
-        entry["content"] = message.content or None
+    if role == "user" and message.parts:
+        items: list[dict[str, Any]] = []
+        if message.content:
+            items.append({"type": "text", "text": message.content})
+        for part in message.parts:
+            item = _content_item(part, role)
+            if item is not None:
+                items.append(item)
+        entry["content"] = items
+    elif role == "assistant" and message.tool_calls:
+        entry["content"] = _text_only(message) or None
         entry["tool_calls"] = [
             {
                 "id": call.id,
@@ -66,10 +162,34 @@ def _message_entry(message: Message) -> dict[str, Any]:
             for call in message.tool_calls
         ]
     else:
-        entry["content"] = message.content
+        entry["content"] = _text_only(message) if message.parts else message.content
     if message.name:
         entry["name"] = message.name
     return entry
+
+
+def _arguments(value: Any) -> str:
+    """Tool-call arguments as JSON text: a server that sends a JSON object gets it encoded."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return _json_encode(value).decode()
+
+
+def _reasoning(doc: Mapping[str, Any]) -> str:
+    """The reasoning text of a message or delta: ``reasoning_content`` (DeepSeek, vLLM) or
+    ``reasoning`` (OpenRouter, newer vLLM)."""
+    value = doc.get("reasoning_content")
+    if not isinstance(value, str) or not value:
+        value = doc.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def _audio_media_type(options: Mapping[str, Any]) -> str:
+    audio = options.get("audio")
+    audio_format = audio.get("format") if isinstance(audio, Mapping) else None
+    return _AUDIO_MEDIA_TYPES.get(str(audio_format), "audio/wav")
 
 
 def _usage(doc: Any) -> tuple[Usage, int]:
@@ -112,7 +232,7 @@ class _ToolCallBuilder:
         if function.get("name") and not slot[1]:
             slot[1] = function["name"]
         if function.get("arguments"):
-            slot[2].append(function["arguments"])
+            slot[2].append(_arguments(function["arguments"]))
 
     def calls(self) -> tuple[ToolCall, ...]:
         return tuple(
@@ -237,7 +357,7 @@ class OpenAIProvider(HTTPProvider):
                 body["stream_options"] = {"include_usage": True}
         return body
 
-    def _parse_completion(self, doc: Any) -> Completion:
+    def _parse_completion(self, doc: Any, request: Request) -> Completion:
         if isinstance(doc, dict) and doc.get("error"):
             raise self._error(f"error in response: {doc['error']!r}")
         choices = doc.get("choices") if isinstance(doc, dict) else None
@@ -249,27 +369,57 @@ class OpenAIProvider(HTTPProvider):
             ToolCall(
                 str(call.get("id") or f"call_{i}"),
                 str((call.get("function") or {}).get("name") or ""),
-                str((call.get("function") or {}).get("arguments") or ""),
+                _arguments((call.get("function") or {}).get("arguments")),
             )
             for i, call in enumerate(raw.get("tool_calls") or ())
         )
         metadata: dict[str, Any] = {}
         if raw.get("refusal"):
             metadata["refusal"] = raw["refusal"]
+        parts: list[Part] = []
+        reasoning = _reasoning(raw)
+        if reasoning:
+            parts.append(ReasoningPart(text=reasoning, provider=self.name))
+        audio = raw.get("audio")
+        if isinstance(audio, dict) and audio.get("data"):
+            parts.append(
+                AudioPart(
+                    data=base64.b64decode(audio["data"]),
+                    media_type=_audio_media_type(request.options),
+                    transcript=audio.get("transcript") or None,
+                )
+            )
+            if audio.get("id"):
+                metadata["audio_id"] = audio["id"]
         message = Message(
-            "assistant", raw.get("content") or "", tool_calls=calls, metadata=metadata
+            "assistant",
+            raw.get("content") or "",
+            tool_calls=calls,
+            metadata=metadata,
+            parts=tuple(parts),
         )
         usage, cached = _usage(doc.get("usage"))
         return Completion(
             message=message,
             usage=usage,
-            cost=self.cost(usage.input_tokens, usage.output_tokens, cache_read_tokens=cached),
+            cost=self.cost(
+                usage.input_tokens,
+                usage.output_tokens,
+                cache_read_tokens=cached,
+                model=request.model,
+            ),
             finish_reason=choice.get("finish_reason"),
             model=doc.get("model"),
         )
 
-    async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+    async def _read_stream(
+        self, response: httpx.Response, request: Request
+    ) -> AsyncIterator[Chunk]:
         text: list[str] = []
+        reasoning: list[str] = []
+        audio_data: list[bytes] = []
+        transcript: list[str] = []
+        audio_id: str | None = None
         builder = _ToolCallBuilder()
         finish_reason: str | None = None
         usage: Usage | None = None
@@ -295,6 +445,17 @@ class OpenAIProvider(HTTPProvider):
                 if piece:
                     text.append(piece)
                     yield Chunk(text=piece)
+                thought = _reasoning(delta)
+                if thought:
+                    reasoning.append(thought)
+                audio = delta.get("audio")
+                if isinstance(audio, dict):
+                    if audio.get("data"):
+                        audio_data.append(base64.b64decode(audio["data"]))
+                    if audio.get("transcript"):
+                        transcript.append(audio["transcript"])
+                    if audio.get("id"):
+                        audio_id = audio["id"]
                 if delta.get("refusal"):
                     refusal.append(delta["refusal"])
                 for fragment in delta.get("tool_calls") or ():
@@ -306,15 +467,33 @@ class OpenAIProvider(HTTPProvider):
             raise self._error("stream ended before the answer was complete", retryable=True)
         calls = builder.calls()
         metadata: dict[str, Any] = {"refusal": "".join(refusal)} if refusal else {}
-        message = Message("assistant", "".join(text), tool_calls=calls, metadata=metadata)
-        final_usage = usage or Usage()
+        parts: list[Part] = []
+        if reasoning:
+            parts.append(ReasoningPart(text="".join(reasoning), provider=self.name))
+        if audio_data:
+            parts.append(
+                AudioPart(
+                    data=b"".join(audio_data),
+                    media_type=_audio_media_type(request.options),
+                    transcript="".join(transcript) or None,
+                )
+            )
+            if audio_id:
+                metadata["audio_id"] = audio_id
+        message = Message(
+            "assistant", "".join(text), tool_calls=calls, metadata=metadata, parts=tuple(parts)
+        )
+        final_usage = usage if usage is not None else self._estimate(request, message)
         yield Chunk(
             done=True,
             message=message,
             tool_calls=calls,
             usage=final_usage,
             cost=self.cost(
-                final_usage.input_tokens, final_usage.output_tokens, cache_read_tokens=cached
+                final_usage.input_tokens,
+                final_usage.output_tokens,
+                cache_read_tokens=cached,
+                model=request.model,
             ),
             finish_reason=finish_reason,
         )

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from promptstate.exceptions import ProviderError
+from promptstate.providers._http import HTTPProvider
 from promptstate.providers.base import Chunk, Completion
-from promptstate.tokens import with_tokens
+from promptstate.tokens import count_tokens, with_tokens
 from promptstate.types import Message, Usage, utcnow
 
 if TYPE_CHECKING:
@@ -56,11 +57,28 @@ class CallProvider:
         message = completion.message
         if message.role != "assistant":
             message = msgspec.structs.replace(message, role="assistant")
-        ctx.completion = completion
         ctx.response = with_tokens(message, ctx.counter)
+        if completion.usage.estimated:
+            completion = self._estimated(ctx, completion, ctx.response.tokens or 0)
+        ctx.completion = completion
         ctx.usage = ctx.usage + completion.usage
         ctx.cost += completion.cost
         await call_next(ctx)
+
+    @staticmethod
+    def _estimated(ctx: ExecutionContext, completion: Completion, output: int) -> Completion:
+        """A completion whose server reported no usage, counted with the pipeline's counter
+        (the tokens the prompt and reply hold in this turn) and priced again."""
+        usage = Usage(count_tokens(ctx.messages, ctx.counter), output, estimated=True)
+        cost = completion.cost
+        if isinstance(ctx.provider, HTTPProvider):
+            model = ctx.options.get("model")
+            cost = ctx.provider.cost(
+                usage.input_tokens,
+                usage.output_tokens,
+                model=model if isinstance(model, str) and model else None,
+            )
+        return msgspec.structs.replace(completion, usage=usage, cost=cost)
 
     async def _stream(self, ctx: ExecutionContext) -> Completion:
         emit = ctx.emit

@@ -31,7 +31,17 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.stores.base import MAX_KEY_LENGTH, Store
-from promptstate.types import Message, SessionInfo, State, ToolCall
+from promptstate.types import (
+    AudioPart,
+    FilePart,
+    ImagePart,
+    Message,
+    ReasoningPart,
+    SessionInfo,
+    State,
+    TextPart,
+    ToolCall,
+)
 
 __all__ = ["Corruption", "StoreConformance", "StoreFactory"]
 
@@ -95,6 +105,54 @@ def _sample_messages() -> list[Message]:
         Message("tool", "14:05", tool_call_id="call_1", name="get_time"),
         Message("tool", '{"temp": 21}', tool_call_id="call_2", name="get_weather"),
         Message("assistant", "It is 14:05 and 21 °C.", metadata={"model": "m-1"}),
+    ]
+
+
+#: Every byte value, so that no store may treat binary data as text.
+_EVERY_BYTE = bytes(range(256))
+
+
+def _part_messages() -> list[Message]:
+    """Messages with every kind of part, binary data holding every byte value."""
+    return [
+        Message(
+            "user",
+            "What is in these?",
+            parts=(
+                TextPart("and in this text"),
+                ImagePart(data=_EVERY_BYTE, media_type="image/png", detail="high"),
+                ImagePart(url="https://example.com/cat.png"),
+                ImagePart(url="data:image/gif;base64,R0lGODlhAQABAAAAACw="),
+                AudioPart(data=_EVERY_BYTE[::-1] * 3, media_type="audio/wav", transcript="hi"),
+                FilePart(
+                    data=b"%PDF-1.7\n" + _EVERY_BYTE,
+                    media_type="application/pdf",
+                    name="report.pdf",
+                ),
+                FilePart(url="https://example.com/a.txt", media_type="text/plain"),
+                ImagePart(data=b"", media_type="image/webp"),
+            ),
+        ),
+        Message(
+            "assistant",
+            "",
+            parts=(
+                ReasoningPart(
+                    text="The user wants…", signature="EqQBCgIYAhIM+/==", provider="anthropic"
+                ),
+                ReasoningPart(data="EmwKAhgBEgy3va3pzix/LafPsn4a", provider="anthropic"),
+            ),
+            tool_calls=(ToolCall("toolu_1", "describe", '{"n": 2}'),),
+        ),
+        Message("tool", "two images", tool_call_id="toolu_1", parts=(TextPart("ok"),)),
+        Message(
+            "assistant",
+            "A cat and a PDF.",
+            parts=(
+                ReasoningPart(text="done", provider="openai"),
+                AudioPart(data=b"\x00\xff" * 50, media_type="audio/mpeg"),
+            ),
+        ),
     ]
 
 
@@ -191,6 +249,48 @@ class StoreConformance:
             "call_2", "get_weather", '{"city": "東京", "units": "c"}'
         )
         assert got.messages[3].tool_call_id == "call_1"
+
+    async def test_parts_are_kept_exactly(self, store: Store) -> None:
+        messages = _part_messages()
+        await store.set("parts:set", State(conversation_id="parts:set", messages=messages))
+        got = await store.get("parts:set")
+        assert _plain_all(got.messages) == messages
+        data = got.messages[0].parts[1]
+        assert isinstance(data, ImagePart)
+        assert type(data.data) is bytes
+        assert data.data == _EVERY_BYTE
+        assert got.messages[0].text == "What is in these?\nand in this text"
+        assert await store.append("parts:append", messages[:2]) == 2
+        assert await store.append("parts:append", messages[2:]) == 4
+        assert _plain_all(await store.load("parts:append")) == messages
+        assert _plain_all(await store.load("parts:append", last=1)) == messages[-1:]
+        assert await store.append_turn("parts:turn", messages, cost=0.5, turn_id="t1") == 4
+        assert await store.append_turn("parts:turn", messages, cost=0.5, turn_id="t1") == 4
+        turn = [msgspec.structs.replace(messages[0], metadata={"turn_id": "t1"}), *messages[1:]]
+        assert _plain_all((await store.get("parts:turn")).messages) == turn
+        await store.fork("parts:set", "parts:fork")
+        assert _plain_all(await store.load("parts:fork")) == messages
+        await store.fork("parts:set", "parts:branch", at=2)
+        assert _plain_all(await store.load("parts:branch")) == messages[:2]
+        many = await store.get_many(["parts:set", "parts:turn"])
+        assert [_plain_all(s.messages) if s else None for s in many] == [messages, turn]
+        listed = [s async for s in store.list_by_prefix("parts:a")]
+        assert [_plain_all(s.messages) for s in listed] == [messages]
+
+    async def test_multi_megabyte_image_is_kept_byte_for_byte(self, store: Store) -> None:
+        image = random.Random(13).randbytes(3 * 1024 * 1024) + _EVERY_BYTE
+        message = Message("user", "look", parts=(ImagePart(data=image, media_type="image/png"),))
+        await store.append("big", [message, Message("assistant", "seen")])
+        got = await store.load("big")
+        part = got[0].parts[0]
+        assert isinstance(part, ImagePart)
+        assert part.data == image
+        assert _plain_all(got) == [
+            message,
+            Message("assistant", "seen", timestamp=got[1].timestamp),
+        ]
+        await store.set("big2", State(conversation_id="big2", messages=[message]))
+        assert _plain_all((await store.get("big2")).messages) == [message]
 
     async def test_set_bumps_version_and_updated_at(self, store: Store) -> None:
         first = await store.set("k", State(conversation_id="k"))

@@ -200,3 +200,46 @@ async def _list_pages(base: str) -> None:
         assert r.status_code == 422
         r = await client.get("/users/nobody/conversations")
         assert r.json() == {"items": [], "next_cursor": None}
+
+
+async def test_image_upload_example_stores_the_bytes() -> None:
+    from examples.fastapi_images import create_app as create_images_app
+    from promptstate import ImagePart, MemoryStore, Message
+
+    seen: list[Message] = []
+
+    def model(messages: list[Message]) -> str:
+        seen.extend(messages)
+        return f"I see {len(messages[-1].parts)} attachment(s)."
+
+    store = MemoryStore()
+    image = bytes(range(256)) * 10
+    with serve(create_images_app(store, MockProvider(model))) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            sent = await client.post(
+                "/conversations/alice:1/upload",
+                params={"question": "What is this?"},
+                content=image,
+                headers={"content-type": "image/png"},
+            )
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["content"] == "I see 1 attachment(s)."
+            pdf = await client.post(
+                "/conversations/alice:1/upload",
+                params={"question": "And this?", "name": "r.pdf"},
+                content=b"%PDF-1.7",
+                headers={"content-type": "application/pdf"},
+            )
+            assert pdf.status_code == 200, pdf.text
+            listed = await client.get("/conversations/alice:1/parts")
+            empty = await client.post(
+                "/conversations/alice:1/upload", params={"question": "?"}, content=b""
+            )
+            history = (await store.get("alice:1")).messages  # before shutdown closes it
+    assert listed.json() == [
+        {"role": "user", "kind": "ImagePart", "bytes": 2560},
+        {"role": "user", "kind": "FilePart", "bytes": 8},
+    ]
+    assert empty.status_code == 400
+    assert seen[0].parts == (ImagePart(data=image, media_type="image/png"),)
+    assert history[0].parts == (ImagePart(data=image, media_type="image/png"),)

@@ -290,7 +290,9 @@ async def test_stream_options_can_be_turned_off(server: LoopbackServer) -> None:
     async with make(server) as provider:
         chunks = [c async for c in provider.stream([Message("user", "hi")], stream_options=None)]
     assert "stream_options" not in server.requests[0].json()
-    assert chunks[-1].usage == Usage()
+    # No usage from the server: counted here (HeuristicTokenCounter), marked, and priced.
+    assert chunks[-1].usage == Usage(5, 5, estimated=True)
+    assert chunks[-1].cost == pytest.approx((5 * 0.15 + 5 * 0.60) / 1e6)
     assert chunks[-1].message == Message(
         "assistant",
         "x",

@@ -20,11 +20,15 @@ from promptstate import (
     ConversationManager,
     DecryptionError,
     EncryptedStore,
+    FilePart,
+    ImagePart,
     MemoryStore,
     Message,
     MockProvider,
     Pipeline,
+    ReasoningPart,
     State,
+    TextPart,
     ToolCall,
     ValidationError,
 )
@@ -148,6 +152,33 @@ async def test_nothing_readable_in_the_inner_store(inner_factory: StoreFactory) 
     plain = MemoryStore()
     await plain.append("s", [Message("user", SECRET, name="alice", metadata={"note": SECRET})])
     assert raw.messages[0].tokens == (await plain.load("s"))[0].tokens
+    await store.aclose()
+    await inner.aclose()
+
+
+async def test_parts_are_sealed_too(inner_factory: StoreFactory) -> None:
+    inner = await inner_factory()
+    store = EncryptedStore(inner, keys={"k1": K1}, active="k1")
+    image = b"\x89PNG\r\n\x1a\n" + SECRET.encode() * 50
+    message = Message(
+        "user",
+        "look",
+        parts=(
+            TextPart(SECRET),
+            ImagePart(data=image, media_type="image/png"),
+            FilePart(url="https://example.com/" + SECRET.replace(" ", "-")),
+            ReasoningPart(text=SECRET, signature="sig-" + SECRET),
+        ),
+    )
+    await store.append("s", [message])
+    raw = await inner.get("s")
+    _sealed(raw.messages)
+    assert raw.messages[0].parts == ()
+    dumped = msgspec.msgpack.encode(raw)
+    assert SECRET.encode() not in dumped
+    got = await store.load("s")
+    assert got[0].parts == message.parts
+    assert got[0].text == "look\n" + SECRET
     await store.aclose()
     await inner.aclose()
 
