@@ -23,6 +23,17 @@ promptstate turn (read what the model sees, append a user and an assistant messa
   with the checkpointer, ``ainvoke({"messages": [HumanMessage]}, thread_id=session)``, the
   node returning the ``AIMessage``. A checkpointer stores the whole graph state: every turn
   reads the **whole** history and writes it back as a new checkpoint.
+
+Beside them, the adapters that let those frameworks' users switch stores by changing one line,
+driven exactly like their framework's peer (rows of kind ``adapter``; ``ratio_vs_peer`` on
+such a row is its time per turn over the same framework's own store on that backend):
+
+- **openai-agents** ``PromptStateSession`` on ``RedisStore`` and on ``PostgresStore``:
+  ``get_items(limit=50)`` + ``add_items``, one session object per conversation.
+- **langchain** ``PromptStateChatMessageHistory`` on ``PostgresStore``: ``aget_messages()`` +
+  ``aadd_messages``, a history object per request. Its interface has no window either: every
+  turn reads the whole history, like ``PostgresChatMessageHistory``. A second row passes
+  ``last=50``, the option the adapter adds: the turn then reads the newest 50.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import uuid
 from typing import Any
 
 from benchmarks import _servers
+from benchmarks.bench_turns import StoreTurn
 from benchmarks.workload import (
     WINDOW,
     Contender,
@@ -353,8 +365,115 @@ PEERS: tuple[type[Contender], ...] = (
 )
 
 
+# -- the adapters: the same framework calls, on promptstate's stores -------------------------
+
+
+class _AdapterTurn(StoreTurn):
+    """A framework adapter over a promptstate store, driven exactly like the framework's peer.
+
+    ``name`` starts with the framework's name (the first word), which is how the runner finds
+    the framework's own stores to compare the row with.
+    """
+
+    kind = "adapter"
+    framework = "?"
+    adapter = "?"
+
+    async def open(self) -> None:
+        await super().open()
+        self.name = f"{self.framework} {self.adapter} + {type(self.store).__name__}"
+
+
+class AgentsAdapter(_AdapterTurn):
+    """``PromptStateSession``: ``get_items(limit=50)`` + ``add_items``, as the agents peers."""
+
+    framework = "openai-agents"
+    adapter = "PromptStateSession"
+    reads = "window"
+
+    async def open(self) -> None:
+        adapters = _need("promptstate.integrations.openai_agents", "'promptstate[agents]'")
+        self._cls = adapters.PromptStateSession
+        await super().open()
+        self._sessions: dict[str, Any] = {}
+
+    def _session(self, session_id: str) -> Any:
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = self._cls(session_id, self.store)
+        return session
+
+    async def populate(self, session_id: str, history: int) -> None:
+        await self._session(session_id).add_items(_agents_items(history))
+
+    async def turn(self, session_id: str, i: int) -> None:
+        session = self._session(session_id)
+        await session.get_items(limit=WINDOW)
+        await session.add_items(
+            [
+                {"role": "user", "content": user_text(i)},
+                {"role": "assistant", "content": assistant_text(i)},
+            ]
+        )
+
+    async def reset(self) -> None:
+        self._sessions.clear()
+        await super().reset()
+
+
+class LangchainAdapter(_AdapterTurn):
+    """``PromptStateChatMessageHistory``: ``aget_messages()`` + ``aadd_messages``, as the
+    LangChain peer (the interface has no window: every turn reads the whole history)."""
+
+    framework = "langchain"
+    adapter = "PromptStateChatMessageHistory"
+    reads = "full"
+    last: int | None = None
+
+    async def open(self) -> None:
+        adapters = _need("promptstate.integrations.langchain", "'promptstate[langchain]'")
+        messages = _need("langchain_core.messages", "'promptstate[langchain]'")
+        self._cls = adapters.PromptStateChatMessageHistory
+        self._human, self._ai = messages.HumanMessage, messages.AIMessage
+        await super().open()
+
+    async def populate(self, session_id: str, history: int) -> None:
+        await self._cls(session_id, self.store).aadd_messages(
+            [
+                self._human(m.content) if m.role == "user" else self._ai(m.content)
+                for m in history_messages(history)
+            ]
+        )
+
+    async def turn(self, session_id: str, i: int) -> None:
+        # One per request, as a history factory makes them.
+        history = self._cls(session_id, self.store, last=self.last)
+        await history.aget_messages()
+        await history.aadd_messages([self._human(user_text(i)), self._ai(assistant_text(i))])
+
+
+class LangchainWindowAdapter(LangchainAdapter):
+    """The same with ``last=50``: the option the adapter adds, reading what the model sees."""
+
+    adapter = f"PromptStateChatMessageHistory(last={WINDOW})"
+    reads = "window"
+    last = WINDOW
+
+
+#: (adapter, backend): where each adapter is measured (the backends its framework's own
+#: stores are measured on).
+ADAPTERS: tuple[tuple[type[_AdapterTurn], str], ...] = (
+    (AgentsAdapter, "redis"),
+    (AgentsAdapter, "postgres"),
+    (LangchainAdapter, "postgres"),
+    (LangchainWindowAdapter, "postgres"),
+)
+
+
 def contenders(env: Env, backends: set[str]) -> list[Contender]:
-    return [cls(env) for cls in PEERS if cls.backend in backends]  # type: ignore[call-arg]
+    found: list[Contender] = [cls(env) for cls in PEERS if cls.backend in backends]  # type: ignore[call-arg]
+    found += [cls(env, backend) for cls, backend in ADAPTERS if backend in backends]
+    return found
 
 
 if __name__ == "__main__":

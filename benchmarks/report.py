@@ -9,7 +9,7 @@ from typing import Any
 START = "<!-- results:start (written by python -m benchmarks --docs; edits here are replaced) -->"
 END = "<!-- results:end -->"
 
-_KIND_ORDER = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3}
+_KIND_ORDER = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3, "adapter": 4}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -355,7 +355,11 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
             "whole history (the library cannot read less). `ratio_vs_raw` (on promptstate rows) "
             "= promptstate's time per turn / the raw floor's on the same server; "
             "`ratio_vs_peer` = promptstate's store time per turn / the peer's (on a peer row: that "
-            "peer; on a promptstate store row: the fastest peer of the cell). "
+            "peer; on a promptstate store row: the fastest peer of the cell). The framework "
+            "adapters (`PromptStateSession`, `PromptStateChatMessageHistory`) are driven exactly "
+            "like their framework's own stores; on their rows `ratio_vs_peer` = the adapter's "
+            "time per turn / that of the same framework's own store on the same backend "
+            "(below 1: switching stores makes the framework's turns faster). "
             "Time per turn = 1 / turns/s of the cell. Above 1 means promptstate is slower.",
             "",
         ]

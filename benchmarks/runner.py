@@ -10,7 +10,9 @@ Scenarios (``--only`` takes a comma-separated list of these names):
 ``raw``
     The raw floor: redis-py + hiredis and asyncpg doing the minimal commands.
 ``peers``
-    openai-agents ``RedisSession`` / ``SQLAlchemySession``, langchain-postgres, langgraph.
+    openai-agents ``RedisSession`` / ``SQLAlchemySession``, langchain-postgres, langgraph; and
+    beside them promptstate's adapters for those frameworks (``PromptStateSession``,
+    ``PromptStateChatMessageHistory``), driven the same way.
 ``serialization``
     ``encode_state`` / ``decode_state`` against stdlib json and pydantic.
 ``memory``
@@ -365,7 +367,7 @@ async def run_turns(
         await _close(contender)
         for _ in range(steps):
             progress.step()
-    order = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3}
+    order = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3, "adapter": 4}
     live.sort(key=lambda c: (c.backend, order.get(c.kind, 9)))
     failed: set[int] = set()
     try:
@@ -484,9 +486,13 @@ class Cursor:
 
 
 def _scenario_of(contender: Contender) -> str:
-    return {"promptstate": "turns", "pipeline": "pipeline", "raw": "raw", "peer": "peers"}[
-        contender.kind
-    ]
+    return {
+        "promptstate": "turns",
+        "pipeline": "pipeline",
+        "raw": "raw",
+        "peer": "peers",
+        "adapter": "peers",
+    }[contender.kind]
 
 
 def _fail(
@@ -510,14 +516,19 @@ def add_ratios(records: list[Record]) -> None:
     A promptstate row (store or pipeline) gets ``ratio_vs_raw`` against the raw floor on the
     same backend; a peer row gets ``ratio_vs_peer`` = promptstate's store time per turn on that
     backend divided by the peer's, and a promptstate store row the same against the fastest
-    peer of the cell (named in ``extra["peer"]``). The same for the memory scenario (bytes
-    instead of time).
+    peer of the cell (named in ``extra["peer"]``). A framework adapter row (kind
+    ``adapter``, in the peers scenario but never counted as a peer) gets ``ratio_vs_peer`` =
+    its time per turn divided by that of the fastest of its framework's own stores in the
+    cell (the peers whose name starts with the adapter name's first word; named in
+    ``extra["peer"]``). The same for the memory scenario (bytes instead of time).
     """
     by_cell: dict[tuple[str | None, int | None, int | None], dict[str, Record]] = {}
     best_peer: dict[tuple[str | None, int | None, int | None], Record] = {}
     for r in records:
         if r.scenario in TURN_SCENARIOS and r.turns_per_s:
             cell = (r.backend, r.history, r.concurrency)
+            if r.scenario == "peers" and r.kind == "adapter":
+                continue
             if r.scenario == "peers":
                 best = best_peer.get(cell)
                 if best is None or r.turns_per_s > best.turns_per_s:  # type: ignore[operator]
@@ -525,6 +536,24 @@ def add_ratios(records: list[Record]) -> None:
             else:
                 by_cell.setdefault(cell, {})[r.scenario] = r
     for r in records:
+        if r.kind == "adapter" and r.scenario == "peers" and r.turns_per_s:
+            framework = r.store.split()[0]
+            own = [
+                p
+                for p in records
+                if p.scenario == "peers"
+                and p.kind == "peer"
+                and p.turns_per_s
+                and (p.backend, p.history, p.concurrency) == (r.backend, r.history, r.concurrency)
+                and p.store.startswith(framework)
+            ]
+            if own:
+                fastest = max(own, key=lambda p: p.turns_per_s)  # type: ignore[arg-type,return-value]
+                r.ratio_vs_peer = fastest.turns_per_s / r.turns_per_s  # type: ignore[operator]
+                r.extra["peer"] = fastest.store
+    for r in records:
+        if r.kind == "adapter":
+            continue
         if r.scenario in TURN_SCENARIOS and r.turns_per_s:
             cell = by_cell.get((r.backend, r.history, r.concurrency), {})
             raw, ours = cell.get("raw"), cell.get("turns")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,35 @@ def test_progress_bar_counts_steps() -> None:
     assert lines[0].startswith("[" + "#" * 14 + "-" * 14 + "] 1/2")
     assert lines[1].startswith("[" + "#" * 28 + "] 2/2")
     assert lines[1].endswith("two")
+
+
+def test_adapter_rows_compare_with_their_framework_and_are_never_a_peer() -> None:
+    def rec(scenario: str, store: str, kind: str, tps: float, backend: str = "redis") -> Any:
+        return runner.Record(
+            scenario=scenario,
+            store=store,
+            history=1000,
+            concurrency=64,
+            turns_per_s=tps,
+            backend=backend,
+            kind=kind,
+        )
+
+    ours = rec("turns", "promptstate RedisStore", "promptstate", 300.0)
+    agents_peer = rec("peers", "openai-agents 0.24.0 RedisSession", "peer", 100.0)
+    other_peer = rec("peers", "langgraph 1.0 + AsyncPostgresSaver", "peer", 50.0)
+    adapter = rec("peers", "openai-agents PromptStateSession + RedisStore", "adapter", 400.0)
+    lc_adapter = rec(
+        "peers", "langchain PromptStateChatMessageHistory + RedisStore", "adapter", 200.0
+    )
+    runner.add_ratios([ours, agents_peer, other_peer, adapter, lc_adapter])
+    assert adapter.ratio_vs_peer == pytest.approx(100.0 / 400.0)
+    assert adapter.extra["peer"] == agents_peer.store
+    assert lc_adapter.ratio_vs_peer is None, "compared with another framework's store"
+    # The adapter, faster than every peer, is not taken for the fastest peer.
+    assert ours.ratio_vs_peer == pytest.approx(100.0 / 300.0)
+    assert ours.extra["peer"] == agents_peer.store
+    assert agents_peer.ratio_vs_peer == pytest.approx(100.0 / 300.0)
 
 
 def test_the_session_index_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:

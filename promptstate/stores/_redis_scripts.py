@@ -44,12 +44,14 @@ __all__ = [
     "INDEX_PRUNE_CHECKED",
     "INDEX_SYNC",
     "INFO",
+    "META_TOUCH",
     "LEASE_ACQUIRE_LOAD",
     "LEASE_RELEASE",
     "LEASE_RENEW",
     "LOAD_TOUCH",
     "MERGE_META",
     "PAGE",
+    "POP",
     "SAVE",
     "SET",
     "Script",
@@ -737,6 +739,41 @@ return keep
 """
 )
 
+#: Remove the newest ARGV[4] messages and return them, oldest first. KEYS: h, m[, idx, exp].
+#: ARGV: ttl, now_us, member, how many. Returns {} (and writes nothing) when the session does
+#: not exist or holds no message; the tokens of the removed messages are read from them.
+POP = Script(
+    _HELPERS
+    + _MSGPACK
+    + """
+local h, m = KEYS[1], KEYS[2]
+local bad = guard(h, m)
+if bad then return bad end
+local head = redis.call('HMGET', h, 'v', 't')
+if not head[1] then return {} end
+local count = redis.call('LLEN', m)
+if count == 0 then return {} end
+local keep = count - tonumber(ARGV[4])
+if keep < 0 then keep = 0 end
+local popped = redis.call('LRANGE', m, keep, -1)
+local t = tonumber(head[2] or '0')
+for _, item in ipairs(popped) do
+  t = t - message_tokens(item)
+end
+if t < 0 then t = 0 end
+if keep == 0 then
+  redis.call('UNLINK', m)
+else
+  redis.call('LTRIM', m, 0, keep - 1)
+end
+redis.call('HSET', h, 'v', string.format('%d', tonumber(head[1]) + 1),
+  't', string.format('%d', t), 'ua', ARGV[2])
+expire(ARGV[1], h, m)
+sync(3, h, ARGV[3])
+return popped
+"""
+)
+
 #: One page of a time index (KEYS[1]: a sorted set of ids scored by microseconds).
 #: ARGV: descending ('1'/'0'), after ('1'/'0'), its time, its id, how many to find, literal id
 #: prefix ('' for all), how many entries to look at at most. Entries come in (time, id) order,
@@ -870,5 +907,17 @@ INDEX_DROP = Script(
 local base = string.sub(KEYS[1], 1, -2)
 for i = 1, #ARGV do unindex(base, ARGV[i]) end
 return #ARGV
+"""
+)
+
+#: Read the version, the metadata and the message count, sliding the TTL ARGV[1] (reads with
+#: ``touch_on_read``). KEYS: h, m. Returns {version or false, metadata or false, count}.
+META_TOUCH = Script(
+    """
+local f = redis.call('HMGET', KEYS[1], 'v', 'd')
+if not f[1] then return {false, false, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {f[1], f[2], redis.call('LLEN', KEYS[2])}
 """
 )

@@ -992,7 +992,7 @@ class Store(AsyncResource, ABC):
         messages; ``total_cost`` stays.
 
         The default is a compare-and-set loop on :meth:`get` / :meth:`set` (its cost grows
-        with the history); the bundled SQL and memory backends read only what they remove.
+        with the history); the bundled backends read only what they remove.
 
         Raises:
             ValidationError: ``count`` is not an int >= 0.

@@ -357,6 +357,8 @@ class _SQL:
 
         # -- session facts ----------------------------------------------------------------
         self.metadata = f"SELECT s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
+        self.metadata_touch = f"WITH touch AS ({touch} = $1) {self.metadata}"
+        self.count_touch = f"WITH touch AS ({touch} = $1) {self.count}"
         self.metadata_head = (
             f"SELECT s.version, s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
         )
@@ -1210,13 +1212,16 @@ class PostgresStore(LeasingStore):
     # -- session facts, listing, branching ------------------------------------------------
 
     async def count(self, key: str) -> int:
+        touch = self._touch_on_read and self._sql.touching
         async with self._conn("count", key) as conn:
-            count = await conn.fetchval(self._sql.count, key)
+            count = await conn.fetchval(self._sql.count_touch if touch else self._sql.count, key)
         return 0 if count is None else check_count("PostgreSQL", key, "message_count", count)
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
+        sql = self._sql
+        touch = self._touch_on_read and sql.touching
         async with self._conn("get_metadata", key) as conn:
-            row = await conn.fetchrow(self._sql.metadata, key)
+            row = await conn.fetchrow(sql.metadata_touch if touch else sql.metadata, key)
         if row is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
         return check_metadata("PostgreSQL", key, unpack_any(row[0], key=key))

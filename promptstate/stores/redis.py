@@ -777,11 +777,19 @@ class RedisStore(LeasingStore):
 
     async def count(self, key: str) -> int:
         with self._errors("counting messages of key", key):
+            if self._touch_on_read and self._ttl is not None:
+                _, _, count = await self._eval(scripts.META_TOUCH, self._keys(key), (self._ttl_ms,))
+                return int(count)
             return int(await self._cmd("LLEN", self._keys(key)[1]))
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
         with self._errors("reading the metadata of key", key):
-            version, raw = await self._cmd("HMGET", self._keys(key)[0], b"v", b"d")
+            if self._touch_on_read and self._ttl is not None:
+                version, raw, _ = await self._eval(
+                    scripts.META_TOUCH, self._keys(key), (self._ttl_ms,)
+                )
+            else:
+                version, raw = await self._cmd("HMGET", self._keys(key)[0], b"v", b"d")
         if version is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
         return self._metadata(key, raw)
@@ -824,6 +832,17 @@ class RedisStore(LeasingStore):
         if count < 0:
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
+
+    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+        if not count:
+            return []
+        keys, member = self._write_keys(key)
+        now = _now_us()
+        args: list[Any] = [self._ttl_ms, now, member, count]
+        raw = await self._write(
+            "popping from key", key, scripts.POP, keys, member, args, updated=now
+        )
+        return unpack_messages(raw, key=key) if raw else []
 
     def _info(self, key: str, flat: list[bytes], count: int) -> SessionInfo:
         fields = dict(zip(flat[::2], flat[1::2], strict=False))

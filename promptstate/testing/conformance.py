@@ -482,6 +482,18 @@ class StoreConformance:
             if style == "task":
                 assert cancelled, "no task.cancel() hit an append"
 
+    async def test_cancelled_pops_are_whole_and_settled(self, store: Store) -> None:
+        rng = random.Random(4122026)
+        for style in self._styles():
+            key = f"cancel-pop-{style}"
+            for trial in range(self.cancellation_trials):
+                await store.append(key, _batch(f"p{trial}", 2))
+                await self._cancel_at_random(rng, style, partial(store.pop_messages, key, 2))
+                left = await self._assert_settled(store, key)
+                _assert_whole_batches(left, 2)  # a pop took both messages of a batch or none
+                state = await store.get(key)
+                assert state.token_count == sum(m.tokens or 0 for m in state.messages)
+
     async def test_cancelled_sets_and_saves_are_settled(self, store: Store) -> None:
         rng = random.Random(1204)
         for style in self._styles():
@@ -1480,6 +1492,30 @@ class StoreConformance:
             if in_time:  # else the machine was too busy to read within the TTL: try again
                 assert touched == 1
                 assert await plain.load(key) == []
+                return
+        pytest.fail("the machine was too busy to read within the TTL in 5 attempts")
+
+    async def test_count_and_get_metadata_refresh_the_ttl_when_asked(
+        self, store_factory: StoreFactory
+    ) -> None:
+        touching = await store_factory(ttl=self.ttl_seconds, touch_on_read=True)
+        for attempt in range(5):
+            key = f"f{attempt}"
+            await touching.append(key, [Message("user", "a")])
+            last = time.monotonic()
+            in_time = True
+            for i in range(4):
+                await anyio.sleep(self.ttl_seconds * 0.6)
+                if i % 2:
+                    await touching.get_metadata(key)
+                else:
+                    assert await touching.count(key) == 1
+                now = time.monotonic()
+                in_time = in_time and now - last < self.ttl_seconds * 0.95
+                last = now
+            alive = await touching.count(key)
+            if in_time:  # else the machine was too busy to read within the TTL: try again
+                assert alive == 1
                 return
         pytest.fail("the machine was too busy to read within the TTL in 5 attempts")
 
