@@ -162,6 +162,15 @@ class RedisStore(LeasingStore):
             :class:`~promptstate.exceptions.StoreUnavailableError` (``None``: no limit).
         index_shards: How many sorted sets hold the listing index (default 1 on a single
             Redis, 8 on a Cluster, where they spread over the nodes).
+        wait_replicas: After each write of a session (``append``, ``append_turn``, ``save``,
+            ``set``, ``fork``, ``merge_metadata``, ``truncate``, ``delete``), wait until this
+            many replicas of the primary have it (Redis ``WAIT``), so that a failover cannot
+            lose an acknowledged write (leases and the listing index are not waited for).
+            ``0`` (the default) does not wait: Redis replicates asynchronously.
+        wait_timeout: Seconds to wait for those replicas (default 1.0; less than
+            ``socket_timeout``). Fewer acknowledgements in that time raise
+            :class:`~promptstate.exceptions.StoreUnavailableError` saying how many replicas
+            acknowledged; the write itself happened on the primary.
 
     Errors from Redis never reach you: a refused connection, a timeout or a server that went
     away raise :class:`~promptstate.exceptions.StoreUnavailableError` (the redis-py error
@@ -194,11 +203,15 @@ class RedisStore(LeasingStore):
         socket_connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 5.0,
         index_shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
         if not isinstance(prefix, str):
             raise ValidationError(f"prefix must be a str, got {type(prefix).__name__}")
         _check_positive("max_connections", max_connections)
+        if client is None:
+            _check_wait(wait_replicas, wait_timeout, socket_timeout)
         if client is not None:
             if address is not None or password is not None or username is not None or db:
                 raise ValidationError(
@@ -214,6 +227,7 @@ class RedisStore(LeasingStore):
                     "RedisStore needs a client made with decode_responses=False "
                     "(it stores MessagePack bytes)"
                 )
+            _check_wait(wait_replicas, wait_timeout, _socket_timeout(client))
             self._client: Redis | RedisCluster = client
             self._owns_client = False
         else:
@@ -259,6 +273,9 @@ class RedisStore(LeasingStore):
         self._ttl_ms = b"0" if self._ttl is None else str(max(1, round(self._ttl * 1000))).encode()
         self._next_prune = 0.0
         self._prune_every = 0.0 if self._ttl is None else min(max(self._ttl, 0.05), 60.0)
+        self._wait_replicas = wait_replicas
+        self._wait_timeout = wait_timeout
+        self._wait_ms = _ms(wait_timeout)
 
     @classmethod
     def from_url(
@@ -275,6 +292,8 @@ class RedisStore(LeasingStore):
         socket_connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 5.0,
         index_shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> RedisStore:
         """A store that owns a client built from ``url``.
 
@@ -308,6 +327,7 @@ class RedisStore(LeasingStore):
             raise ValidationError(f"prefix must be a str, got {type(prefix).__name__}")
         if index_shards is not None:
             _check_positive("index_shards", index_shards)
+        _check_wait(wait_replicas, wait_timeout, socket_timeout)
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
@@ -331,13 +351,16 @@ class RedisStore(LeasingStore):
             token_counter=token_counter,
             pool_timeout=pool_timeout,
             index_shards=index_shards,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
         store._owns_client = True
         return store
 
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "single"
-        return f"RedisStore(prefix={self._prefix!r}, {kind}, ttl={self._ttl!r})"
+        wait = f", wait_replicas={self._wait_replicas}" if self._wait_replicas else ""
+        return f"RedisStore(prefix={self._prefix!r}, {kind}, ttl={self._ttl!r}{wait})"
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -425,6 +448,76 @@ class RedisStore(LeasingStore):
         finally:
             if permits is not None:
                 permits.release()
+
+    async def _eval_write(
+        self,
+        what: str,
+        key: str,
+        script: scripts.Script,
+        keys: Sequence[bytes],
+        args: Sequence[Any],
+    ) -> Any:
+        """``_eval`` for a write of a session; with ``wait_replicas``, Redis ``WAIT`` follows
+        the script on the same connection, in the same round trip."""
+        if not self._wait_replicas:
+            return await self._eval(script, keys, args)
+        result, acked = await self._eval_and_wait(script, keys, args)
+        if isinstance(result, BaseException):
+            raise result
+        n, timeout = self._wait_replicas, self._wait_timeout
+        if isinstance(acked, BaseException) or int(acked) < n:
+            if isinstance(acked, BaseException):
+                told = f"WAIT failed ({type(acked).__name__}: {acked})"
+            else:
+                told = f"{int(acked)} of {n} replicas acknowledged it within {timeout:g} s"
+            raise StoreUnavailableError(
+                f"Redis did not confirm the write to replicas while {what} {key!r}: {told} "
+                f"(wait_replicas={n}, wait_timeout={timeout:g}). The write itself happened on "
+                "the primary and stays there, but a failover before a replica has it would "
+                "lose it. Check that the primary has enough connected replicas (INFO "
+                "replication); a retry of a write that is not idempotent (append without a "
+                "turn id) stores it again."
+            ) from (acked if isinstance(acked, BaseException) else None)
+        return result
+
+    async def _eval_and_wait(
+        self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """The script's reply and ``WAIT``'s (either may be an exception), from one
+        connection to the primary of the keys' slot."""
+        if self._pending_init:
+            await self._ready()
+        client = self._client
+        head: tuple[Any, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        wait = ("WAIT", self._wait_replicas, self._wait_ms)
+        replies: list[Any] = []
+        async with self._permit():
+            for _ in range(3):
+                pipe: Any = client.pipeline(transaction=False)
+                if isinstance(client, RedisCluster):
+                    # WAIT counts the acknowledgements of its own connection's writes: both
+                    # go to the primary of the slot, and so share one of its connections.
+                    await client.initialize()  # runs a topology refresh an error asked for
+                    node = client.get_node_from_key(keys[0].decode())
+                    pipe.execute_command(*head, target_nodes=node)
+                    pipe.execute_command(*wait, target_nodes=node)
+                    replies = await pipe.execute(raise_on_error=False, allow_redirections=False)
+                else:
+                    pipe.execute_command(*head)
+                    pipe.execute_command(*wait)
+                    replies = await pipe.execute(raise_on_error=False)
+                result = replies[0]
+                if isinstance(result, redis_errors.NoScriptError) and head[0] == "EVALSHA":
+                    head = ("EVAL", script.lua, *head[2:])
+                elif isinstance(result, redis_errors.MovedError) and isinstance(
+                    client, RedisCluster
+                ):
+                    # The slot moved (a failover, a resharding) and nothing was written: a
+                    # plain command follows the redirect and teaches the client the new map.
+                    await client.execute_command("EXISTS", keys[0])
+                else:
+                    break
+        return replies[0], replies[1]
 
     async def _ready(self) -> None:
         """Initialise a cluster client once, before any concurrent use.
@@ -607,7 +700,7 @@ class RedisStore(LeasingStore):
                 # nothing (or at the wrong time) and listing prunes or repairs it; the other
                 # order could leave a session that no listing finds.
                 await self._index_sync(member, self._ttl_ms, updated, created, user)
-            result = await self._eval(script, keys, args)
+            result = await self._eval_write(what, key, script, keys, args)
         if self._ttl is not None and time.monotonic() >= self._next_prune:
             try:
                 await self._maybe_prune()
@@ -720,6 +813,12 @@ class RedisStore(LeasingStore):
             raise ConflictError(
                 f"session {session_id!r} holds {count} messages, expected {expected_count}"
             )
+        if status == 0 and self._wait_replicas and turn_id is not None:
+            # The turn was stored already (a retry): WAIT after a script that wrote nothing
+            # would count the acknowledgements of this connection's older writes, so write
+            # something harmless first, after the turn, and wait for that.
+            with self._errors("appending a turn to key", session_id):
+                await self._eval_write("appending a turn to key", session_id, _MARK, keys[:1], [])
         return int(count)
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
@@ -733,7 +832,7 @@ class RedisStore(LeasingStore):
     async def delete(self, key: str) -> bool:
         keys, member = self._write_keys(key)
         with self._errors("deleting key", key):
-            existed = await self._eval(scripts.DELETE, keys, (member,))
+            existed = await self._eval_write("deleting key", key, scripts.DELETE, keys, [member])
             if self._cluster:
                 await self._eval(
                     scripts.INDEX_DROP, self._index_keys(self._shard(member)), (member,)
@@ -1122,6 +1221,39 @@ class RedisStore(LeasingStore):
         with self._errors("releasing the turn lease on key", key):
             done = await self._eval(scripts.LEASE_RELEASE, (self._lease_key(key),), (owner,))
         return bool(done)
+
+
+#: A write that changes nothing, in a session's slot, for ``WAIT`` to wait for.
+_MARK = scripts.Script(
+    "local v = redis.call('HGET', KEYS[1], 'v') "
+    "if v then redis.call('HSET', KEYS[1], 'v', v) end return 1"
+)
+
+
+def _check_wait(replicas: object, timeout: object, socket_timeout: float | None) -> None:
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise ValidationError(f"wait_replicas must be an int >= 0, got {replicas!r}")
+    if (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not 0 < timeout < math.inf
+    ):
+        raise ValidationError(f"wait_timeout must be a number of seconds > 0, got {timeout!r}")
+    if replicas and socket_timeout is not None and timeout >= socket_timeout:
+        raise ValidationError(
+            f"wait_timeout ({timeout:g} s) must be shorter than socket_timeout "
+            f"({socket_timeout:g} s), or every write that waits for replicas times out"
+        )
+
+
+def _socket_timeout(client: Redis | RedisCluster) -> float | None:
+    """The reply timeout a client was made with, if it says."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    value = kwargs.get("socket_timeout")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _ms(seconds: float) -> int:

@@ -37,6 +37,13 @@ def _integer(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -121,6 +128,8 @@ _REDIS_OPTIONS: Mapping[str, _Parser] = {
     "socket_connect_timeout": _seconds,
     "pool_timeout": _seconds,
     "index_shards": _integer,
+    "wait_replicas": _count,
+    "wait_timeout": _seconds,
 }
 _POSTGRES_OPTIONS: Mapping[str, _Parser] = {
     "table_name": _text,
