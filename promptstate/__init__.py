@@ -44,6 +44,7 @@ from promptstate.sdk import (
 from promptstate.serialization import SCHEMA_VERSION, decode_state, encode_state
 from promptstate.stores import (
     CachedStore,
+    LeasingStore,
     MemoryStore,
     PostgresStore,
     SQLiteStore,
@@ -109,6 +110,7 @@ __all__ = [
     "ImportResult",
     "InvalidKeyError",
     "LeaseLostError",
+    "LeasingStore",
     "MemoryStore",
     "Message",
     "MockProvider",

@@ -26,17 +26,16 @@ validated; the backend keeps leases in its own namespace, apart from the states)
 
 ``ttl`` is in seconds (a float; Redis rounds it up to whole milliseconds for ``SET NX PX``).
 
-Two optional capabilities let a turn on a leasing store cost two round trips instead of four
-(acquire, load, save, release):
+A store declares leases by subclassing :class:`~promptstate.stores.base.LeasingStore`, which
+also has the two methods that let a turn cost two round trips instead of four (acquire, load,
+save, release) where a backend implements them in one atomic step each:
 
-* :class:`SupportsLeasedLoad`: ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease
-  and, only when it was taken, reads the newest ``last`` messages, in one atomic step
-  (``None`` when another owner holds the lease). The turn uses it when its first stage is a
-  :class:`~promptstate.stages.LoadState`, whose first read it then serves.
+* ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease and, only when it was taken,
+  reads the newest ``last`` messages (``None`` when another owner holds the lease). The turn
+  uses it when its first stage is a :class:`~promptstate.stages.LoadState`, whose first read
+  it then serves.
 * ``append_turn(..., release_lease=owner)``: the store appends the turn only while ``owner``
-  holds the lease and deletes the lease in the same atomic step. A store declares it by
-  setting ``__promptstate_release_lease__ = True`` on its ``append_turn`` (see
-  :func:`releases_lease_on_save`).
+  holds the lease and deletes the lease in the same atomic step.
 
 A turn that fails or is cancelled before its save still releases its lease with
 ``release_lease``, as before.
@@ -61,6 +60,7 @@ import anyio
 
 from promptstate.exceptions import LeaseLostError, SessionBusyError, ValidationError
 from promptstate.settle import settled
+from promptstate.stores.base import LeasingStore
 
 if TYPE_CHECKING:
     from promptstate.types import Message
@@ -220,40 +220,10 @@ class SessionLock:
 _tables: weakref.WeakKeyDictionary[object, SessionLock] = weakref.WeakKeyDictionary()
 
 
-_lease_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
 def supports_lease(store: object) -> bool:
-    """Whether ``store`` implements :class:`SupportsLease` (cached per class)."""
-    cls = type(store)
-    known = _lease_support.get(cls)
-    if known is None:
-        known = isinstance(store, SupportsLease)
-        # A wrapper that forwards attributes (CachedStore) has leases when its inner store
-        # does: decide per object for those, never per class.
-        if not hasattr(cls, "__getattr__"):
-            _lease_support[cls] = known
-    return known
-
-
-_leased_load_support: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
-def supports_leased_load(store: object) -> bool:
-    """Whether ``store`` has ``acquire_and_load`` (:class:`SupportsLeasedLoad`), per class."""
-    cls = type(store)
-    known = _leased_load_support.get(cls)
-    if known is None:
-        known = supports_lease(store) and isinstance(store, SupportsLeasedLoad)
-        if not hasattr(cls, "__getattr__"):
-            _leased_load_support[cls] = known
-    return known
-
-
-def releases_lease_on_save(store: object) -> bool:
-    """Whether ``store.append_turn`` takes ``release_lease=owner`` natively (atomically)."""
-    append_turn = getattr(type(store), "append_turn", None)
-    return bool(getattr(append_turn, "__promptstate_release_lease__", False))
+    """Whether ``store`` declares cross-process turn leases: it is a
+    :class:`~promptstate.stores.base.LeasingStore` (the one question the pipeline asks)."""
+    return isinstance(store, LeasingStore)
 
 
 def local_locks(store: object) -> SessionLock:
@@ -296,7 +266,7 @@ class TurnLease:
         #: ``(last, messages)`` read with the lease by ``acquire_and_load``, until used.
         self.prefetch: tuple[int | None, list[Message]] | None = None
         #: Whether the save may release the lease in its own write (``release_lease=``).
-        self.release_on_save = releases_lease_on_save(store)
+        self.release_on_save = True
 
     async def acquire(
         self, max_wait: float | None, *, load: tuple[int | None] | None = None
@@ -480,8 +450,6 @@ async def session_turn(
             return
         remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
         lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
-        if load is not None and not supports_leased_load(store):
-            load = None
         try:
             await lease.acquire(remaining, load=load)
             keeper = _TimerKeepAlive.start(lease)

@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -43,11 +43,11 @@ from promptstate.locks import (
     run_turn,
     session_turn,
     supports_lease,
-    supports_leased_load,
 )
-from promptstate.providers.base import Chunk, Completion, Provider
+from promptstate.providers.base import Chunk, Provider
 from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
 from promptstate.stages.check_reply import with_check_reply
+from promptstate.stages.context import CallNext, ExecutionContext, Middleware
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
@@ -68,118 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: What a stage calls to run the rest of the chain.
-CallNext = Callable[["ExecutionContext"], Awaitable[None]]
-
-
-class Middleware(Protocol):
-    """A pipeline stage: do some work, then ``await call_next(ctx)`` (or don't, to stop)."""
-
-    async def __call__(self, ctx: ExecutionContext, call_next: CallNext) -> None: ...
-
-
-class ExecutionContext:
-    """Everything one turn knows, handed from stage to stage.
-
-    Attributes:
-        session_id: The conversation's key.
-        input: The new message of this turn (its tokens counted).
-        system: System messages sent first on every turn and never stored.
-        history: The stored messages the load stage read (oldest first; maybe only a tail).
-        messages: What the provider will be (or was) sent; truncation stages rewrite it.
-        pending: Messages to store before ``input`` in this turn's append (e.g. a summary).
-        options: Request options for the provider (temperature, tools, ...).
-        response: The assistant's message, once the provider answered.
-        completion: The provider's whole :class:`~promptstate.providers.Completion`.
-        usage: Tokens the turn's model call consumed.
-        summary_usage: Tokens spent on summaries (see :class:`~promptstate.truncation.Summarize`).
-        cost: USD the turn cost so far (model call plus summaries).
-        message_count: The session's number of messages after the save.
-        turn_id: This turn's id, stored in the first saved message's metadata.
-        store: The pipeline's store.
-        provider: The pipeline's provider.
-        counter: The token counter.
-        strategies: The truncation strategies in the chain (the load stage asks them).
-        lease: The cross-process lease held for the turn, if the store has leases.
-        emit: In a streamed turn, sends a chunk to the consumer; None otherwise.
-        guardrails: The prompt's validators, checked on the reply by
-            :class:`~promptstate.stages.CheckReply`; None for none.
-        telemetry: The turn's OpenTelemetry span and clock when ``opentelemetry-api`` is
-            installed (:mod:`promptstate.integrations.opentelemetry`); None otherwise.
-        data: Free space for your own stages to share values.
-    """
-
-    __slots__ = (
-        "completion",
-        "cost",
-        "counter",
-        "data",
-        "emit",
-        "guardrails",
-        "history",
-        "input",
-        "lease",
-        "message_count",
-        "messages",
-        "options",
-        "pending",
-        "provider",
-        "response",
-        "session_id",
-        "store",
-        "strategies",
-        "summary_usage",
-        "system",
-        "telemetry",
-        "turn_id",
-        "usage",
-    )
-
-    def __init__(
-        self,
-        *,
-        session_id: str,
-        input: Message,
-        store: Store,
-        provider: Provider,
-        counter: TokenCounter,
-        system: list[Message],
-        options: dict[str, Any],
-        strategies: tuple[TruncationStrategy, ...] = (),
-        emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
-        turn_id: str | None = None,
-        guardrails: Guardrails | None = None,
-    ) -> None:
-        self.session_id = session_id
-        self.input = input
-        self.store = store
-        self.provider = provider
-        self.counter = counter
-        self.system = system
-        self.options = options
-        self.strategies = strategies
-        self.emit = emit
-        self.guardrails = guardrails
-        self.telemetry: Any = None
-        self.history: list[Message] = []
-        self.messages: list[Message] = [*system, input]
-        self.pending: list[Message] = []
-        self.response: Message | None = None
-        self.completion: Completion | None = None
-        self.usage = Usage()
-        self.summary_usage = Usage()
-        self.cost = 0.0
-        self.message_count: int | None = None
-        self.turn_id = turn_id or new_id()
-        self.lease: TurnLease | None = None
-        self.data: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"ExecutionContext(session_id={self.session_id!r}, turn_id={self.turn_id!r}, "
-            f"history={len(self.history)}, messages={len(self.messages)})"
-        )
 
 
 class ExecutionResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -408,14 +296,21 @@ class Pipeline(AsyncResource):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
         self._middleware: tuple[Middleware, ...] = tuple(stages)
         self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
-        # When the chain starts with the load stage, a store with acquire_and_load reads its
-        # first window together with taking the turn's lease (one round trip, not two).
+        # The one question asked of the store, once: does it declare cross-process leases?
+        self._leasing = supports_lease(self._store)
+        if not self._leasing and callable(getattr(self._store, "acquire_lease", None)):
+            raise ValidationError(
+                f"{type(self._store).__name__} has lease methods but is not a LeasingStore: "
+                "subclass promptstate.LeasingStore to declare them (a pipeline would otherwise "
+                "serialize its turns within this process only)"
+            )
+        # When the chain starts with the load stage, a leasing store reads the first window
+        # together with taking the turn's lease (acquire_and_load).
         first = stages[0] if stages else None
         self._first_load: LoadState | None = (
-            first if isinstance(first, LoadState) and supports_leased_load(self._store) else None
+            first if isinstance(first, LoadState) and self._leasing else None
         )
         self._locks = local_locks(self._store)
-        self._leasing = supports_lease(self._store)
         self._release_on_save = _saves_once(stages)
         self._counter: TokenCounter = token_counter or self._store.token_counter
         self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")

@@ -217,10 +217,10 @@ def unpack_messages(items: list[bytes], *, key: str | None = None) -> list[Messa
         raise _undecodable("message", None, key, exc) from exc
 
 
-def unpack_any(data: bytes, *, key: str | None = None) -> Any:
+def unpack_any(data: object, *, key: str | None = None) -> Any:
     """A stored MessagePack value of no fixed type (e.g. a metadata dict)."""
     try:
-        return _any_msgpack_decoder.decode(data)
+        return _any_msgpack_decoder.decode(data)  # type: ignore[arg-type]  # not bytes: TypeError
     except (msgspec.DecodeError, TypeError, RecursionError) as exc:
         raise _undecodable("data", data, key, exc) from exc
 

@@ -46,7 +46,7 @@ from promptstate.tokens import with_tokens
 from promptstate.types import Message, ToolCall
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext, Middleware
+    from promptstate.stages.context import ExecutionContext, Middleware
 
 __all__ = [
     "Tool",

@@ -29,8 +29,8 @@ from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
 from promptstate.types import Message, utcnow
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext
     from promptstate.providers.base import Provider
+    from promptstate.stages.context import ExecutionContext
 
 __all__ = [
     "SUMMARY_KEY",

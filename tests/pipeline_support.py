@@ -19,7 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from promptstate import MemoryStore, Message, Store, StoreUnavailableError
+from promptstate import LeasingStore, MemoryStore, Message, Store, StoreUnavailableError
 
 #: The store kinds the turn-safety tests run on. Server stores are skipped until they exist.
 STORE_KINDS = ["memory", "memory-leased", "custom", "sqlite", "redis", "postgres"]
@@ -35,8 +35,9 @@ class LeaseTable:
         self.released = 0
 
 
-class LeasingMemoryStore(MemoryStore):
-    """A MemoryStore with leases (``SupportsLease``).
+class LeasingMemoryStore(LeasingStore, MemoryStore):
+    """A MemoryStore with leases (a ``LeasingStore``: its ``append_turn`` appends, then
+    releases the lease; its ``acquire_and_load`` takes the lease, then reads).
 
     Give several of them the same ``table`` and ``share_with`` to get separate store objects
     (separate in-process lock tables, like separate processes) over one data set, which only

@@ -18,6 +18,7 @@ import pytest
 from promptstate import (
     ConflictError,
     InvalidKeyError,
+    LeasingStore,
     MemoryStore,
     Message,
     MockProvider,
@@ -29,9 +30,7 @@ from promptstate import (
 )
 from promptstate.locks import (
     LeaseLostError,
-    releases_lease_on_save,
     supports_lease,
-    supports_leased_load,
 )
 from promptstate.stages import CallProvider, LoadState, SaveState
 from tests.pipeline_support import LeasingMemoryStore, close_kind, open_kind, server_for
@@ -71,17 +70,27 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
     from promptstate.stores.redis import RedisStore
     from promptstate.stores.sqlite import SQLiteStore
 
+    # Declared in the type: the three server-backed stores are LeasingStores (each with its
+    # own append_turn that releases the lease in the write; Redis and SQLite also take the
+    # lease and read in one step, PostgreSQL keeps the default acquire-then-load because one
+    # statement would read with a snapshot older than the lease it waited for).
     for cls in (RedisStore, SQLiteStore, PostgresStore):
-        assert releases_lease_on_save(cls.__new__(cls)), cls
-    assert supports_leased_load(RedisStore.__new__(RedisStore))
-    assert supports_leased_load(SQLiteStore.__new__(SQLiteStore))
-    # PostgreSQL: one statement would read with a snapshot older than the lease it waited
-    # for, so it keeps acquire and load apart.
-    assert not supports_leased_load(PostgresStore.__new__(PostgresStore))
-    assert not supports_leased_load(MemoryStore())
-    assert not releases_lease_on_save(MemoryStore())
+        assert issubclass(cls, LeasingStore), cls
+        assert "append_turn" in cls.__dict__, cls
+    assert "acquire_and_load" in RedisStore.__dict__
+    assert "acquire_and_load" in SQLiteStore.__dict__
+    assert "acquire_and_load" not in PostgresStore.__dict__
+    assert not supports_lease(MemoryStore())
     assert supports_lease(LeasingMemoryStore())
-    assert not supports_leased_load(LeasingMemoryStore())
+
+
+def test_lease_methods_without_the_declaration_are_refused() -> None:
+    class Undeclared(MemoryStore):
+        async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+            return True
+
+    with pytest.raises(ValidationError, match="not a LeasingStore"):
+        Pipeline(MockProvider(["hi"]), store=Undeclared())
 
 
 async def test_acquire_and_load_reads_only_with_the_lease(loading_store: Store) -> None:
@@ -391,10 +400,12 @@ async def test_long_turns_renew_the_lease_with_either_keeper(
     store = LeasingMemoryStore()
 
     async def slow(messages: list[Message]) -> str:
-        await anyio.sleep(0.35)
+        await anyio.sleep(1.0)
         return "done"
 
-    async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.15) as pipe:
+    # A TTL of 0.6 s renewed every 0.2 s: long enough that a loaded machine's stalls (the
+    # suite runs beside other jobs) do not let it lapse (0.15 s did, once in a random run).
+    async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.6) as pipe:
         result = await pipe.execute("conv", "user", "take your time")
         stream = [c async for c in pipe.stream("conv", "user", "again")]
     assert result.response.content == "done"
@@ -418,7 +429,6 @@ async def test_a_cached_store_has_leases_exactly_when_its_inner_store_has(
     assert not supports_lease(over_memory)
     async with CachedStore(SQLiteStore(tmp_path / "cached.db"), close_inner=True) as over_sqlite:
         assert supports_lease(over_sqlite)
-        assert not supports_leased_load(over_sqlite)  # CachedStore keeps the old path
         async with Pipeline(MockProvider(["hi"]), store=over_sqlite) as pipe:
             await pipe.execute("conv", "user", "hello")
         assert [m.content for m in await over_sqlite.load("conv")] == ["hello", "hi"]
@@ -444,8 +454,6 @@ def _lost_reply_sqlite(path: Path, interloper: bool) -> Any:
                     )
                 raise StoreUnavailableError("the reply was lost")
             return count
-
-        append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     return LostReply(path)
 

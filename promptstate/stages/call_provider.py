@@ -14,7 +14,7 @@ from promptstate.tokens import count_tokens, with_tokens
 from promptstate.types import Message, Usage, utcnow
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext
+    from promptstate.stages.context import ExecutionContext
 
 __all__ = ["CallProvider"]
 

@@ -12,7 +12,7 @@ from promptstate.exceptions import GuardrailError, ValidationError
 from promptstate.validators import VIOLATIONS_KEY
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext, Middleware
+    from promptstate.stages.context import ExecutionContext, Middleware
 
 __all__ = ["CheckReply", "with_check_reply"]
 

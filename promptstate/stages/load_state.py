@@ -9,8 +9,7 @@ from promptstate.exceptions import ValidationError
 from promptstate.types import Message
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext
-    from promptstate.truncation import TruncationStrategy
+    from promptstate.stages.context import ExecutionContext, WindowStrategy
 
 __all__ = ["LoadState"]
 
@@ -49,7 +48,7 @@ class LoadState:
         ctx.messages = [*ctx.system, *ctx.history, ctx.input]
         await call_next(ctx)
 
-    def first_window(self, strategies: tuple[TruncationStrategy, ...]) -> int | None:
+    def first_window(self, strategies: tuple[WindowStrategy, ...]) -> int | None:
         """How many of the newest messages the first read asks for (``None``: all)."""
         if self.last is not None:
             return self.last

@@ -14,7 +14,7 @@ from promptstate.tokens import with_tokens
 from promptstate.types import Message
 
 if TYPE_CHECKING:
-    from promptstate.pipeline import ExecutionContext
+    from promptstate.stages.context import ExecutionContext
 
 __all__ = ["SaveState"]
 

@@ -1,6 +1,12 @@
 """Stores: where conversation state lives."""
 
-from promptstate.stores.base import MAX_KEY_LENGTH, Store, validate_key, validate_prefix
+from promptstate.stores.base import (
+    MAX_KEY_LENGTH,
+    LeasingStore,
+    Store,
+    validate_key,
+    validate_prefix,
+)
 from promptstate.stores.cached import CachedStore
 from promptstate.stores.memory import MemoryStore
 from promptstate.stores.postgres import PostgresStore
@@ -10,6 +16,7 @@ from promptstate.stores.url import open_store
 __all__ = [
     "MAX_KEY_LENGTH",
     "CachedStore",
+    "LeasingStore",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
+import anyio
 import msgspec
 
 from promptstate._resource import AsyncResource
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PAGE_SIZE",
     "MAX_TTL",
+    "LeasingStore",
     "SessionQuery",
     "TURN_ID_KEY",
     "Store",
@@ -503,28 +505,20 @@ def _guard_append_turn(fn: F) -> F:
             return await fn(
                 self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
             )
-        if getattr(fn, "__promptstate_release_lease__", False):
-            return await fn(
-                self,
-                key,
-                items,
-                cost=float(cost),
-                turn_id=turn_id,
-                expected_count=expected_count,
-                release_lease=release_lease,
-            )
-        # Not native: append, then release (two steps; the pipeline does not ask for this).
-        release = getattr(self, "release_lease", None)
-        if release is None:
+        if not isinstance(self, LeasingStore):
             raise ValidationError(
                 f"{type(self).__name__} has no leases: append_turn(release_lease=...) "
-                "needs a store with release_lease()"
+                "needs a LeasingStore"
             )
-        count = await fn(
-            self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
+        return await fn(
+            self,
+            key,
+            items,
+            cost=float(cost),
+            turn_id=turn_id,
+            expected_count=expected_count,
+            release_lease=release_lease,
         )
-        await release(key, release_lease)
-        return count
 
     return cast(F, guarded)
 
@@ -862,12 +856,8 @@ class Store(AsyncResource, ABC):
         * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
           session holds exactly that many messages before the append (0 for a new session).
           Checked after the turn id, so a retried turn is not a conflict.
-        * ``release_lease`` (a keyword the guard accepts for every store with leases): the
-          owner token of the turn's lease. A backend whose override takes it and is marked
-          ``__promptstate_release_lease__ = True`` writes only while that owner holds the
-          lease (else :class:`~promptstate.locks.LeaseLostError`, unless the turn is stored
-          already) and deletes the lease in the same atomic step. For any other store the base class
-          appends and then calls ``release_lease`` (two steps).
+        * ``release_lease`` (only on a :class:`LeasingStore`, see its ``append_turn``): the
+          owner token of the turn's lease, released with the write.
 
         Backends override this with one native atomic operation. The default composes other
         methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``
@@ -1131,6 +1121,88 @@ def _turn_stored(stored: Sequence[Message], new: Sequence[Message], turn_id: str
     if turn_id is None or not new or len(stored) < len(new):
         return False
     return bool(stored[len(stored) - len(new)].metadata.get(TURN_ID_KEY) == turn_id)
+
+
+class LeasingStore(Store):
+    """A store whose turn leases are shared by every process that uses it.
+
+    Subclassing it is how a store declares cross-process turn safety: a pipeline on a
+    ``LeasingStore`` takes the session's lease for each turn (one turn at a time per session
+    across processes); on any other store it serializes turns within its own process only.
+    A wrapper (``CachedStore``, ``EncryptedStore``) is a ``LeasingStore`` exactly when the store
+    it wraps is one.
+
+    A backend implements the three lease methods, atomically, with the lease kept apart from
+    the states (``key`` is the session id, already validated; ``ttl`` in seconds). It may
+    override :meth:`acquire_and_load` and :meth:`append_turn` with one round trip each; the
+    defaults compose the other methods.
+    """
+
+    @abstractmethod
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the lease on ``key`` for ``owner`` if nobody holds it (or it expired).
+
+        Returns:
+            True when ``owner`` now holds it; False when another owner does.
+        """
+
+    @abstractmethod
+    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease on ``key`` to ``ttl`` seconds from now.
+
+        Returns:
+            False when ``owner`` no longer holds it (it expired and someone else took it).
+        """
+
+    @abstractmethod
+    async def release_lease(self, key: str, owner: str) -> bool:
+        """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete).
+
+        Returns:
+            True when ``owner``'s lease was released.
+        """
+
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the lease and, only when it was taken, read the newest ``last`` messages.
+
+        Returns ``None`` (nothing read) when another owner holds the lease. The default is
+        :meth:`acquire_lease` then :meth:`load` (two round trips; the lease is given back if
+        the read fails); Redis and SQLite do both in one atomic step.
+        """
+        if not await self.acquire_lease(key, owner, ttl):
+            return None
+        try:
+            return await self.load(key, last=last)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.release_lease(key, owner)
+            raise
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+        release_lease: str | None = None,
+    ) -> int:
+        """:meth:`Store.append_turn`, and with ``release_lease=owner`` also give the lease back.
+
+        A backend overrides this with one atomic step that writes only while ``owner`` holds
+        the lease (else :class:`~promptstate.exceptions.LeaseLostError`, unless the turn is
+        stored already) and deletes the lease with the write. The default appends, then
+        releases (two steps).
+        """
+        count = await super().append_turn(
+            session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+        )
+        if release_lease is not None:
+            await self.release_lease(session_id, release_lease)
+        return count
 
 
 _S = TypeVar("_S", bound=Store)

@@ -13,7 +13,7 @@ import msgspec
 from promptstate.exceptions import ValidationError
 from promptstate.locks import supports_lease
 from promptstate.stores._forwarding import ForwardedLeases
-from promptstate.stores.base import SessionQuery, Store, normalize_ttl
+from promptstate.stores.base import LeasingStore, SessionQuery, Store, normalize_ttl
 from promptstate.types import Message, SessionInfo, State
 
 __all__ = ["CachedStore"]
@@ -351,8 +351,33 @@ class CachedStore(Store):
             await self._inner.aclose()
 
 
-class _LeasingCachedStore(ForwardedLeases, CachedStore):
-    """A :class:`CachedStore` over a store with leases: it has the inner store's leases."""
+class _LeasingCachedStore(ForwardedLeases, CachedStore, LeasingStore):
+    """A :class:`CachedStore` over a :class:`LeasingStore`: it is one too, with the inner
+    store's leases and its ``append_turn`` with release (``acquire_and_load`` is the default:
+    the lease, then a read that the cache may serve)."""
+
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+        release_lease: str | None = None,
+    ) -> int:
+        inner: LeasingStore = self._inner
+        return await self._write(
+            session_id,
+            inner.append_turn(
+                session_id,
+                messages,
+                cost=cost,
+                turn_id=turn_id,
+                expected_count=expected_count,
+                release_lease=release_lease,
+            ),
+        )
 
 
 _LeasingCachedStore.__name__ = _LeasingCachedStore.__qualname__ = "CachedStore"

@@ -37,9 +37,9 @@ from typing import Any
 import msgspec
 
 from promptstate.exceptions import ConflictError, DecryptionError, ValidationError
-from promptstate.locks import supports_lease, supports_leased_load
+from promptstate.locks import supports_lease
 from promptstate.stores._forwarding import ForwardedLeases
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, Store
 from promptstate.tokens import with_tokens
 from promptstate.types import Message, SessionInfo, State
 
@@ -138,9 +138,7 @@ class EncryptedStore(Store):
     def __new__(cls, inner: Store, **options: Any) -> EncryptedStore:
         # Over a store with leases, a subclass that declares them (so the pipeline sees them).
         if cls is EncryptedStore and supports_lease(inner):
-            cls = (
-                _LeasedLoadEncryptedStore if supports_leased_load(inner) else _LeasingEncryptedStore
-            )
+            cls = _LeasingEncryptedStore
         return super().__new__(cls)
 
     def __getattr__(self, name: str) -> Any:
@@ -357,9 +355,6 @@ class EncryptedStore(Store):
             **lease,
         )
 
-    # The inner store (its guard, or its native write) handles release_lease=.
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
-
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
@@ -473,20 +468,17 @@ class EncryptedStore(Store):
         return value
 
 
-class _LeasingEncryptedStore(ForwardedLeases, EncryptedStore):
-    """An :class:`EncryptedStore` over a store with leases: it has the inner store's leases."""
-
-
-class _LeasedLoadEncryptedStore(_LeasingEncryptedStore):
-    """... and over one that takes the lease and reads in one step, that step too."""
+class _LeasingEncryptedStore(ForwardedLeases, EncryptedStore, LeasingStore):
+    """An :class:`EncryptedStore` over a :class:`LeasingStore`: it is one too, with the inner
+    store's leases, its one-step ``acquire_and_load`` and its ``append_turn`` with release."""
 
     async def acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """Take the inner store's lease and read (and open) the newest ``last`` messages."""
-        got: list[Message] | None = await self._inner.acquire_and_load(key, owner, ttl, last=last)
+        inner: LeasingStore = self._inner
+        got = await inner.acquire_and_load(key, owner, ttl, last=last)
         return None if got is None else self._open_messages(got, key)
 
 
-for _cls in (_LeasingEncryptedStore, _LeasedLoadEncryptedStore):
-    _cls.__name__ = _cls.__qualname__ = "EncryptedStore"
+_LeasingEncryptedStore.__name__ = _LeasingEncryptedStore.__qualname__ = "EncryptedStore"

@@ -408,7 +408,7 @@ class MemoryStore(Store):
         entry = self._lookup(key, read=True)
         if entry is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
-        metadata: dict[str, Any] = unpack_any(entry.metadata, key=key)
+        metadata = check_metadata("memory", key, unpack_any(entry.metadata, key=key))
         return metadata
 
     async def merge_metadata(
@@ -429,7 +429,10 @@ class MemoryStore(Store):
                 expires_at=None,
             )
             self._put(key, entry)
-        metadata: dict[str, Any] = {**unpack_any(entry.metadata, key=key), **updates}
+        metadata: dict[str, Any] = {
+            **check_metadata("memory", key, unpack_any(entry.metadata, key=key)),
+            **updates,
+        }
         for name in remove:
             metadata.pop(name, None)
         entry.metadata = pack(metadata) if metadata else _EMPTY_DICT
@@ -498,7 +501,7 @@ class MemoryStore(Store):
                     message_count=len(entry.messages),
                     token_count=entry.token_count,
                     total_cost=entry.total_cost,
-                    metadata=unpack_any(entry.metadata, key=key),
+                    metadata=check_metadata("memory", key, unpack_any(entry.metadata, key=key)),
                     created_at=entry.created_at,
                     updated_at=entry.updated_at,
                     version=entry.version,

@@ -53,8 +53,8 @@ from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
-from promptstate.stores.integrity import checked_info, checked_state
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -193,10 +193,13 @@ class _SQL:
         touch = f"UPDATE {t} s SET expires_at = {exp} WHERE {live_s} AND s.key"
         self.touching = ttl is not None
 
-        self.get = f"SELECT {head}, {msgs} FROM {t} s WHERE s.key = $1 AND {live_s}"
+        self.get = (
+            f"SELECT {head}, {msgs}, s.message_count FROM {t} s WHERE s.key = $1 AND {live_s}"
+        )
         self.get_touch = f"WITH touch AS ({touch} = $1) {self.get}"
         self.get_many = (
-            f"SELECT s.key, {head}, {msgs} FROM {t} s WHERE s.key = ANY($1::text[]) AND {live_s}"
+            f"SELECT s.key, {head}, {msgs}, s.message_count FROM {t} s"
+            f" WHERE s.key = ANY($1::text[]) AND {live_s}"
         )
         self.get_many_touch = f"WITH touch AS ({touch} = ANY($1::text[])) {self.get_many}"
 
@@ -523,7 +526,7 @@ def _page_sql(sessions: str, live: str, query: SessionQuery) -> tuple[str, list[
 # -- the store --------------------------------------------------------------------------------
 
 
-class PostgresStore(Store):
+class PostgresStore(LeasingStore):
     """Conversation state in PostgreSQL, through an asyncpg pool.
 
     Use :meth:`from_dsn` to have the store build (and close) its own pool, or pass an
@@ -836,6 +839,7 @@ class PostgresStore(Store):
             created_at=row[offset + 5],
             updated_at=row[offset + 6],
             messages=unpack_messages(row[offset + 7], key=key),
+            message_count=row[offset + 8],
         )
 
     async def get(self, key: str) -> State:
@@ -897,7 +901,7 @@ class PostgresStore(Store):
         while True:
             where, args = _range(prefix, after, 1)
             page = (
-                f"SELECT s.key, {sql.head}, {sql.msgs} FROM {sql.sessions} s"
+                f"SELECT s.key, {sql.head}, {sql.msgs}, s.message_count FROM {sql.sessions} s"
                 f" WHERE {where} AND {sql.live_s} ORDER BY s.key LIMIT {_PAGE}"
             )
             if self._touch_on_read and sql.touching:
@@ -938,7 +942,11 @@ class PostgresStore(Store):
         if not messages:
             async with self._conn("append to", session_id) as conn:
                 count = await conn.fetchval(self._sql.count, session_id)
-            return int(count or 0)
+            return (
+                0
+                if count is None
+                else check_count("PostgreSQL", session_id, "message_count", count)
+            )
         _, encoded, tokens = self._encode(messages, session_id)
         count = await self._write(
             "append to",
@@ -1023,8 +1031,6 @@ class PostgresStore(Store):
                 if self._maybe_purge_due():
                     await self._opportunistic_purge(conn)
                 return int(new_count)
-
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     async def _append_turn_release(
         self,
@@ -1209,7 +1215,7 @@ class PostgresStore(Store):
         touch = self._touch_on_read and self._sql.touching
         async with self._conn("count", key) as conn:
             count = await conn.fetchval(self._sql.count_touch if touch else self._sql.count, key)
-        return int(count or 0)
+        return 0 if count is None else check_count("PostgreSQL", key, "message_count", count)
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
         sql = self._sql
@@ -1218,8 +1224,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(sql.metadata_touch if touch else sql.metadata, key)
         if row is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
-        metadata: dict[str, Any] = unpack_any(row[0], key=key)
-        return metadata
+        return check_metadata("PostgreSQL", key, unpack_any(row[0], key=key))
 
     @settled_write
     async def merge_metadata(
@@ -1237,7 +1242,10 @@ class PostgresStore(Store):
                     metadata = dict(updates)
                     version = await conn.fetchval(sql.metadata_new, key, pack(metadata), now)
                 else:
-                    metadata = {**unpack_any(row[1], key=key), **updates}
+                    metadata = {
+                        **check_metadata("PostgreSQL", key, unpack_any(row[1], key=key)),
+                        **updates,
+                    }
                     for name in drop:
                         metadata.pop(name, None)
                     packed = pack(metadata) if metadata else _EMPTY_DICT

@@ -51,7 +51,7 @@ from promptstate.exceptions import (
 from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store, normalize_ttl
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, normalize_ttl
 from promptstate.stores.integrity import (
     check_metadata,
     checked_info,
@@ -128,7 +128,7 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class RedisStore(Store):
+class RedisStore(LeasingStore):
     """Conversation state in Redis or Redis Cluster, over ``redis.asyncio`` (with hiredis).
 
     Three ways to make one:
@@ -820,8 +820,6 @@ class RedisStore(Store):
             with self._errors("appending a turn to key", session_id):
                 await self._eval_write("appending a turn to key", session_id, _MARK, keys[:1], [])
         return int(count)
-
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
 
     async def save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)

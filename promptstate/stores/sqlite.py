@@ -68,8 +68,15 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store
-from promptstate.stores.integrity import checked_info, checked_state, timestamp_from_us
+from promptstate.settle import settled
+from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores.integrity import (
+    check_count,
+    check_metadata,
+    checked_info,
+    checked_state,
+    timestamp_from_us,
+)
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State
 
@@ -395,7 +402,7 @@ class _BrokenConnection(Exception):
         self.original = original
 
 
-class SQLiteStore(Store):
+class SQLiteStore(LeasingStore):
     """Conversations in one SQLite file: persistent, no server, safe across processes.
 
     Args:
@@ -647,7 +654,11 @@ class SQLiteStore(Store):
         for job in batch:
             job.taken = True
         try:
-            await anyio.to_thread.run_sync(self._run_batch, batch)
+            # settled(): a plain task.cancel() passes anyio's shield around the thread hop, and
+            # a batch the worker thread had started then committed after its callers had been
+            # told "cancelled" (found by the conformance suite's cancellation section). The
+            # hop now runs to its end before a cancellation leaves this call.
+            await settled(anyio.to_thread.run_sync(self._run_batch, batch))
         finally:
             lane.flushers -= 1
             # Cancelled before the worker thread started: nothing ran, so requeue the calls
@@ -1059,8 +1070,6 @@ class SQLiteStore(Store):
 
         return await self._run(work, "write", f"append a turn to {session_id!r}")
 
-    append_turn.__promptstate_release_lease__ = True  # type: ignore[attr-defined]
-
     def _append_sync(
         self,
         conn: sqlite3.Connection,
@@ -1143,24 +1152,23 @@ class SQLiteStore(Store):
             if self._touching:
                 self._touch(conn, key, now)
             row = conn.execute(_SQL_COUNT, (key, now)).fetchone()
-            return 0 if row is None else int(row[0])
+            return 0 if row is None else check_count("SQLite", key, "message_count", row[0])
 
         return await self._run(work, "write" if self._touching else "single", f"count {key!r}")
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
-        def work(conn: sqlite3.Connection) -> bytes | None:
+        def work(conn: sqlite3.Connection) -> tuple[object] | None:
             now = _now_us()
             if self._touching:
                 self._touch(conn, key, now)
-            row = conn.execute(_SQL_METADATA, (key, now)).fetchone()
-            return None if row is None else bytes(row[0])
+            row: tuple[object] | None = conn.execute(_SQL_METADATA, (key, now)).fetchone()
+            return row
 
         mode: _Mode = "write" if self._touching else "single"
         data = await self._run(work, mode, f"get metadata of {key!r}")
         if data is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
-        metadata: dict[str, Any] = unpack_any(data, key=key)
-        return metadata
+        return check_metadata("SQLite", key, unpack_any(data[0], key=key))
 
     async def merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
@@ -1176,7 +1184,7 @@ class SQLiteStore(Store):
                 conn.execute(_SQL_INSERT_SESSION, (key, *values))
                 return metadata
             (raw,) = conn.execute(_SQL_METADATA, (key, now)).fetchone()
-            metadata = {**unpack_any(raw, key=key), **updates}
+            metadata = {**check_metadata("SQLite", key, unpack_any(raw, key=key)), **updates}
             for name in drop:
                 metadata.pop(name, None)
             packed = pack(metadata) if metadata else _EMPTY_DICT

@@ -63,11 +63,14 @@ class Corruption(msgspec.Struct, frozen=True):
             the test can check that reading a corrupt session changes nothing.
         messages: Whether the damage is to the messages (so ``load`` must notice it too),
             rather than to the session's header.
+        reads: Other reads that must notice it, by method name: ``"count"``,
+            ``"get_metadata"``, ``"list_sessions"`` (those that read the damaged field).
     """
 
     damage: Callable[[Store, str], Awaitable[None]]
     snapshot: Callable[[Store, str], Awaitable[object]]
     messages: bool = False
+    reads: tuple[str, ...] = ()
 
 
 def _plain(message: Message) -> Message:
@@ -1402,6 +1405,12 @@ class StoreConformance:
             ]
             if corruption.messages:
                 reads.append(("load", partial(store.load, key)))
+            extra: dict[str, Callable[[], Awaitable[object]]] = {
+                "count": partial(store.count, key),
+                "get_metadata": partial(store.get_metadata, key),
+                "list_sessions": partial(store.list_sessions, prefix=key),
+            }
+            reads += [(what, extra[what]) for what in corruption.reads]
             for what, read in reads:
                 for _ in range(2):
                     with pytest.raises(CorruptStateError) as info:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 import anyio
+from msgspec.structs import replace
 
 from promptstate.serialization import pack
 from promptstate.stores.base import Store
@@ -50,11 +51,12 @@ def _sqlite_sql(store: Store, sql: str, args: tuple[object, ...]) -> list[tuple[
 def sqlite_corruptions() -> dict[str, Corruption]:
     """Every column SQLiteStore reads back, set to a wrong storage type or an impossible value."""
 
-    def column(name: str, value: object) -> Corruption:
+    def column(name: str, value: object, *reads: str) -> Corruption:
         sql = f"UPDATE promptstate_sessions SET {name} = ? WHERE key = ?"
         return Corruption(
             lambda store, key: anyio.to_thread.run_sync(_sqlite_sql, store, sql, (value, key)),
             snapshot,
+            reads=("list_sessions", *reads),
         )
 
     def message(value: object) -> Corruption:
@@ -82,15 +84,20 @@ def sqlite_corruptions() -> dict[str, Corruption]:
         "total_cost as TEXT": column("total_cost", "x"),
         "negative total_cost": column("total_cost", -1.0),
         "user_id as BLOB": column("user_id", b"\xff"),
-        "metadata as TEXT": column("metadata", "{}"),
-        "metadata as INTEGER": column("metadata", 7),
-        "metadata as REAL": column("metadata", 0.5),
-        **{f"metadata {name}": column("metadata", value) for name, value in BAD_METADATA.items()},
+        "metadata as TEXT": column("metadata", "{}", "get_metadata"),
+        "metadata as INTEGER": column("metadata", 7, "get_metadata"),
+        "metadata as REAL": column("metadata", 0.5, "get_metadata"),
+        **{
+            f"metadata {name}": column("metadata", value, "get_metadata")
+            for name, value in BAD_METADATA.items()
+        },
         "created_at as TEXT": column("created_at", "yesterday"),
         "negative created_at": column("created_at", -1),
         "updated_at past year 9999": column("updated_at", 2**62),
-        "message_count too high": column("message_count", 3),
-        "negative message_count": column("message_count", -1),
+        # (a listing reads the count, not the messages: it cannot tell a count that is too high)
+        "message_count too high": replace(column("message_count", 3), reads=()),
+        "negative message_count": column("message_count", -1, "count"),
+        "message_count as TEXT": column("message_count", "two", "count"),
         "message as TEXT": message("hello"),
         "message as INTEGER": message(1),
         "message as REAL": message(2.5),
@@ -166,13 +173,13 @@ def postgres_corruptions() -> dict[str, Corruption]:
         async with store._pool.acquire() as conn:
             await conn.execute(sql, key, value)
 
-    def column(name: str, value: object) -> Corruption:
+    def column(name: str, value: object, *reads: str) -> Corruption:
         async def damage(store: Store, key: str) -> None:
             assert isinstance(store, PostgresStore)
             table = store._names.sessions
             await execute(store, f"UPDATE {table} SET {name} = $2 WHERE key = $1", key, value)
 
-        return Corruption(damage, snapshot)
+        return Corruption(damage, snapshot, reads=("list_sessions", *reads))
 
     def message(value: bytes) -> Corruption:
         async def damage(store: Store, key: str) -> None:
@@ -203,7 +210,11 @@ def postgres_corruptions() -> dict[str, Corruption]:
         "negative total_cost": column("total_cost", -1.0),
         "total_cost NaN": column("total_cost", float("nan")),
         "total_cost infinite": column("total_cost", float("inf")),
-        **{f"metadata {name}": column("metadata", value) for name, value in BAD_METADATA.items()},
+        "negative message_count": column("message_count", -2, "count"),
+        **{
+            f"metadata {name}": column("metadata", value, "get_metadata")
+            for name, value in BAD_METADATA.items()
+        },
         **{f"message {name}": message(value) for name, value in BAD_MESSAGES.items()},  # type: ignore[arg-type]
     }
 
@@ -223,7 +234,7 @@ def memory_corruptions() -> dict[str, Corruption]:
         async def damage(store: Store, key: str) -> None:
             entry(store, key).metadata = value  # type: ignore[attr-defined]
 
-        return Corruption(damage, snapshot)
+        return Corruption(damage, snapshot, reads=("get_metadata", "list_sessions"))
 
     def message(value: object) -> Corruption:
         async def damage(store: Store, key: str) -> None:

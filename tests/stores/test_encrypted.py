@@ -344,8 +344,8 @@ async def test_wrappers_declare_the_inner_stores_leases(tmp_path: Path) -> None:
     # the lease methods must be on the wrapper's type, or the pipeline thinks it has none.
     import inspect
 
-    from promptstate import CachedStore
-    from promptstate.locks import supports_lease, supports_leased_load
+    from promptstate import CachedStore, LeasingStore
+    from promptstate.locks import supports_lease
 
     async with SQLiteStore(tmp_path / "l.db") as sqlite:
         wrappers: list[Store] = [
@@ -358,7 +358,7 @@ async def test_wrappers_declare_the_inner_stores_leases(tmp_path: Path) -> None:
                 inspect.getattr_static(store, name)  # AttributeError if only via __getattr__
             assert supports_lease(store)
             assert type(store).__name__ in ("CachedStore", "EncryptedStore")
-        assert supports_leased_load(wrappers[1])
+        assert isinstance(wrappers[1], LeasingStore)
         inspect.getattr_static(wrappers[1], "acquire_and_load")
         # A lease taken through the wrapper is the inner store's.
         assert await wrappers[1].acquire_lease("s", "me", 5.0)  # type: ignore[attr-defined]
