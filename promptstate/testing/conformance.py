@@ -1504,18 +1504,23 @@ class StoreConformance:
             await touching.append(key, [Message("user", "a")])
             last = time.monotonic()
             in_time = True
-            for i in range(4):
+            # Each read must start within the TTL of the one before (which refreshed it); a
+            # machine too busy for that (seen with the suite beside other jobs) tries again,
+            # before a read that could find the session expired for that reason alone.
+            for i in range(5):
                 await anyio.sleep(self.ttl_seconds * 0.6)
-                if i % 2:
-                    await touching.get_metadata(key)
+                now = time.monotonic()
+                if now - last >= self.ttl_seconds * 0.95:
+                    in_time = False
+                    break
+                last = now
+                if i == 4:
+                    assert await touching.count(key) == 1
+                elif i % 2:
+                    assert await touching.get_metadata(key) == {}
                 else:
                     assert await touching.count(key) == 1
-                now = time.monotonic()
-                in_time = in_time and now - last < self.ttl_seconds * 0.95
-                last = now
-            alive = await touching.count(key)
-            if in_time:  # else the machine was too busy to read within the TTL: try again
-                assert alive == 1
+            if in_time:
                 return
         pytest.fail("the machine was too busy to read within the TTL in 5 attempts")
 
