@@ -214,8 +214,8 @@ async def main(url: str, quick: bool) -> None:
 
 
 @contextlib.contextmanager
-def _private_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port."""
+def _private_server(*extra_args: str) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (``extra_args`` go to the server)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("--spawn needs redis-server on PATH")
@@ -224,6 +224,7 @@ def _private_server() -> Iterator[str]:
         port = int(sock.getsockname()[1])
     workdir = tempfile.mkdtemp(prefix="promptstate-bench-")
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += extra_args
     proc = subprocess.Popen(
         [binary, *args, "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

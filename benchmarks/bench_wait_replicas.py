@@ -23,18 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 
 from redis.asyncio import Redis
 
 from benchmarks._timing import machine
+from benchmarks.bench_redis import _private_server
 from promptstate import Message
 from promptstate.stores.redis import RedisStore
 
@@ -159,32 +155,9 @@ async def _replicate(replica: str, primary: str) -> None:
         await source.aclose()
 
 
-@contextlib.contextmanager
-def private_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("this benchmark needs redis-server on PATH")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    workdir = tempfile.mkdtemp(prefix="promptstate-bench-")
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--repl-diskless-sync-delay", "0"]  # the replica's first sync at once
-    proc = subprocess.Popen(
-        [binary, *args, "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        for _ in range(200):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+def private_server() -> contextlib.AbstractContextManager[str]:
+    """A throwaway redis-server whose replicas take their first sync at once."""
+    return _private_server("--repl-diskless-sync-delay", "0")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from promptstate import (
     InvalidKeyError,
     MemoryStore,
     Message,
-    PostgresStore,
     PromptStateError,
     SQLiteStore,
     Store,
@@ -45,7 +44,6 @@ from promptstate.integrations import langchain as lc
 from promptstate.integrations.langchain import MESSAGE_KEY, PromptStateChatMessageHistory
 from promptstate.stores.redis import RedisStore
 from tests.providers.loopback import LoopbackServer, json_reply
-from tests.servers import drop_postgres_tables
 
 pytestmark = [pytest.mark.usefixtures("sweep_orphaned_sockets")]
 anyio_only = pytest.mark.anyio
@@ -57,31 +55,6 @@ ROOT = Path(__file__).resolve().parents[2]
 langchain_deprecated = pytest.mark.filterwarnings(
     "ignore::langchain_core._api.deprecation.LangChainDeprecationWarning"
 )
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, postgres_dsn: str
-) -> AsyncIterator[Store]:
-    kind = request.param
-    table = f"lc_{uuid.uuid4().hex[:10]}"
-    made: Store
-    if kind == "memory":
-        made = MemoryStore()
-    elif kind == "sqlite":
-        made = SQLiteStore(tmp_path / "s.db")
-    elif kind == "redis":
-        made = RedisStore.from_url(redis_url, prefix=f"lc{uuid.uuid4().hex[:8]}:")
-    else:
-        made = PostgresStore.from_dsn(postgres_dsn, table_name=table)
-    try:
-        async with made:
-            yield made
-            if kind == "redis":
-                await made.delete_by_prefix("")
-    finally:
-        if kind == "postgres":
-            await drop_postgres_tables(postgres_dsn, table)
 
 
 def _conversation() -> list[BaseMessage]:

@@ -32,8 +32,6 @@ from promptstate import (
     InvalidKeyError,
     MemoryStore,
     Message,
-    PostgresStore,
-    SQLiteStore,
     Store,
     ToolCall,
     ValidationError,
@@ -46,36 +44,10 @@ from promptstate.integrations.openai_agents import (
 )
 from promptstate.stores.redis import RedisStore
 from tests.providers.loopback import LoopbackServer, json_reply
-from tests.servers import drop_postgres_tables
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("sweep_orphaned_sockets")]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, postgres_dsn: str
-) -> AsyncIterator[Store]:
-    kind = request.param
-    table = f"agents_{uuid.uuid4().hex[:10]}"
-    made: Store
-    if kind == "memory":
-        made = MemoryStore()
-    elif kind == "sqlite":
-        made = SQLiteStore(tmp_path / "s.db")
-    elif kind == "redis":
-        made = RedisStore.from_url(redis_url, prefix=f"agents{uuid.uuid4().hex[:8]}:")
-    else:
-        made = PostgresStore.from_dsn(postgres_dsn, table_name=table)
-    try:
-        async with made:
-            yield made
-            if kind == "redis":
-                await made.delete_by_prefix("")
-    finally:
-        if kind == "postgres":
-            await drop_postgres_tables(postgres_dsn, table)
 
 
 #: One item of every shape the Responses input accepts (and one it does not know yet).
