@@ -55,7 +55,7 @@ async def leased_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await close_kind(store)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 async def loading_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     kind: str = request.param
     store = await open_kind(kind, server_for(kind, request), tmp_path)
@@ -70,16 +70,16 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
     from promptstate.stores.redis import RedisStore
     from promptstate.stores.sqlite import SQLiteStore
 
-    # Declared in the type: the three server-backed stores are LeasingStores (each with its
-    # own append_turn that releases the lease in the write; Redis and SQLite also take the
-    # lease and read in one step, PostgreSQL keeps the default acquire-then-load because one
-    # statement would read with a snapshot older than the lease it waited for).
+    # Declared in the type: the three server-backed stores are LeasingStores, each with its
+    # own append_turn that releases the lease in the write and its own acquire_and_load that
+    # takes the lease and reads in one step (PostgreSQL's refuses the lease when its snapshot
+    # is older than the lease row it would take: see its docstring).
     for cls in (RedisStore, SQLiteStore, PostgresStore):
         assert issubclass(cls, LeasingStore), cls
         assert "append_turn" in cls.__dict__, cls
     assert "acquire_and_load" in RedisStore.__dict__
     assert "acquire_and_load" in SQLiteStore.__dict__
-    assert "acquire_and_load" not in PostgresStore.__dict__
+    assert "acquire_and_load" in PostgresStore.__dict__
     assert not supports_lease(MemoryStore())
     assert supports_lease(LeasingMemoryStore())
 
@@ -180,6 +180,24 @@ async def test_append_turn_releases_only_the_given_owners_lease(leased_store: St
     with pytest.raises(LeaseLostError):
         await store.append_turn("conv", _turn("q2", "a2"), turn_id="t2", release_lease="owner-a")
     assert await store.release_lease("conv", "owner-c")
+
+
+async def test_append_turn_with_the_lease_recognises_a_turn_stored_already(
+    leased_store: Store,
+) -> None:
+    # The holder saves a turn whose id is already where the turn would start (stored by an
+    # earlier attempt): nothing is written twice, and the lease is released all the same.
+    store: Any = leased_store
+    assert await store.acquire_lease("conv", "first", 30.0)
+    assert await store.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="first") == 2
+    assert await store.acquire_lease("conv", "second", 30.0)
+    assert (
+        await store.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="second") == 2
+    )
+    assert [m.content for m in await store.load("conv")] == ["q", "a"]
+    assert await store.acquire_lease("conv", "third", 30.0)
+    # Another turn id: written.
+    assert await store.append_turn("conv", _turn("q", "a"), turn_id="u", release_lease="third") == 4
 
 
 async def test_append_turn_with_an_expired_lease_stores_nothing(leased_store: Store) -> None:
@@ -288,10 +306,50 @@ class _Counter:
         self.calls: list[str] = []
 
 
+class _CountingConnection:
+    """An asyncpg connection whose statements are counted (each is one round trip once
+    prepared: the warm-up turn prepares them)."""
+
+    def __init__(self, conn: Any, counter: _Counter) -> None:
+        self._conn = conn
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._conn, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
+            return found
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self._counter.calls.append(f"{name}: {str(args[0])[:40]}")
+            return await found(*args, **kwargs)
+
+        return counted
+
+
+class _CountingOp:
+    def __init__(self, op: Any, counter: _Counter) -> None:
+        self._op = op
+        self._counter = counter
+
+    async def __aenter__(self) -> _CountingConnection:
+        return _CountingConnection(await self._op.__aenter__(), self._counter)
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._op.__aexit__(*exc_info)
+
+
 def _count_round_trips(store: Any) -> _Counter:
-    """Count the store's round trips: Redis commands, or SQLite trips to a worker thread."""
+    """Count the store's round trips: Redis commands, PostgreSQL statements, or SQLite trips
+    to a worker thread."""
     counter = _Counter()
-    if type(store).__name__ == "RedisStore":
+    if type(store).__name__ == "PostgresStore":
+        original_conn = store._conn
+
+        def conn(*args: Any, **kwargs: Any) -> _CountingOp:
+            return _CountingOp(original_conn(*args, **kwargs), counter)
+
+        store._conn = conn
+    elif type(store).__name__ == "RedisStore":
         client = store._client
         original = client.execute_command
 

@@ -426,7 +426,15 @@ class _SQL:
             f"UPDATE {lease} SET expires_at = {until}"
             " WHERE key = $1 AND owner = $2 AND expires_at > now() RETURNING true"
         )
-        self.lease_release = f"DELETE FROM {lease} WHERE key = $1 AND owner = $2 RETURNING true"
+        # Releasing marks the lease row free (no owner, expired now) instead of deleting it,
+        # so that every acquire and every release changes the row: acquire_and_load reads in
+        # the same statement as it takes the lease, and takes it only when the row is still
+        # the one its snapshot saw (see PostgresStore.acquire_and_load). Released rows go with
+        # lease_purge, an hour later.
+        self.lease_release = (
+            f"UPDATE {lease} SET owner = '', expires_at = now()"
+            " WHERE key = $1 AND owner = $2 RETURNING true"
+        )
         self.lease_purge = f"DELETE FROM {lease} WHERE expires_at <= now() - interval '1 hour'"
         # append_turn with release_lease: the probe also says whether owner $3 holds the live
         # lease; the write deletes the lease in the same statement, only when it wrote.
@@ -439,16 +447,66 @@ class _SQL:
             f" AS start FROM {t} s WHERE s.key = $1 AND {live_s}) AS p ON true"
         )
 
+        release_if_up = (
+            f"rel AS (UPDATE {lease} l SET owner = '', expires_at = now() FROM up"
+            " WHERE l.key = $1 AND l.owner = {owner})"
+        )
+
         def releasing(sql: str, owner: str) -> str:
             tail = " SELECT message_count FROM up"
             assert sql.endswith(tail)
-            return (
-                f"{sql[: -len(tail)]}, rel AS (DELETE FROM {lease} l USING up"
-                f" WHERE l.key = $1 AND l.owner = {owner}){tail}"
-            )
+            return f"{sql[: -len(tail)]}, {release_if_up.format(owner=owner)}{tail}"
 
         self.turn_cas_release = releasing(self.turn_cas, "$8")
         self.turn_new_release = releasing(self.turn_new, "$7")
+        # append_turn(release_lease=) in one statement when it can: turn_probe_lease's probe
+        # and, when the lease is held, the probed version still stored, the turn's id not at
+        # the position where it would start and the count as expected, turn_cas_release's
+        # write. Otherwise it writes nothing and the probe's values decide, as before.
+        # $1 key, $2 messages, $3 how many, $4 their tokens, $5 now, $6 cost, $7 owner,
+        # $8 the turn id as it is encoded in a message's metadata (NULL: none),
+        # $9 the expected count (-1: any) -> the new count (NULL: not written), and the
+        # probe: count, version, the message at the turn's start, whether the lease is held
+        self.turn_release_fast = (
+            "WITH p AS (SELECT s.message_count, s.version, (SELECT m.data FROM"
+            f" {m} m WHERE m.session_key = s.key AND s.message_count >= $3::bigint"
+            " AND m.seq = s.last_seq - $3::bigint + 1) AS start"
+            f" FROM {t} s WHERE s.key = $1 AND {live_s}),"
+            f" h AS (SELECT EXISTS(SELECT 1 FROM {lease} l WHERE l.key = $1 AND l.owner = $7"
+            " AND l.expires_at > now()) AS held),"
+            f" up AS (UPDATE {t} s SET version = s.version + 1,"
+            " token_count = s.token_count + $4::bigint, total_cost = s.total_cost + $6::float8,"
+            " message_count = s.message_count + $3::bigint, last_seq = s.last_seq + $3::bigint,"
+            f" updated_at = $5::timestamptz, expires_at = {exp}"
+            f" FROM p, h WHERE s.key = $1 AND {live_s} AND s.version = p.version AND h.held"
+            " AND ($9::bigint < 0 OR p.message_count = $9::bigint)"
+            " AND ($8::bytea IS NULL OR p.start IS NULL OR position($8::bytea IN p.start) = 0)"
+            f" {returning}), {gc}, {ins}, {release_if_up.format(owner='$7')}"
+            " SELECT (SELECT message_count FROM up), p.message_count, p.version, p.start,"
+            " h.held FROM h LEFT JOIN p ON true"
+        )
+        # acquire_and_load: take the lease and read the window in one statement. ``seen`` is
+        # the lease row as this statement's snapshot has it; the lease is taken only if that
+        # snapshot shows no live lease and the row is still the one it shows (the update's
+        # WHERE sees the latest row): a turn that took and released the lease after the
+        # snapshot changed the row, and its messages would be missing from the read, so the
+        # lease is then reported busy and the caller tries again with a new snapshot.
+        # $1 key, $2 owner, $3 ttl, [$4 last] -> taken, the messages (newest first with $4)
+        took = (
+            f"WITH seen AS (SELECT l.owner, l.expires_at FROM {lease} l WHERE l.key = $1),"
+            f" took AS (INSERT INTO {lease} AS l (key, owner, expires_at)"
+            f" SELECT $1, $2, {until}"
+            " WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.expires_at > now())"
+            " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
+            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() AND EXISTS"
+            " (SELECT 1 FROM seen WHERE seen.owner = l.owner"
+            " AND seen.expires_at = l.expires_at) RETURNING true)"
+            " SELECT EXISTS (SELECT 1 FROM took), ARRAY(SELECT m.data FROM"
+            f" {m} m WHERE EXISTS (SELECT 1 FROM took) AND m.session_key = $1"
+            f" AND m.seq > {bound} ORDER BY m.seq"
+        )
+        self.lease_acquire_load_all = f"{took})"
+        self.lease_acquire_load_last = f"{took} DESC LIMIT $4)"
         self.sessions, self.messages_table, self.exp = t, m, exp
         self.head, self.msgs, self.live_s = head, msgs, live_s
 
@@ -980,7 +1038,9 @@ class PostgresStore(LeasingStore):
 
         With ``release_lease`` the first read also checks that this owner holds the live
         turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing written, unless
-        the turn is stored already), and the append deletes the lease in the same statement.
+        the turn is stored already), and the append releases the lease in the same statement;
+        the read and the append are then one statement (one round trip) whenever the lease is
+        held, no other writer came in and the turn is not stored already.
         """
         sql = self._sql
         if release_lease is not None:
@@ -1043,10 +1103,35 @@ class PostgresStore(LeasingStore):
     ) -> int:
         sql = self._sql
         _, encoded, tokens = self._encode(messages, session_id)
+        # The first try probes and, when nothing stands in the way, writes in one statement
+        # (turn_release_fast); anything else is decided on its probe as before.
+        fast = bool(encoded)
         while True:
             async with self._conn("append_turn to", session_id) as conn:
-                row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
-                count, version, start, held = row
+                if fast:
+                    fast = False
+                    marker = None if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id)
+                    expected = -1 if expected_count is None else expected_count
+                    new_count, *probe = await conn.fetchrow(
+                        sql.turn_release_fast,
+                        session_id,
+                        encoded,
+                        len(encoded),
+                        tokens,
+                        utcnow(),
+                        cost,
+                        owner,
+                        marker,
+                        expected,
+                    )
+                    if new_count is not None:
+                        if self._maybe_purge_due():
+                            await self._opportunistic_purge(conn)
+                        return int(new_count)
+                    count, version, start, held = probe
+                else:
+                    row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
+                    count, version, start, held = row
                 count, version = count or 0, version or 0
                 if (
                     turn_id is not None
@@ -1331,6 +1416,38 @@ class PostgresStore(LeasingStore):
             return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
 
     @settled_write
+    async def acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the turn lease on ``key`` and read the newest ``last`` messages, in one
+        statement (one round trip, where :meth:`acquire_lease` and :meth:`load` take two).
+
+        A statement reads with the snapshot it started with, while taking the lease sees
+        the newest lease row: a turn that took, wrote and released the lease after that
+        snapshot would be missing from the read. So the lease is taken only when its row is
+        still the one the snapshot shows (releasing marks the row instead of deleting it, so
+        every turn changes it); otherwise the lease is reported busy (``None``) and the turn
+        tries again after its backoff, with a new snapshot. With ``touch_on_read`` it is the
+        two steps (a touch would lock the session row after the lease row, the reverse of
+        a releasing append's order).
+        """
+        sql = self._sql
+        if self._touch_on_read and sql.touching:
+            return await super().acquire_and_load(key, owner, ttl, last=last)
+        async with self._conn("take the lease on", key) as conn:
+            if last is None:
+                taken, data = await conn.fetchrow(
+                    sql.lease_acquire_load_all, key, owner, float(ttl)
+                )
+            else:
+                taken, data = await conn.fetchrow(
+                    sql.lease_acquire_load_last, key, owner, float(ttl), last
+                )
+        if not taken:
+            return None
+        return unpack_messages(data if last is None else data[::-1], key=key)
+
+    @settled_write
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
         self._check_open()
@@ -1339,7 +1456,8 @@ class PostgresStore(LeasingStore):
 
     @settled_write
     async def release_lease(self, key: str, owner: str) -> bool:
-        """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
+        """Give ``owner``'s lease on ``key`` back (the row is marked free, not deleted);
+        False when ``owner`` did not hold it."""
         self._check_open()
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
