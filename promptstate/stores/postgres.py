@@ -505,8 +505,14 @@ class _SQL:
             f" {m} m WHERE EXISTS (SELECT 1 FROM took) AND m.session_key = $1"
             f" AND m.seq > {bound} ORDER BY m.seq"
         )
-        self.lease_acquire_load_all = f"{took})"
-        self.lease_acquire_load_last = f"{took} DESC LIMIT $4)"
+        # The statement's own commit does not wait for the WAL flush (set_config(..., true)
+        # lasts until the end of this statement's transaction). Safe for a lease: the turn's
+        # save commits synchronously later, which flushes everything before it, this too; if
+        # the server crashes first, the lease may be gone after the restart, and the save then
+        # finds it not held and stores nothing (LeaseLostError).
+        fast_commit = ", set_config('synchronous_commit', 'off', true)"
+        self.lease_acquire_load_all = f"{took}){fast_commit}"
+        self.lease_acquire_load_last = f"{took} DESC LIMIT $4){fast_commit}"
         self.sessions, self.messages_table, self.exp = t, m, exp
         self.head, self.msgs, self.live_s = head, msgs, live_s
 
@@ -1429,18 +1435,20 @@ class PostgresStore(LeasingStore):
         every turn changes it); otherwise the lease is reported busy (``None``) and the turn
         tries again after its backoff, with a new snapshot. With ``touch_on_read`` it is the
         two steps (a touch would lock the session row after the lease row, the reverse of
-        a releasing append's order).
+        a releasing append's order). The statement commits without waiting for the WAL flush:
+        the turn's save, a synchronous commit, flushes it, and a lease lost in a crash before
+        that makes the save store nothing.
         """
         sql = self._sql
         if self._touch_on_read and sql.touching:
             return await super().acquire_and_load(key, owner, ttl, last=last)
         async with self._conn("take the lease on", key) as conn:
             if last is None:
-                taken, data = await conn.fetchrow(
+                taken, data, _ = await conn.fetchrow(
                     sql.lease_acquire_load_all, key, owner, float(ttl)
                 )
             else:
-                taken, data = await conn.fetchrow(
+                taken, data, _ = await conn.fetchrow(
                     sql.lease_acquire_load_last, key, owner, float(ttl), last
                 )
         if not taken:

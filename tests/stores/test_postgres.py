@@ -600,6 +600,9 @@ async def test_acquire_and_load_never_takes_the_lease_over_an_older_snapshot(
         again = await store.acquire_and_load("s", "b", 30.0, last=5)
         assert [m.content for m in again or []] == ["old0", "old1", "c's turn"]
         assert await store.acquire_and_load("s", "d", 30.0, last=5) is None  # b holds it
+        # Its asynchronous commit was for that statement only, not for the pool's connection.
+        for _ in range(4):
+            assert await store._pool.fetchval("SHOW synchronous_commit") == "on"
 
 
 def test_import_promptstate_does_not_import_asyncpg() -> None:
