@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from promptstate.exceptions import ValidationError
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 SUMMARY_KEY = "promptstate.summary"
 
 _DEFAULT_COUNTER = HeuristicTokenCounter()
+
+#: How many per-turn variants (other limits) of one strategy are kept.
+_MAX_COPIES = 32
 
 
 def _positive_int(value: object, what: str, *, allow_zero: bool = False) -> int:
@@ -240,8 +243,17 @@ class TruncationStrategy:
     """The base of the strategies: a pipeline stage that rewrites ``ctx.messages``.
 
     Subclasses implement :meth:`apply`; :meth:`load_hint` and :meth:`needs_more` tell the load
-    stage how much stored history to read.
+    stage how much stored history to read. A strategy whose limit a turn may change
+    (``execute(..., max_tokens=...)``) names it in :attr:`turn_limits` and returns itself
+    with that limit from :meth:`for_turn`.
     """
+
+    #: The per-turn limits (``"max_tokens"``, ``"max_messages"``) this strategy applies.
+    turn_limits: frozenset[str] = frozenset()
+
+    def for_turn(self, max_tokens: int | None, max_messages: int | None) -> TruncationStrategy:
+        """This strategy with a turn's limits (``None``: keep its own); ``self`` by default."""
+        return self
 
     def load_hint(self) -> int | None:
         """How many of the newest stored messages to load first (None: all of them)."""
@@ -258,33 +270,94 @@ class TruncationStrategy:
     async def __call__(
         self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
     ) -> None:
-        ctx.messages = self.apply(ctx.messages, ctx.counter)
+        strategy = self if ctx.limits is None else self.for_turn(*ctx.limits)
+        if strategy.inactive:
+            await call_next(ctx)
+            return
+        ctx.messages = strategy.apply(ctx.messages, ctx.counter)
         if not ctx.messages or ctx.messages[-1] is not ctx.input:
             raise ValidationError(
                 f"the new {ctx.input.role} message alone does not fit the context window of "
-                f"{self!r} for session {ctx.session_id!r}"
+                f"{strategy!r} for session {ctx.session_id!r}"
             )
         await call_next(ctx)
 
+    @property
+    def inactive(self) -> bool:
+        """Whether the strategy has no limit (for this turn) and passes every message on."""
+        return False
 
-class SlidingWindow(TruncationStrategy):
+
+class _Limited(TruncationStrategy):
+    """A strategy with one numeric limit that a turn may change: copies with other limits are
+    kept (a few, most recent) so each keeps its own learned load window."""
+
+    __slots__ = ("_copies",)
+
+    _limit_name: str
+
+    def __init__(self) -> None:
+        self._copies: dict[int, _Limited] = {}
+
+    def _limit(self) -> int | None:
+        raise NotImplementedError
+
+    def _with_limit(self, limit: int) -> _Limited:
+        raise NotImplementedError
+
+    def for_turn(self, max_tokens: int | None, max_messages: int | None) -> TruncationStrategy:
+        limit = max_tokens if self._limit_name == "max_tokens" else max_messages
+        if limit is None or limit == self._limit():
+            return self
+        copies = self._copies
+        found = copies.get(limit)
+        if found is None:
+            if len(copies) >= _MAX_COPIES:
+                del copies[next(iter(copies))]  # the oldest
+            found = copies[limit] = self._with_limit(limit)
+        return found
+
+
+class SlidingWindow(_Limited):
     """Keep the system messages and the newest ``max_messages`` others.
 
     A tool block cut by the window is dropped whole, so the result may hold fewer.
+
+    Args:
+        max_messages: How many messages to keep. ``None`` keeps all of them, except in a turn
+            given its own ``max_messages`` (``Pipeline.execute(..., max_messages=...)``).
     """
 
     __slots__ = ("max_messages",)
 
-    def __init__(self, max_messages: int) -> None:
-        self.max_messages = _positive_int(max_messages, "max_messages")
+    turn_limits = frozenset({"max_messages"})
+    _limit_name = "max_messages"
+
+    def __init__(self, max_messages: int | None) -> None:
+        super().__init__()
+        self.max_messages = (
+            None if max_messages is None else _positive_int(max_messages, "max_messages")
+        )
 
     def __repr__(self) -> str:
         return f"SlidingWindow({self.max_messages})"
+
+    def _limit(self) -> int | None:
+        return self.max_messages
+
+    def _with_limit(self, limit: int) -> SlidingWindow:
+        return SlidingWindow(limit)
+
+    @property
+    def inactive(self) -> bool:
+        return self.max_messages is None
 
     def load_hint(self) -> int | None:
         return self.max_messages
 
     def apply(self, messages: Sequence[Message], counter: TokenCounter) -> list[Message]:
+        if self.max_messages is None:
+            return list(messages)
         blocks = _blocks(messages)
         keep: set[int] = set()
         left = self.max_messages
@@ -296,28 +369,46 @@ class SlidingWindow(TruncationStrategy):
         return [m for i, m in enumerate(messages) if m.role == "system" or i in keep]
 
 
-class TokenBudget(TruncationStrategy):
+class TokenBudget(_Limited):
     """Keep what fits ``max_tokens`` (:func:`truncate_messages`).
 
     Args:
-        max_tokens: The prompt budget, in the pipeline's token counter's tokens.
+        max_tokens: The prompt budget, in the pipeline's token counter's tokens. ``None`` sends
+            everything, except in a turn given its own ``max_tokens``
+            (``Pipeline.execute(..., max_tokens=...)``).
     """
 
     __slots__ = ("_window", "max_tokens")
 
-    def __init__(self, max_tokens: int) -> None:
-        self.max_tokens = _positive_int(max_tokens, "max_tokens")
+    turn_limits = frozenset({"max_tokens"})
+    _limit_name = "max_tokens"
+
+    def __init__(self, max_tokens: int | None) -> None:
+        super().__init__()
+        self.max_tokens = None if max_tokens is None else _positive_int(max_tokens, "max_tokens")
         self._window = 64
 
     def __repr__(self) -> str:
         return f"TokenBudget({self.max_tokens})"
 
+    def _limit(self) -> int | None:
+        return self.max_tokens
+
+    def _with_limit(self, limit: int) -> TokenBudget:
+        return TokenBudget(limit)
+
+    @property
+    def inactive(self) -> bool:
+        return self.max_tokens is None
+
     def load_hint(self) -> int | None:
-        return self._window
+        return None if self.max_tokens is None else self._window
 
     def needs_more(self, history: Sequence[Message]) -> bool:
-        total = 0
         limit = self.max_tokens
+        if limit is None:
+            return False
+        total = 0
         for m in reversed(history):
             tokens = m.tokens
             total += _DEFAULT_COUNTER.count(m) if tokens is None else tokens
@@ -326,6 +417,8 @@ class TokenBudget(TruncationStrategy):
         return True
 
     def apply(self, messages: Sequence[Message], counter: TokenCounter) -> list[Message]:
+        if self.max_tokens is None:
+            return list(messages)
         kept = truncate_messages(messages, self.max_tokens, counter=counter)
         # Start the next load near what this one needed (the estimate is shared by sessions).
         self._window = max(16, len(kept) + len(kept) // 8 + 4)
@@ -378,7 +471,7 @@ class TimeWindow(TruncationStrategy):
         return kept
 
 
-class Summarize(TruncationStrategy):
+class Summarize(_Limited):
     """Fold the oldest messages into a summary when the context outgrows ``max_tokens``.
 
     When the messages to send exceed ``max_tokens``, everything but the newest ``keep_last``
@@ -403,6 +496,9 @@ class Summarize(TruncationStrategy):
 
     __slots__ = ("_window", "instructions", "keep_last", "max_tokens", "summarizer")
 
+    turn_limits = frozenset({"max_tokens"})
+    _limit_name = "max_tokens"
+
     DEFAULT_INSTRUCTIONS = (
         "Summarize the conversation below for a model that will continue it. Keep names, "
         "facts, decisions, open questions and anything the user asked to remember. Be concise."
@@ -416,6 +512,7 @@ class Summarize(TruncationStrategy):
         *,
         instructions: str = DEFAULT_INSTRUCTIONS,
     ) -> None:
+        super().__init__()
         self.max_tokens = _positive_int(max_tokens, "max_tokens")
         self.keep_last = _positive_int(keep_last, "keep_last", allow_zero=True)
         if not callable(getattr(summarizer, "complete", None)):
@@ -426,6 +523,12 @@ class Summarize(TruncationStrategy):
 
     def __repr__(self) -> str:
         return f"Summarize({self.max_tokens}, keep_last={self.keep_last})"
+
+    def _limit(self) -> int | None:
+        return self.max_tokens
+
+    def _with_limit(self, limit: int) -> Summarize:
+        return Summarize(limit, self.keep_last, self.summarizer, instructions=self.instructions)
 
     def load_hint(self) -> int | None:
         return self._window
@@ -442,6 +545,12 @@ class Summarize(TruncationStrategy):
         return truncate_messages(_from_summary(messages), self.max_tokens, counter=counter)
 
     async def __call__(
+        self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
+    ) -> None:
+        strategy = self if ctx.limits is None else cast(Summarize, self.for_turn(*ctx.limits))
+        await strategy._run(ctx, call_next)
+
+    async def _run(
         self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
     ) -> None:
         counter = ctx.counter
