@@ -251,6 +251,11 @@ class TurnLease:
         #: Whether the save may release the lease in its own write (``release_lease=``).
         self.release_on_save = True
 
+    @property
+    def store(self) -> LeasingStore:
+        """The store that holds the lease."""
+        return self._store
+
     async def acquire(
         self, max_wait: float | None, *, load: tuple[int | None] | None = None
     ) -> None:

@@ -116,12 +116,13 @@ class SaveState:
                     )
                 assert lease is not None
                 try:
-                    count = await ctx.store.append_turn(
+                    # The lease's store is the turn's, typed as the LeasingStore it is.
+                    count = await lease.store.append_turn(
                         ctx.session_id,
                         messages,
                         cost=ctx.cost,
                         turn_id=ctx.turn_id,
-                        release_lease=lease.owner,  # type: ignore[call-arg]
+                        release_lease=lease.owner,
                     )
                 except LeaseLostError as exc:
                     if not attempt:
