@@ -64,5 +64,5 @@ class TokenBudget(LimitedStrategy):
             return list(messages)
         kept = truncate_messages(messages, self.max_tokens, counter=counter)
         # Start the next load near what this one needed (the estimate is shared by sessions).
-        self._window = max(16, len(kept) + len(kept) // 8 + 4)
+        self._window = max(16, len(kept) + 4)
         return kept
