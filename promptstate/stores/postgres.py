@@ -43,13 +43,13 @@ import msgspec
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
+    LeaseLostError,
     NotFoundError,
     PromptStateError,
     StoreAuthError,
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
@@ -1043,7 +1043,7 @@ class PostgresStore(LeasingStore):
         (repeated if another writer came in between). Neither grows with the history.
 
         With ``release_lease`` the first read also checks that this owner holds the live
-        turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing written, unless
+        turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless
         the turn is stored already), and the append releases the lease in the same statement;
         the read and the append are then one statement (one round trip) whenever the lease is
         held, no other writer came in and the turn is not stored already.
