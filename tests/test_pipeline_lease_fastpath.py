@@ -10,7 +10,6 @@ suite (promptstate/testing/conformance.py), run on every leasing store.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -401,25 +400,19 @@ async def test_a_stage_of_your_own_that_saves_twice_keeps_the_lease(leased_store
 
 @pytest.mark.slow
 @pytest.mark.redis
-async def test_two_round_trip_turns_on_a_redis_cluster(redis_cluster_url: str) -> None:
-    from promptstate.stores.redis import RedisStore
-
-    prefix = f"ps-fast-{uuid.uuid4().hex[:8]}:"
-    async with RedisStore.from_url(redis_cluster_url, prefix=prefix) as store:
-        try:
-            provider = MockProvider(lambda messages: f"seen {len(messages)}", cycle=True)
-            async with Pipeline(provider, store=store, max_tokens=500) as pipe:
-                for session in ("a", "b{x}", "c%d", "long-session-name"):  # different slots
-                    for expected in (1, 3):
-                        result = await pipe.execute(session, "user", "hi")
-                        assert result.response.content == f"seen {expected}"
-                    assert await store.acquire_lease(session, "other", 30.0)  # released
-                    assert await store.acquire_and_load(session, "third", 30.0, last=2) is None
-                    with pytest.raises(LeaseLostError):
-                        await store.append_turn(
-                            session, _turn("q", "a"), turn_id="t", release_lease="third"
-                        )
-                    assert await store.release_lease(session, "other")
-                    assert len(await store.load(session)) == 4
-        finally:
-            await store.delete_by_prefix("")
+async def test_two_round_trip_turns_on_a_redis_cluster(stores: StoreMaker) -> None:
+    store: Any = await stores.open("redis-cluster")
+    provider = MockProvider(lambda messages: f"seen {len(messages)}", cycle=True)
+    async with Pipeline(provider, store=store, max_tokens=500) as pipe:
+        for session in ("a", "b{x}", "c%d", "long-session-name"):  # different slots
+            for expected in (1, 3):
+                result = await pipe.execute(session, "user", "hi")
+                assert result.response.content == f"seen {expected}"
+            assert await store.acquire_lease(session, "other", 30.0)  # released
+            assert await store.acquire_and_load(session, "third", 30.0, last=2) is None
+            with pytest.raises(LeaseLostError):
+                await store.append_turn(
+                    session, _turn("q", "a"), turn_id="t", release_lease="third"
+                )
+            assert await store.release_lease(session, "other")
+            assert len(await store.load(session)) == 4
