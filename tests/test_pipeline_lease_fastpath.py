@@ -183,19 +183,28 @@ def _count_round_trips(store: Any) -> _Counter:
     return counter
 
 
-async def test_a_turn_is_two_round_trips(loading_store: Store) -> None:
+@pytest.mark.parametrize("how", ["execute", "stream"])
+async def test_a_turn_is_two_round_trips(loading_store: Store, how: str) -> None:
     store: Any = loading_store
     await store.append("conv", [*_turn("q1", "a1"), *_turn("q2", "a2")])
     provider = MockProvider(lambda messages: f"seen {len(messages)}", cycle=True)
     async with Pipeline(provider, store=store, max_tokens=500) as pipe:
         await pipe.execute("conv", "user", "warm up")  # loads scripts, opens connections
         counter = _count_round_trips(store)
-        result = await pipe.execute("conv", "user", "q3")
+        if how == "execute":
+            result = await pipe.execute("conv", "user", "q3")
+            response, sent = result.response, result.messages
+        else:  # the same turn runner: a streamed turn costs what a plain one does
+            chunks = [chunk async for chunk in pipe.stream("conv", "user", "q3")]
+            assert chunks[-1].message is not None
+            response, sent = chunks[-1].message, None
     assert len(counter.calls) == 2, counter.calls
-    assert result.response.content == "seen 7"
-    assert [m.content for m in result.messages] == [
-        "q1", "a1", "q2", "a2", "warm up", "seen 5", "q3",
-    ]  # fmt: skip
+    assert response.content == "seen 7"
+    if sent is not None:
+        assert [m.content for m in sent] == [
+            "q1", "a1", "q2", "a2", "warm up", "seen 5", "q3",
+        ]  # fmt: skip
+    assert [m.content for m in await store.load("conv")][-2:] == ["q3", "seen 7"]
     assert await store.acquire_lease("conv", "next", 30.0)
 
 
