@@ -459,6 +459,7 @@ class _SQL:
 
         self.turn_cas_release = releasing(self.turn_cas, "$8")
         self.turn_new_release = releasing(self.turn_new, "$7")
+
         # append_turn(release_lease=) in one statement when it can: turn_probe_lease's probe
         # and, when the lease is held, the probed version still stored, the turn's id not at
         # the position where it would start and the count as expected, turn_cas_release's
@@ -467,24 +468,47 @@ class _SQL:
         # $8 the turn id as it is encoded in a message's metadata (NULL: none),
         # $9 the expected count (-1: any) -> the new count (NULL: not written), and the
         # probe: count, version, the message at the turn's start, whether the lease is held
-        self.turn_release_fast = (
-            "WITH p AS (SELECT s.message_count, s.version, (SELECT m.data FROM"
-            f" {m} m WHERE m.session_key = s.key AND s.message_count >= $3::bigint"
-            " AND m.seq = s.last_seq - $3::bigint + 1) AS start"
-            f" FROM {t} s WHERE s.key = $1 AND {live_s}),"
-            f" h AS (SELECT EXISTS(SELECT 1 FROM {lease} l WHERE l.key = $1 AND l.owner = $7"
-            " AND l.expires_at > now()) AS held),"
-            f" up AS (UPDATE {t} s SET version = s.version + 1,"
-            " token_count = s.token_count + $4::bigint, total_cost = s.total_cost + $6::float8,"
-            " message_count = s.message_count + $3::bigint, last_seq = s.last_seq + $3::bigint,"
-            f" updated_at = $5::timestamptz, expires_at = {exp}"
-            f" FROM p, h WHERE s.key = $1 AND {live_s} AND s.version = p.version AND h.held"
-            " AND ($9::bigint < 0 OR p.message_count = $9::bigint)"
-            " AND ($8::bytea IS NULL OR p.start IS NULL OR position($8::bytea IN p.start) = 0)"
-            f" {returning}), {gc}, {ins}, {release_if_up.format(owner='$7')}"
-            " SELECT (SELECT message_count FROM up), p.message_count, p.version, p.start,"
-            " h.held FROM h LEFT JOIN p ON true"
-        )
+        def turn_fast(marker: str, expected: str, owner: str | None) -> str:
+            probe = (
+                "WITH p AS (SELECT s.message_count, s.version, (SELECT m.data FROM"
+                f" {m} m WHERE m.session_key = s.key AND s.message_count >= $3::bigint"
+                " AND m.seq = s.last_seq - $3::bigint + 1) AS start"
+                f" FROM {t} s WHERE s.key = $1 AND {live_s}),"
+            )
+            if owner is not None:
+                probe += (
+                    f" h AS (SELECT EXISTS(SELECT 1 FROM {lease} l WHERE l.key = $1"
+                    f" AND l.owner = {owner} AND l.expires_at > now()) AS held),"
+                )
+            write = (
+                f" up AS (UPDATE {t} s SET version = s.version + 1,"
+                " token_count = s.token_count + $4::bigint,"
+                " total_cost = s.total_cost + $6::float8,"
+                " message_count = s.message_count + $3::bigint,"
+                f" last_seq = s.last_seq + $3::bigint, updated_at = $5::timestamptz,"
+                f" expires_at = {exp} FROM p{', h' if owner else ''}"
+                f" WHERE s.key = $1 AND {live_s} AND s.version = p.version"
+                f"{' AND h.held' if owner else ''}"
+                f" AND ({expected}::bigint < 0 OR p.message_count = {expected}::bigint)"
+                f" AND ({marker}::bytea IS NULL OR p.start IS NULL"
+                f" OR position({marker}::bytea IN p.start) = 0) {returning}), {gc}, {ins}"
+            )
+            if owner is None:
+                return (
+                    f"{probe}{write} SELECT (SELECT message_count FROM up), p.message_count,"
+                    " p.version, p.start FROM (SELECT 1) AS one LEFT JOIN p ON true"
+                )
+            return (
+                f"{probe}{write}, {release_if_up.format(owner=owner)}"
+                " SELECT (SELECT message_count FROM up), p.message_count, p.version, p.start,"
+                " h.held FROM h LEFT JOIN p ON true"
+            )
+
+        self.turn_release_fast = turn_fast("$8", "$9", "$7")
+        # The same without a lease (append_turn with a turn id or an expected count):
+        # $7 the turn id as encoded (NULL: none), $8 the expected count (-1: any)
+        # -> the new count (NULL: not written), count, version, the message at the start.
+        self.turn_fast = turn_fast("$7", "$8", None)
         # acquire_and_load: take the lease and read the window in one statement. ``seen`` is
         # the lease row as this statement's snapshot has it; the lease is taken only if that
         # snapshot shows no live lease and the row is still the one it shows (the update's
@@ -1038,9 +1062,11 @@ class PostgresStore(LeasingStore):
         """Append one turn and add ``cost``, in one statement; see :meth:`Store.append_turn`.
 
         Without ``turn_id`` and ``expected_count`` this is one round trip, like
-        :meth:`append`. With them it is two: a read of the count, the version and the one
-        message where a retried turn would start, then an append conditional on the version
-        (repeated if another writer came in between). Neither grows with the history.
+        :meth:`append`. With them it is one statement that reads the count, the version and
+        the one message where a retried turn would start, and appends when the turn is not
+        there and the count is as expected; when it did not write, those decide (a retried
+        turn, a conflict), and another writer that came in between makes it look again.
+        Neither grows with the history.
 
         With ``release_lease`` the first read also checks that this owner holds the live
         turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless
@@ -1069,10 +1095,32 @@ class PostgresStore(LeasingStore):
             )
             return int(count)
         _, encoded, tokens = self._encode(messages, session_id)
+        # The first try probes and, when nothing stands in the way, writes in one statement
+        # (turn_fast); anything else is decided on its probe as before.
+        fast = bool(encoded)
         while True:
             async with self._conn("append_turn to", session_id) as conn:
-                row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
-                count, version, start = (0, 0, None) if row is None else row
+                if fast:
+                    fast = False
+                    new_count, count, version, start = await conn.fetchrow(
+                        sql.turn_fast,
+                        session_id,
+                        encoded,
+                        len(encoded),
+                        tokens,
+                        utcnow(),
+                        cost,
+                        None if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
+                        -1 if expected_count is None else expected_count,
+                    )
+                    if new_count is not None:
+                        if self._maybe_purge_due():
+                            await self._opportunistic_purge(conn)
+                        return int(new_count)
+                    count, version = count or 0, version or 0
+                else:
+                    row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
+                    count, version, start = (0, 0, None) if row is None else row
                 if (
                     turn_id is not None
                     and encoded
