@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "apply_migrations"]
 
-# The store's logger: docs/logging.md lists "a migration was applied" under it.
-logger = logging.getLogger("promptstate.stores.postgres")
+logger = logging.getLogger(__name__)
 
 #: The numbered schema migrations, applied in order by :meth:`PostgresStore.setup`. Each is
 #: ``(version, name, statements)``; the statements are format strings over the quoted names
