@@ -51,14 +51,14 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores._postgres_migrations import MIGRATIONS, apply_migrations
 from promptstate.stores._postgres_sql import PURGE_BATCH, SQL, Names, key_range, page_sql
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores.base import LeasingStore, SessionQuery
 from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
+from promptstate.stores.turns import decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -369,7 +369,7 @@ class PostgresStore(LeasingStore):
             message_count=row[offset + 8],
         )
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         sql = self._sql.get_touch if self._touch_on_read and self._sql.touching else self._sql.get
         async with self._conn("get", key) as conn:
             row = await conn.fetchrow(sql, key)
@@ -377,7 +377,7 @@ class PostgresStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return self._state(key, row)
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         wanted = list(keys)
         if not wanted:
             return []
@@ -394,7 +394,7 @@ class PostgresStore(LeasingStore):
             result.append(None if row is None else self._state(key, row, 1))
         return result
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         sql = self._sql
         touch = self._touch_on_read and sql.touching
         async with self._conn("load", session_id) as conn:
@@ -406,7 +406,7 @@ class PostgresStore(LeasingStore):
             )
         return unpack_messages([r[0] for r in reversed(rows)], key=session_id)
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         after: str | None = None
         while True:
             where, args = key_range(prefix, after, 1)
@@ -422,7 +422,7 @@ class PostgresStore(LeasingStore):
                 return
             after = rows[-1][0]
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         sql = self._sql
         after: str | None = None
         while True:
@@ -465,7 +465,7 @@ class PostgresStore(LeasingStore):
         return value
 
     @settled_write
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             async with self._conn("append to", session_id) as conn:
                 count = await conn.fetchval(self._sql.count, session_id)
@@ -488,7 +488,7 @@ class PostgresStore(LeasingStore):
         return int(count)
 
     @settled_write
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
         messages: Sequence[Message],
@@ -516,7 +516,7 @@ class PostgresStore(LeasingStore):
             )
         if turn_id is None and expected_count is None:
             if not messages:
-                return await self.append(session_id, messages)
+                return await self._append(session_id, messages)
             _, encoded, tokens = self._encode(messages, session_id)
             count = await self._write(
                 "append_turn to",
@@ -534,19 +534,14 @@ class PostgresStore(LeasingStore):
             async with self._conn("append_turn to", session_id) as conn:
                 row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
                 count, version, start = (0, 0, None) if row is None else row
-                if (
-                    turn_id is not None
-                    and encoded
-                    and start is not None
-                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
-                    == turn_id
+                if not decide_turn(
+                    session_id,
+                    count=count,
+                    size=len(encoded),
+                    start=self._turn_start(start, turn_id, session_id),
+                    turn_id=turn_id,
+                    expected_count=expected_count,
                 ):
-                    return int(count)
-                if expected_count is not None and expected_count != count:
-                    raise ConflictError(
-                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                    )
-                if not encoded:
                     return int(count)
                 args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
                 if version:
@@ -558,6 +553,13 @@ class PostgresStore(LeasingStore):
                 if self._maybe_purge_due():
                     await self._opportunistic_purge(conn)
                 return int(new_count)
+
+    @staticmethod
+    def _turn_start(data: bytes | None, turn_id: str | None, key: str) -> Message | None:
+        """The probed message where a retried turn would start, decoded only when needed."""
+        if data is None or turn_id is None:
+            return None
+        return unpack_messages([data], key=key)[0]
 
     async def _append_turn_release(
         self,
@@ -575,27 +577,18 @@ class PostgresStore(LeasingStore):
                 row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
                 count, version, start, held = row
                 count, version = count or 0, version or 0
-                if (
-                    turn_id is not None
-                    and encoded
-                    and start is not None
-                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
-                    == turn_id
+                if not decide_turn(
+                    session_id,
+                    count=count,
+                    size=len(encoded),
+                    start=self._turn_start(start, turn_id, session_id),
+                    turn_id=turn_id,
+                    expected_count=expected_count,
+                    lease_held=bool(held),
                 ):
-                    if held:  # a retried turn whose first try was stored: release now
+                    # Stored already (a retry whose first try was stored) or empty: release.
+                    if held:
                         await conn.fetchval(sql.lease_release, session_id, owner)
-                    return int(count)
-                if not held:
-                    raise LeaseLostError(
-                        f"the lease on session {session_id!r} is not held by this turn: "
-                        "nothing stored"
-                    )
-                if expected_count is not None and expected_count != count:
-                    raise ConflictError(
-                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                    )
-                if not encoded:
-                    await conn.fetchval(sql.lease_release, session_id, owner)
                     return int(count)
                 args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
                 if version:
@@ -609,7 +602,7 @@ class PostgresStore(LeasingStore):
                 return int(new_count)
 
     @settled_write
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         _, encoded, tokens = self._encode(messages, session_id)
         await self._write(
             "save",
@@ -622,7 +615,7 @@ class PostgresStore(LeasingStore):
         )
 
     @settled_write
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         user_id = _check_user_id(state.user_id, key)
         total_cost = _check_cost(state.total_cost, key)
         created_at = _check_time(state.created_at, key)
@@ -663,13 +656,13 @@ class PostgresStore(LeasingStore):
         )
 
     @settled_write
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         async with self._conn("delete", key) as conn:
             live = await conn.fetchval(self._sql.delete, key)
         return bool(live)
 
     @settled_write
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         where, args = key_range(prefix, None, 1)
         sql = (
             f"WITH d AS (DELETE FROM {self._sql.sessions} s WHERE {where}"
@@ -679,7 +672,7 @@ class PostgresStore(LeasingStore):
             return int(await conn.fetchval(sql, *args))
 
     @settled_write
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         asyncpg = _import_asyncpg()
@@ -738,13 +731,13 @@ class PostgresStore(LeasingStore):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         touch = self._touch_on_read and self._sql.touching
         async with self._conn("count", key) as conn:
             count = await conn.fetchval(self._sql.count_touch if touch else self._sql.count, key)
         return 0 if count is None else check_count("PostgreSQL", key, "message_count", count)
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         sql = self._sql
         touch = self._touch_on_read and sql.touching
         async with self._conn("get_metadata", key) as conn:
@@ -754,7 +747,7 @@ class PostgresStore(LeasingStore):
         return check_metadata("PostgreSQL", key, unpack_any(row[0], key=key))
 
     @settled_write
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         """Merge in two statements that never read messages: the version and metadata, then a
@@ -784,7 +777,7 @@ class PostgresStore(LeasingStore):
             return unpack_any(pack(metadata), key=key)  # type: ignore[no-any-return]
 
     @settled_write
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         sql = self._sql
         while True:
             async with self._conn("truncate", key) as conn:
@@ -804,7 +797,7 @@ class PostgresStore(LeasingStore):
             return keep
 
     @settled_write
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         if not count:
             return []
         sql = self._sql

@@ -50,10 +50,9 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores._sqlite_executor import Mode, SQLiteExecutor
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores.base import LeasingStore, SessionQuery
 from promptstate.stores.integrity import (
     check_count,
     check_metadata,
@@ -61,6 +60,7 @@ from promptstate.stores.integrity import (
     checked_state,
     timestamp_from_us,
 )
+from promptstate.stores.turns import decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State
 
@@ -616,7 +616,7 @@ class SQLiteStore(LeasingStore):
 
     # -- the store interface --------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         def work(conn: sqlite3.Connection) -> State | None:
             now = _now_us()
             if self._touching:
@@ -628,7 +628,7 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return state
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         if isinstance(state.total_cost, float) and math.isnan(state.total_cost):
             raise ValidationError(f"total_cost of key {key!r} is NaN; SQLite cannot store it")
         stored = self._prepare(key, state, 0)
@@ -669,7 +669,7 @@ class SQLiteStore(LeasingStore):
         await self._run(work, "write", f"set {key!r}")
         return stored
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             row = conn.execute(_SQL_HEAD, (key,)).fetchone()
             if row is None:
@@ -680,7 +680,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"delete {key!r}")
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         where, args = _prefix_range(prefix, "key")
         sql = (
             f"SELECT key FROM promptstate_sessions WHERE {where} AND key > ? AND {_LIVE} "
@@ -701,7 +701,7 @@ class SQLiteStore(LeasingStore):
                 return
             after = page[-1]
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         if last == 0 and not self._touching:
             return []
 
@@ -717,7 +717,7 @@ class SQLiteStore(LeasingStore):
         mode: Mode = "write" if self._touching else "single"
         return await self._run(work, mode, f"load {session_id!r}")
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             row = await self._run(
                 lambda conn: conn.execute(_SQL_COUNT, (session_id, _now_us())).fetchone(),
@@ -735,7 +735,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"append to {session_id!r}")
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
         messages: Sequence[Message],
@@ -763,24 +763,23 @@ class SQLiteStore(LeasingStore):
             )
             head = self._head_sync(conn, session_id, now)
             count = 0 if head is None else head[1]
+            start = None
             if turn_id is not None and size and count >= size:
-                # A retried turn: the session already ends with it (one row read by index).
+                # Where a retried turn would start: one row read by the primary key.
                 row = conn.execute(_SQL_MESSAGE_AT, (session_id, count - size)).fetchone()
                 if row is not None:
-                    first = unpack_message(row[0], key=session_id)
-                    if first.metadata.get(TURN_ID_KEY) == turn_id:
-                        return count
-            if release_lease is not None and not held:
-                raise LeaseLostError(
-                    f"the lease on session {session_id!r} is not held by this turn: nothing stored"
-                )
-            if expected_count is not None and expected_count != count:
-                raise ConflictError(
-                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                )
-            if not size:
-                return count
-            return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+                    start = unpack_message(row[0], key=session_id)
+            if decide_turn(
+                session_id,
+                count=count,
+                size=size,
+                start=start,
+                turn_id=turn_id,
+                expected_count=expected_count,
+                lease_held=None if release_lease is None else held,
+            ):
+                return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+            return count
 
         return await self._run(work, "write", f"append a turn to {session_id!r}")
 
@@ -808,7 +807,7 @@ class SQLiteStore(LeasingStore):
         )
         return total
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
         encoded = [pack(m) for m in counted]
 
@@ -827,7 +826,7 @@ class SQLiteStore(LeasingStore):
 
         await self._run(work, "write", f"save {session_id!r}")
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         def work(conn: sqlite3.Connection) -> State:
@@ -860,7 +859,7 @@ class SQLiteStore(LeasingStore):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
             now = _now_us()
             if self._touching:
@@ -870,7 +869,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write" if self._touching else "single", f"count {key!r}")
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         def work(conn: sqlite3.Connection) -> tuple[object] | None:
             now = _now_us()
             if self._touching:
@@ -884,7 +883,7 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return check_metadata("SQLite", key, unpack_any(data[0], key=key))
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         drop = list(remove)
@@ -908,7 +907,7 @@ class SQLiteStore(LeasingStore):
         merged = await self._run(work, "write", f"merge metadata of {key!r}")
         return unpack_any(pack(merged), key=key)  # type: ignore[no-any-return]
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         def work(conn: sqlite3.Connection) -> int | None:
             now = _now_us()
             head = self._head_sync(conn, key, now)
@@ -928,7 +927,7 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         if not count:
             return []
 
@@ -980,7 +979,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "read", f"list sessions with prefix {query.prefix!r}")
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         where, args = _prefix_range(prefix, "key")
         sql = (
             f"SELECT {_SESSION_COLUMNS}, key FROM promptstate_sessions "
@@ -1014,7 +1013,7 @@ class SQLiteStore(LeasingStore):
             for state in states:
                 yield state
 
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         where, args = _prefix_range(prefix, "key")
         where_messages, _ = _prefix_range(prefix, "session_key")
 
@@ -1029,7 +1028,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"delete prefix {prefix!r}")
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         wanted = list(keys)
         if not wanted:
             return []
@@ -1062,7 +1061,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"take the lease on {key!r}")
 
-    async def acquire_and_load(
+    async def _acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """Take the turn lease on ``key`` and read the newest ``last`` messages, in one

@@ -26,11 +26,13 @@ from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
     InvalidKeyError,
+    LeaseLostError,
     NotFoundError,
     PromptStateError,
     ValidationError,
 )
-from promptstate.stores.base import MAX_KEY_LENGTH, Store
+from promptstate.stores.base import MAX_KEY_LENGTH, LeasingStore, Store
+from promptstate.stores.turns import turn_refusal
 from promptstate.types import (
     AudioPart,
     FilePart,
@@ -1597,6 +1599,32 @@ class StoreConformance:
             q, a = state.messages[start], state.messages[start + 1]
             assert (q.content[1:], q.role, a.role) == (a.content[1:], "user", "assistant")
         assert state.total_cost == 10.0
+
+    async def test_append_turn_refusals_read_the_same_on_every_store(self, store: Store) -> None:
+        """The rules and messages are promptstate.stores.turns', whatever does the I/O."""
+        turn = [Message("user", "q"), Message("assistant", "a")]
+        assert await store.append_turn("m", turn, turn_id="t1") == 2
+        with pytest.raises(ConflictError) as conflict:
+            await store.append_turn("m", turn, turn_id="t2", expected_count=5)
+        assert str(conflict.value) == str(turn_refusal("m", 2, expected_count=5))
+        # A stored turn goes first: its retry is no conflict.
+        assert await store.append_turn("m", turn, turn_id="t1", expected_count=5) == 2
+        if not isinstance(store, LeasingStore):
+            return
+        # The lease goes before the count, and a refused turn stores nothing.
+        with pytest.raises(LeaseLostError) as lost:
+            await store.append_turn(
+                "m", turn, turn_id="t2", expected_count=5, release_lease="nobody"
+            )
+        assert str(lost.value) == str(turn_refusal("m", 2, expected_count=5, lease_held=False))
+        assert await store.count("m") == 2
+        assert await store.acquire_lease("m", "me", 5.0)
+        assert await store.append_turn("m", turn, turn_id="t3", release_lease="me") == 4
+        assert await store.acquire_lease("m", "other", 5.0), "the write kept the lease"
+        # A retry of a stored turn is answered whoever holds the lease now, and leaves it be.
+        assert await store.append_turn("m", turn, turn_id="t3", release_lease="me") == 4
+        assert not await store.acquire_lease("m", "third", 5.0), "another owner's lease went"
+        assert await store.release_lease("m", "other")
 
     # -- leases (optional: stores that implement promptstate.locks.SupportsLease) ----------
 
