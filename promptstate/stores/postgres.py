@@ -25,6 +25,10 @@ transaction) and gives it back, so sessions never wait for each other; concurren
 The statements are built in :mod:`promptstate.stores._postgres_sql` and the numbered schema
 migrations live in :mod:`promptstate.stores._postgres_migrations`; this module holds the store:
 its pool, its error translation and its methods.
+
+Errors: every operation runs inside ``async with self._conn(what, key) as conn`` (``_Op``),
+which opens the pool on first use, acquires and releases the connection, and is the one place
+where asyncpg, socket and pool errors become promptstate errors (``_Op._translate``).
 """
 
 from __future__ import annotations
@@ -259,10 +263,8 @@ class PostgresStore(LeasingStore):
             if self._pool is None:
                 self._check_open()
                 asyncpg = _import_asyncpg()
-                try:
-                    pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
-                except BaseException as exc:
-                    _reraise_opening(exc, self._dsn)
+                # Errors reach the caller's _Op, which translates them (DSN password blanked).
+                pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
                 if self._closed:
                     # aclose() ran while the pool was being opened and saw no pool to close.
                     await _close_pool(pool)
@@ -312,11 +314,6 @@ class PostgresStore(LeasingStore):
         """A pool connection for one operation (``async with``), every driver error translated
         into a promptstate error naming ``what`` and ``key``."""
         return _Op(self, what, key, ensure_ready=True)
-
-    def _unavailable_timeout(self, what: str, exc: BaseException) -> NoReturn:
-        raise StoreUnavailableError(
-            f"no PostgreSQL connection became free within {self._acquire_timeout} s ({what})"
-        ) from exc
 
     def _maybe_purge_due(self) -> bool:
         if self._ttl is None:
@@ -900,10 +897,13 @@ class _Op:
         store = self._store
         if self._ensure_ready and not store._ready:
             await store._start()
+        opening = False
         try:
             pool = store._pool
             if pool is None:
+                opening = True
                 pool = await store._get_pool()
+                opening = False
             timeout = store._acquire_timeout
             if timeout is None or _has_free_connection(pool):
                 # A connection is free, so nothing to wait for (a reconnect is bounded by
@@ -918,7 +918,7 @@ class _Op:
                 self._conn = await pool.acquire(timeout=timeout)
             self._pool = pool
         except BaseException as exc:
-            self._translate(exc, acquiring=True)
+            self._translate(exc, acquiring=True, opening=opening)
         return self._conn
 
     async def __aexit__(
@@ -940,7 +940,16 @@ class _Op:
         await _release_shielded(pool, conn)
         self._translate(exc)
 
-    def _translate(self, exc: BaseException, *, acquiring: bool = False) -> NoReturn:
+    def _translate(
+        self, exc: BaseException, *, acquiring: bool = False, opening: bool = False
+    ) -> NoReturn:
+        """Raise the promptstate error for ``exc`` (chained): the one place where asyncpg,
+        socket and pool errors of this store become promptstate errors.
+
+        ``acquiring``: while waiting for a pool connection; ``opening``: while building the
+        store's own pool from its DSN (a bad DSN or option is then a ValidationError, and the
+        DSN's password is blanked out of every message, whatever the driver put in it).
+        """
         if isinstance(exc, (PromptStateError, asyncio.CancelledError)) or not isinstance(
             exc, Exception
         ):
@@ -948,9 +957,14 @@ class _Op:
         store = self._store
         if _is_undefined_table(exc):
             store._ready = False
-        if acquiring and isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
-            store._unavailable_timeout(self._describe(), exc)
-        _reraise(exc, self._describe())
+        what = "opening the connection pool" if opening else self._describe()
+        try:
+            _raise_for(exc, what, acquiring=acquiring, opening=opening, store=store)
+        except PromptStateError as error:
+            password = _password(store._dsn) if opening else None
+            if password and password in str(error):
+                raise type(error)(str(error).replace(password, "***")) from exc
+            raise
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -1103,12 +1117,21 @@ _UNAVAILABLE_NAMES = (
 )
 
 
-def _reraise(exc: BaseException, what: str) -> NoReturn:
-    """Raise the promptstate error for a driver or socket error (``exc`` chained)."""
-    if not isinstance(exc, Exception):
-        raise exc
+def _raise_for(
+    exc: Exception, what: str, *, acquiring: bool, opening: bool, store: PostgresStore
+) -> NoReturn:
+    """The mapping behind :meth:`_Op._translate` (``exc`` chained to what it raises)."""
     asyncpg = _import_asyncpg()
     name = type(exc).__name__
+    waited = acquiring and not opening  # the pool's queue, not a connection attempt
+    if waited and isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
+        raise StoreUnavailableError(
+            f"no PostgreSQL connection became free within {store._acquire_timeout} s ({what})"
+        ) from exc
+    if opening and isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
+        raise ValidationError(
+            f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
         raise StoreUnavailableError(
             f"PostgreSQL is unreachable or did not answer in time ({what}): "
@@ -1145,30 +1168,11 @@ def _reraise(exc: BaseException, what: str) -> NoReturn:
     raise exc
 
 
-def _reraise_opening(exc: BaseException, dsn: str) -> NoReturn:
-    """Translate an error from building the pool; a bad DSN or option is a ValidationError.
-
-    The DSN's password is blanked out of the message, whatever the driver put in it.
-    """
+def _password(dsn: str) -> str | None:
     try:
-        password = urlsplit(dsn).password
+        return urlsplit(dsn).password
     except ValueError:
-        password = None
-
-    def scrub(text: str) -> str:
-        return text.replace(password, "***") if password else text
-
-    asyncpg = _import_asyncpg()
-    if isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
-        raise ValidationError(
-            scrub(f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}")
-        ) from exc
-    try:
-        _reraise(exc, "opening the connection pool")
-    except PromptStateError as error:
-        if password and password in str(error):
-            raise type(error)(scrub(str(error))) from exc
-        raise
+        return None
 
 
 def _safe(exc: BaseException) -> str:
