@@ -391,50 +391,6 @@ def _check_count_arg(value: object, name: str) -> None:
         raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
 
 
-def _check_turn_args(
-    store: Store,
-    messages: object,
-    cost: object,
-    turn_id: object,
-    expected_count: object,
-    release_lease: object,
-) -> list[Message]:
-    """The checks of :meth:`Store.append_turn`; returns the messages, the turn id recorded."""
-    items = _check_messages(messages, "append_turn")
-    if release_lease is not None and (not isinstance(release_lease, str) or not release_lease):
-        raise ValidationError(
-            f"release_lease must be None or a non-empty owner str, got {release_lease!r}"
-        )
-    if (
-        isinstance(cost, bool)
-        or not isinstance(cost, (int, float))
-        or not 0 <= cost <= MAX_TURN_COST
-    ):
-        raise ValidationError(
-            f"cost must be a number of USD from 0 to {MAX_TURN_COST:g}, got {cost!r}"
-        )
-    if turn_id is not None:
-        if not isinstance(turn_id, str) or not turn_id:
-            raise ValidationError(f"turn_id must be None or a non-empty str, got {turn_id!r}")
-        if items and items[0].metadata.get(TURN_ID_KEY) != turn_id:
-            first = items[0]
-            items[0] = msgspec.structs.replace(
-                first, metadata={**first.metadata, TURN_ID_KEY: turn_id}
-            )
-    if expected_count is not None and (
-        not isinstance(expected_count, int)
-        or isinstance(expected_count, bool)
-        or expected_count < 0
-    ):
-        raise ValidationError(f"expected_count must be None or an int >= 0, got {expected_count!r}")
-    if release_lease is not None and not isinstance(store, LeasingStore):
-        raise ValidationError(
-            f"{type(store).__name__} has no leases: append_turn(release_lease=...) "
-            "needs a LeasingStore"
-        )
-    return items
-
-
 def _check_merge_args(updates: object, remove: object) -> tuple[dict[str, Any], tuple[str, ...]]:
     if not isinstance(updates, Mapping):
         raise ValidationError(
@@ -626,7 +582,40 @@ class Store(AsyncResource, ABC):
         """
         self._check_open()
         validate_key(session_id, what="session_id")
-        items = _check_turn_args(self, messages, cost, turn_id, expected_count, release_lease)
+        items = _check_messages(messages, "append_turn")
+        if release_lease is not None and (not isinstance(release_lease, str) or not release_lease):
+            raise ValidationError(
+                f"release_lease must be None or a non-empty owner str, got {release_lease!r}"
+            )
+        if (
+            isinstance(cost, bool)
+            or not isinstance(cost, (int, float))
+            or not 0 <= cost <= MAX_TURN_COST
+        ):
+            raise ValidationError(
+                f"cost must be a number of USD from 0 to {MAX_TURN_COST:g}, got {cost!r}"
+            )
+        if turn_id is not None:
+            if not isinstance(turn_id, str) or not turn_id:
+                raise ValidationError(f"turn_id must be None or a non-empty str, got {turn_id!r}")
+            if items and items[0].metadata.get(TURN_ID_KEY) != turn_id:
+                first = items[0]
+                items[0] = msgspec.structs.replace(
+                    first, metadata={**first.metadata, TURN_ID_KEY: turn_id}
+                )
+        if expected_count is not None and (
+            not isinstance(expected_count, int)
+            or isinstance(expected_count, bool)
+            or expected_count < 0
+        ):
+            raise ValidationError(
+                f"expected_count must be None or an int >= 0, got {expected_count!r}"
+            )
+        if release_lease is not None and not isinstance(self, LeasingStore):
+            raise ValidationError(
+                f"{type(self).__name__} has no leases: append_turn(release_lease=...) "
+                "needs a LeasingStore"
+            )
         return await self._append_turn(
             session_id,
             items,

@@ -87,9 +87,18 @@ def decide_turn(
         LeaseLostError: The lease is not held and the turn is not stored.
         ConflictError: The count is not ``expected_count`` and the turn is not stored.
     """
-    if size and turn_stored(start, turn_id):
+    # turn_stored and turn_refusal, inlined: this runs on every pipeline turn.
+    if (
+        size
+        and turn_id is not None
+        and start is not None
+        and start.metadata.get(TURN_ID_KEY) == turn_id
+    ):
         return False
-    error = turn_refusal(session_id, count, expected_count=expected_count, lease_held=lease_held)
-    if error is not None:
+    if lease_held is False or (expected_count is not None and expected_count != count):
+        error = turn_refusal(
+            session_id, count, expected_count=expected_count, lease_held=lease_held
+        )
+        assert error is not None
         raise error
     return size > 0
