@@ -196,6 +196,9 @@ class Record:
     value: float | None = None
     unit: str | None = None
     note: str = ""
+    #: process CPU time over the cell's timed turns / those turns (client overhead, apart
+    #: from the time spent waiting for a server); every contender runs in this one process
+    cpu_us_per_turn: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -305,13 +308,14 @@ async def measure_cell(
     max_turns: int,
     *,
     warmup: float = 0.0,
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, float]:
     """Run turns from ``concurrency`` tasks for ``seconds`` (at most ``max_turns``).
 
     Turn ``t`` goes to session ``ids[t % len(ids)]``, so with at least as many sessions as
     tasks, no two tasks work on one session at a time. Before the timed part, when ``warmup``
     is given, the same tasks run untimed turns for that long (at least one each: that opens
-    the connections the cell will use). Returns (per-turn seconds, wall time).
+    the connections the cell will use). Returns (per-turn seconds, wall time, process CPU
+    time), the times over the timed part only.
     """
     pool = len(ids)
     perf = time.perf_counter
@@ -339,9 +343,11 @@ async def measure_cell(
         warm_until = perf() + warmup
         await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
     deadline = perf() + seconds
+    cpu = time.process_time()
     start = perf()
     await asyncio.gather(*(worker(deadline, True) for _ in range(concurrency)))
-    return latencies, perf() - start
+    wall = perf() - start
+    return latencies, wall, time.process_time() - cpu
 
 
 async def run_turns(
@@ -394,7 +400,7 @@ async def run_turns(
                 cursors[id(contender)] = Cursor()
                 pools[id(contender)] = ids[:filled]
             for concurrency in config.concurrencies_at(history):
-                got: dict[int, tuple[list[float], float]] = {}
+                got: dict[int, tuple[list[float], float, float, list[float]]] = {}
                 before = {id(c): cursors[id(c)].value for c in live if id(c) in cursors}
                 # Rounds alternate the contenders' order, so a burst of load from elsewhere on
                 # the machine lands on all of them rather than on one.
@@ -412,7 +418,7 @@ async def run_turns(
                         if id(contender) in failed:
                             continue
                         try:
-                            latencies, wall = await measure_cell(
+                            latencies, wall, cpu = await measure_cell(
                                 contender,
                                 pools[id(contender)],
                                 cursors[id(contender)],
@@ -425,12 +431,14 @@ async def run_turns(
                             where = f"history {history}, {concurrency} sessions"
                             _fail(contender, exc, where, notes, failed)
                             continue
-                        so_far, walls = got.get(id(contender), ([], 0.0))
-                        got[id(contender)] = (so_far + latencies, walls + wall)
+                        so_far, walls, cpus, slices = got.get(id(contender), ([], 0.0, 0.0, []))
+                        # each slice's time per turn, for the spread of a ratio across slices
+                        slices = [*slices, wall / len(latencies) if latencies else 0.0]
+                        got[id(contender)] = (so_far + latencies, walls + wall, cpus + cpu, slices)
                 for contender in live:
                     if id(contender) in failed or id(contender) not in got:
                         continue
-                    latencies, wall = got[id(contender)]
+                    latencies, wall, cpu, slices = got[id(contender)]
                     after = cursors[id(contender)].value
                     ordered = sorted(latencies)
                     records.append(
@@ -449,7 +457,8 @@ async def run_turns(
                             history_mean=history
                             + (before[id(contender)] + after) / len(pools[id(contender)]),
                             note=contender.note,
-                            extra={"sessions_filled": len(pools[id(contender)])},
+                            cpu_us_per_turn=cpu / len(latencies) * 1e6 if latencies else None,
+                            extra={"sessions_filled": len(pools[id(contender)]), "slices": slices},
                         )
                     )
             for contender in live:
@@ -566,7 +575,7 @@ def add_ratios(records: list[Record]) -> None:
                 r.ratio_vs_peer = peer.turns_per_s / r.turns_per_s  # type: ignore[operator]
                 r.extra["peer"] = peer.store
             if r.scenario == "pipeline" and ours is not None:
-                r.extra["ratio_vs_store"] = ours.turns_per_s / r.turns_per_s  # type: ignore[operator]
+                _versus_store(r, ours)
     mem: dict[str | None, dict[str, Record]] = {}
     for r in records:
         if r.scenario == "memory" and r.value:
@@ -579,6 +588,20 @@ def add_ratios(records: list[Record]) -> None:
                 r.ratio_vs_raw = r.value / raw.value
             if r.kind == "peer" and ours is not None and ours.value:
                 r.ratio_vs_peer = ours.value / r.value
+
+
+def _versus_store(pipe: Record, store: Record) -> None:
+    """A pipeline row against the bare store turn of its cell: time per turn (over the cell
+    and per slice, whose spread shows how much the machine moved it), p99 and CPU per turn."""
+    pipe.extra["ratio_vs_store"] = store.turns_per_s / pipe.turns_per_s  # type: ignore[operator]
+    mine, theirs = pipe.extra.get("slices") or [], store.extra.get("slices") or []
+    per_slice = [a / b for a, b in zip(mine, theirs, strict=False) if a and b]
+    if per_slice:
+        pipe.extra["ratio_vs_store_slices"] = [round(x, 4) for x in per_slice]
+    if pipe.p99_ms and store.p99_ms:
+        pipe.extra["p99_vs_store"] = pipe.p99_ms / store.p99_ms
+    if pipe.cpu_us_per_turn and store.cpu_us_per_turn:
+        pipe.extra["cpu_vs_store"] = pipe.cpu_us_per_turn / store.cpu_us_per_turn
 
 
 # -- the other scenarios ----------------------------------------------------------------------
@@ -693,6 +716,14 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _loadavg() -> list[float] | None:
+    """The machine's load average (1, 5, 15 minutes): how busy it was besides this run."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not on every platform
+        return None
+
+
 async def server_versions(env: Env) -> dict[str, str]:
     found: dict[str, str] = {}
     if env.redis_url:
@@ -744,6 +775,7 @@ async def run(config: Config, *, progress: Progress | None = None, command: str 
             "mode": config.mode,
             "command": command,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "loadavg_start": _loadavg(),
             "versions": versions(),
             "config": {
                 k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
@@ -784,6 +816,7 @@ async def run(config: Config, *, progress: Progress | None = None, command: str 
         finally:
             await _servers.cleanup(env.redis_url, env.postgres_dsn, env.token)
         meta["seconds"] = round(time.perf_counter() - started, 1)
+        meta["loadavg_end"] = _loadavg()
     add_ratios(records)
     return Result(meta=meta, records=records, notes=notes, external=external)
 

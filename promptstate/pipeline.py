@@ -34,6 +34,7 @@ import anyio.lowlevel
 import msgspec
 
 from promptstate._resource import AsyncResource
+from promptstate._tools import Tool, ToolSpec
 from promptstate.exceptions import ClosedError, PromptStateError, ValidationError
 from promptstate.locks import (
     TurnLease,
@@ -48,11 +49,13 @@ from promptstate.providers.base import Chunk, Provider
 from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
 from promptstate.stages.check_reply import with_check_reply
 from promptstate.stages.context import CallNext, ExecutionContext, Middleware
+from promptstate.stages.sliding_window import SlidingWindow
+from promptstate.stages.token_budget import TokenBudget
+from promptstate.stages.tool_loop import ToolLoop, with_tool_loop
+from promptstate.stages.truncate import TruncationStrategy
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
 from promptstate.tokens import TokenCounter, with_tokens
-from promptstate.tools import Tool, ToolLoop, ToolSpec, with_tool_loop
-from promptstate.truncation import SlidingWindow, TokenBudget, TruncationStrategy
 from promptstate.types import Message, Usage
 from promptstate.validators import Guardrails
 

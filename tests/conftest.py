@@ -1,12 +1,23 @@
-"""Shared fixtures: the anyio backend and the real servers tests run against."""
+"""Shared fixtures: the anyio backend, the real servers tests run against, and stores of every
+backend by name (``backend``, ``stores``, ``store_factory``, ``store``; see tests/backends.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+from promptstate.stores.base import Store
+from promptstate.testing import StoreFactory
+from promptstate.testing._backends import StoreMaker, servers_needed
 from tests import servers
+from tests.backends import CONFORMANCE, extra_stores, params
+from tests.redis_cluster import redis_cluster_url
+
+__all__ = ["redis_cluster_url"]  # a server fixture too, defined beside the cluster it starts
 
 
 @pytest.fixture
@@ -46,3 +57,41 @@ def sweep_orphaned_sockets() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+# -- stores by backend name -------------------------------------------------------------------
+
+
+@pytest.fixture(params=params(*CONFORMANCE))
+def backend(request: pytest.FixtureRequest) -> str:
+    """A backend name: every conformance backend, unless the test narrows it with
+    ``@pytest.mark.parametrize("backend", params(...), indirect=True)``."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+    """Opens stores of any backend by name (``await stores.open("postgres", ttl=1)``), each
+    new, empty and isolated; at the end of the test it closes them and removes their data."""
+    maker = StoreMaker(
+        tmp_path, lambda what: str(request.getfixturevalue(what)), extra=extra_stores()
+    )
+    yield maker
+    await maker.aclose()
+
+
+@pytest.fixture
+def store_factory(backend: str, stores: StoreMaker, request: pytest.FixtureRequest) -> StoreFactory:
+    """``await store_factory(**options)``: a new, empty store of ``backend``."""
+    server = servers_needed(backend)
+    if server is not None:
+        stores.server(server)  # now, at setup: a missing server skips (fails under CI=true)
+    if backend == "redis-cluster":
+        request.getfixturevalue("sweep_orphaned_sockets")
+    return partial(stores.open, backend)
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    """One new, empty store of ``backend``."""
+    return await store_factory()

@@ -1,11 +1,18 @@
-"""The package's import graph has no circles: no module imports (at run time or only for type
-checking) one that imports it back, directly or through others. The stage contract lives in
-``promptstate.stages.context`` so that the stages, truncation and tools never import the
-pipeline that imports them."""
+"""The package's import graph shows the architecture.
+
+It has no circles: no module imports (at run time or only for type checking) one that imports
+it back, directly or through others. And it has layers, bottom up: types, errors and tokens;
+the window policy (``_window``) and tool definitions (``_tools``); stores and providers;
+``stages/`` (the stage contract in ``stages.context`` and every stage: load, the truncation
+strategies, the tool loop, the provider call, the reply check, save); the pipeline that builds
+the chain; the SDK. No module imports one from a layer above it, and the public modules that
+only re-export (``truncation``, ``tools``) are imported by nothing inside the package but its
+``__init__``."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import promptstate
@@ -82,12 +89,99 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_module_imports_one_that_imports_it_back() -> None:
+def _graph() -> dict[str, set[str]]:
     known = _modules()
-    graph = {name: _imports(name, path, known) for name, path in known.items()}
+    return {name: _imports(name, path, known) for name, path in known.items()}
+
+
+def _in(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _upward(
+    graph: dict[str, set[str]], lower: tuple[str, ...], upper: tuple[str, ...]
+) -> list[str]:
+    """Every import from a module in ``lower`` of one in ``upper`` (module or package names)."""
+    return sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        if _in(name, lower)
+        for target in targets
+        if _in(target, upper) and not _in(target, lower)
+    )
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    graph = _graph()
     assert len(graph) > 40  # the walk found the package
-    assert "promptstate.stages.context" in graph["promptstate.truncation"]
+    assert "promptstate.stages.context" in graph["promptstate.stages.truncate"]
     assert _cycles(graph) == []
+
+
+# Above the stages: what builds and runs the chain, and the public modules that re-export.
+ABOVE_STAGES = (
+    "promptstate.pipeline",
+    "promptstate.sdk",
+    "promptstate.cli",
+    "promptstate.integrations",
+    "promptstate.backup",
+    "promptstate.truncation",
+    "promptstate.tools",
+)
+REEXPORTING = ("promptstate.truncation", "promptstate.tools")
+
+
+def test_stages_import_nothing_above_them() -> None:
+    graph = _graph()
+    assert {"promptstate.stages.summarize", "promptstate.stages.tool_loop"} <= set(graph)
+    assert _upward(graph, ("promptstate.stages",), ABOVE_STAGES) == []
+
+
+def test_stores_and_providers_sit_below_the_stages_and_apart() -> None:
+    graph = _graph()
+    above = (*ABOVE_STAGES, "promptstate.stages", "promptstate.packs")
+    assert _upward(graph, ("promptstate.stores",), (*above, "promptstate.providers")) == []
+    assert _upward(graph, ("promptstate.providers",), (*above, "promptstate.stores")) == []
+    low = ("promptstate._window", "promptstate._tools", "promptstate.tokens", "promptstate.types")
+    assert _upward(graph, low, ("promptstate.stores", "promptstate.providers", *above)) == []
+
+
+def test_reexporting_modules_only_reexport_and_only_the_package_imports_them() -> None:
+    graph = _graph()
+    for name in REEXPORTING:
+        importers = sorted(n for n, targets in graph.items() if name in targets)
+        assert importers == ["promptstate"], (name, importers)
+        tree = ast.parse(_modules()[name].read_text(encoding="utf-8"))
+        body = tree.body[1:]  # after the docstring
+        imported = {
+            alias.asname or alias.name
+            for node in body
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+            for alias in node.names
+        }
+        others = [
+            node
+            for node in body
+            if not isinstance(node, ast.ImportFrom)
+            and not (
+                isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["__all__"]
+            )
+        ]
+        assert others == [], f"{name} defines more than __all__: {ast.dump(others[0])[:200]}"
+        module = importlib.import_module(name)
+        assert sorted(imported) == sorted(module.__all__), name
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    graph = {
+        "p.stages.a": {"p.types", "p.pipeline"},
+        "p.stages": {"p.stages.a"},
+        "p.pipeline": {"p.stages"},
+        "p.stagesx": {"p.pipeline"},  # a name prefix, not a sub-module: not in the layer
+    }
+    assert _upward(graph, ("p.stages",), ("p.pipeline",)) == ["p.stages.a imports p.pipeline"]
+    assert _upward(graph, ("p.pipeline",), ("p.stages",)) == ["p.pipeline imports p.stages"]
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -42,6 +42,16 @@ async def test_tiny_run_measures_every_scenario_on_memory_store() -> None:
         assert r.turns_per_s > 0
         assert 0 < r.p50_ms <= r.p99_ms
         assert r.history <= r.history_mean
+        assert r.cpu_us_per_turn > 0
+        assert len(r.extra["slices"]) == config.rounds
+    pipes = [r for r in result.records if r.scenario == "pipeline"]
+    assert {(r.history, r.concurrency) for r in pipes} == {(10, 1), (10, 4), (100, 1), (100, 4)}
+    for r in pipes:
+        store = next(t for t in turns if (t.history, t.concurrency) == (r.history, r.concurrency))
+        assert r.extra["ratio_vs_store"] == pytest.approx(store.turns_per_s / r.turns_per_s)
+        assert r.extra["p99_vs_store"] == pytest.approx(r.p99_ms / store.p99_ms)
+        assert r.extra["cpu_vs_store"] == pytest.approx(r.cpu_us_per_turn / store.cpu_us_per_turn)
+        assert len(r.extra["ratio_vs_store_slices"]) == config.rounds
     listing = [r for r in result.records if r.scenario == "listing"]
     assert [r.extra["sessions"] for r in listing] == [100, 1_000]
     memory = [r for r in result.records if r.scenario == "memory"]
@@ -55,6 +65,10 @@ async def test_tiny_run_measures_every_scenario_on_memory_store() -> None:
     assert "#### In memory" in text
     assert "| promptstate MemoryStore | window | 10 " in text
     assert "### Targets" in text
+    assert "| CPU µs/turn |" in text
+    assert "memory: Pipeline.execute at most 1.3x the bare store turn in every cell" in text
+    assert result.meta["loadavg_start"]
+    assert "Load average" in text
 
 
 def test_command_line_writes_json_and_docs_section(

@@ -79,7 +79,7 @@ async def test_no_prompt_or_reply_text_at_info_or_above(caplog: pytest.LogCaptur
             with pytest.raises(GuardrailError):
                 await pipe.execute("s", "user", SECRET)
     loud = [r for r in caplog.records if r.levelno >= logging.INFO]
-    assert {r.name for r in loud} >= {"promptstate.tools", "promptstate.stages.check_reply"}
+    assert {r.name for r in loud} >= {"promptstate._tools", "promptstate.stages.check_reply"}
     handler = logging.StreamHandler()
     for record in loud:
         assert SECRET not in handler.format(record), record.name

@@ -24,13 +24,9 @@ from promptstate import (
     ValidationError,
     truncate_messages,
 )
+from promptstate._window import _truncate_blocks, _truncate_plain
 from promptstate.stages import CallProvider, LoadState, SaveState
-from promptstate.truncation import (
-    SUMMARY_KEY,
-    _truncate_blocks,
-    _truncate_plain,
-    repair_tool_pairs,
-)
+from promptstate.truncation import SUMMARY_KEY, repair_tool_pairs
 from promptstate.types import utcnow
 from tests.pipeline_support import LoadSpyStore
 

@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import msgspec
 
+from promptstate._tools import Tool, pair_tool_messages
 from promptstate.exceptions import ProviderError, ValidationError
 from promptstate.providers._http import HTTPProvider, Request, Secret, read_key
 from promptstate.providers._parts import b64, parse_data_url, unsupported
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import ANTHROPIC_PRICES, Price
-from promptstate.tools import Tool, pair_tool_messages
 from promptstate.types import (
     FilePart,
     ImagePart,

@@ -3,8 +3,9 @@
 A stage (:class:`Middleware`) is any ``async (ctx, call_next) -> None``: it does its work on
 the turn's :class:`ExecutionContext` and awaits ``call_next(ctx)`` to run the rest of the
 chain. The pipeline (:mod:`promptstate.pipeline`) builds the chain and the context; the stages
-(:mod:`promptstate.stages`, :mod:`promptstate.truncation`, :mod:`promptstate.tools`) only
-depend on this module, never on the pipeline, so nothing imports back what imports it.
+(every module of :mod:`promptstate.stages`: load, the truncation strategies, the tool loop, the
+provider call, the reply check, save) only depend on this module, never on the pipeline, so
+nothing imports back what imports it.
 """
 
 from __future__ import annotations

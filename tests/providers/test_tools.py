@@ -214,7 +214,7 @@ async def test_failures_become_error_results_not_crashes(caplog: pytest.LogCaptu
         ToolCall("4", "slow", "{}"),
         ToolCall("5", "described_only", "{}"),
     ]
-    with caplog.at_level(logging.DEBUG, logger="promptstate.tools"):
+    with caplog.at_level(logging.DEBUG, logger="promptstate._tools"):
         results = await run_tool_calls(calls, tools)
     assert [m.tool_call_id for m in results] == ["1", "2", "3", "4", "5"]
     assert all(m.metadata == {"is_error": True} for m in results)

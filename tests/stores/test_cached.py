@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -10,46 +9,9 @@ import anyio
 import pytest
 
 from promptstate import CachedStore, MemoryStore, Message, State, ValidationError
-from promptstate.stores.base import Store
 from promptstate.stores.sqlite import SQLiteStore
-from promptstate.testing import StoreConformance, StoreFactory
 
 pytestmark = pytest.mark.anyio
-
-
-class TestCachedMemoryConformance(StoreConformance):
-    ttl_seconds = 0.3
-
-    @pytest.fixture
-    async def store_factory(self) -> AsyncIterator[StoreFactory]:
-        made: list[Store] = []
-
-        async def make(**options: object) -> Store:
-            store = CachedStore(MemoryStore(**options), max_entries=8, close_inner=True)  # type: ignore[arg-type]
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            await store.aclose()
-
-
-class TestCachedSQLiteConformance(StoreConformance):
-    ttl_seconds = 0.5
-
-    @pytest.fixture
-    async def store_factory(self, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-        made: list[Store] = []
-
-        async def make(**options: object) -> Store:
-            inner = SQLiteStore(tmp_path / f"cached-{len(made)}.db", **options)  # type: ignore[arg-type]
-            store = CachedStore(inner, close_inner=True)
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            await store.aclose()
 
 
 async def test_reads_are_served_from_cache_and_writes_invalidate() -> None:

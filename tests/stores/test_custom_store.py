@@ -13,7 +13,7 @@ import pytest
 
 from promptstate import ConflictError, Message, NotFoundError, State, decode_state, encode_state
 from promptstate.stores.base import Store
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import StoreConformance
 
 pytestmark = pytest.mark.anyio
 
@@ -61,17 +61,6 @@ class DictStore(Store):
         for key in list(self.data):
             if key.startswith(prefix) and self._live(key) is not None:
                 yield key
-
-
-class TestCustomStoreConformance(StoreConformance):
-    ttl_seconds = 0.3
-
-    @pytest.fixture
-    def store_factory(self) -> StoreFactory:
-        async def make(**options: object) -> Store:
-            return DictStore(**options)
-
-        return make
 
 
 class GlobStore(DictStore):

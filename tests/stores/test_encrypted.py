@@ -5,10 +5,7 @@ writers, and turns through Pipeline and ConversationManager."""
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
@@ -34,7 +31,8 @@ from promptstate import (
 )
 from promptstate.stores.base import Store
 from promptstate.stores.sqlite import SQLiteStore
-from promptstate.testing import StoreConformance, StoreFactory
+from promptstate.testing import StoreFactory
+from tests.backends import params
 
 pytestmark = pytest.mark.anyio
 
@@ -42,73 +40,17 @@ K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
 SECRET = "the launch code is 0000"
 
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("postgres", marks=pytest.mark.postgres),
-]
+
+@pytest.fixture(params=params("memory", "sqlite", "redis", "postgres"))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The inner stores' backend (tests/backends.py), for every test of this module."""
+    return str(request.param)
 
 
-@pytest.fixture(params=BACKENDS)
-async def inner_factory(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StoreFactory]:
+@pytest.fixture
+def inner_factory(store_factory: StoreFactory) -> StoreFactory:
     """Inner stores of one backend, each on its own file, prefix or table, cleaned up."""
-    backend = request.param
-    made: list[Store] = []
-    cleanups: list[Any] = []
-
-    async def make(**options: Any) -> Store:
-        store: Store
-        if backend == "memory":
-            store = MemoryStore(**options)
-        elif backend == "sqlite":
-            store = SQLiteStore(tmp_path / f"enc-{len(made)}.db", **options)
-        elif backend == "redis":
-            from promptstate.stores.redis import RedisStore
-            from tests.stores.test_redis import _wipe
-
-            url = request.getfixturevalue("redis_url")
-            prefix = f"pstest:{uuid.uuid4().hex}:"
-            store = RedisStore.from_url(url, prefix=prefix, **options)
-
-            async def wipe(url: str = url, prefix: str = prefix) -> None:
-                await _wipe(url, prefix)
-
-            cleanups.append(wipe)
-        else:
-            from promptstate.stores.postgres import PostgresStore
-            from tests.stores.test_postgres import drop_tables, unique_table
-
-            dsn = request.getfixturevalue("postgres_dsn")
-            table = unique_table()
-            store = PostgresStore.from_dsn(dsn, table_name=table, min_size=1, max_size=4, **options)
-
-            async def drop(dsn: str = dsn, table: str = table) -> None:
-                await drop_tables(dsn, table)
-
-            cleanups.append(drop)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.aclose()
-    for cleanup in cleanups:
-        await cleanup()
-
-
-class TestEncryptedConformance(StoreConformance):
-    ttl_seconds = 0.5
-
-    @pytest.fixture
-    async def store_factory(self, inner_factory: StoreFactory) -> StoreFactory:
-        async def make(**options: object) -> Store:
-            inner = await inner_factory(**options)
-            return EncryptedStore(inner, keys={"k1": K1}, active="k1", close_inner=True)
-
-        return make
+    return store_factory
 
 
 def _sealed(inner_messages: list[Message]) -> None:

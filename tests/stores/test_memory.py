@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from promptstate import MemoryStore, Message, State, ValidationError
 from promptstate.stores.base import Store
-from promptstate.testing import Corruption, StoreConformance, StoreFactory
-from tests.stores.corruptions import memory_corruptions
 
 pytestmark = pytest.mark.anyio
-
-
-class TestMemoryStoreConformance(StoreConformance):
-    ttl_seconds = 0.3
-
-    @pytest.fixture
-    async def store_factory(self) -> AsyncIterator[StoreFactory]:
-        made: list[Store] = []
-
-        async def make(**options: object) -> Store:
-            store = MemoryStore(**options)  # type: ignore[arg-type]
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            await store.aclose()
-
-    @pytest.fixture
-    def corruptions(self) -> dict[str, Corruption]:
-        return memory_corruptions()
 
 
 async def test_lru_evicts_least_recently_used() -> None:

@@ -28,11 +28,9 @@ from promptstate import (
 )
 from promptstate.locks import SupportsLease
 from promptstate.stores._postgres_sql import page_sql
-from promptstate.stores.base import SessionQuery, Store
+from promptstate.stores.base import SessionQuery
 from promptstate.stores.postgres import MIGRATIONS
-from promptstate.testing import Corruption, StoreConformance, StoreFactory
 from tests.servers import PostgresProcess, drop_postgres_tables, free_port
-from tests.stores.corruptions import postgres_corruptions
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -46,35 +44,6 @@ def unique_table() -> str:
 
 
 drop_tables = drop_postgres_tables
-
-
-class TestPostgresStoreConformance(StoreConformance):
-    ttl_seconds = 0.5
-
-    @pytest.fixture
-    async def store_factory(self, postgres_dsn: str) -> AsyncIterator[StoreFactory]:
-        made: list[tuple[Store, str]] = []
-
-        async def make(**options: object) -> Store:
-            table = unique_table()
-            store = PostgresStore.from_dsn(
-                postgres_dsn,
-                table_name=table,
-                min_size=1,
-                max_size=4,
-                **options,  # type: ignore[arg-type]
-            )
-            made.append((store, table))
-            return store
-
-        yield make
-        for store, table in made:
-            await store.aclose()
-            await drop_tables(postgres_dsn, table)
-
-    @pytest.fixture
-    def corruptions(self) -> dict[str, Corruption]:
-        return postgres_corruptions()
 
 
 # -- helpers ----------------------------------------------------------------------------------

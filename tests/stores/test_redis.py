@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -26,10 +27,9 @@ from promptstate import (
     ValidationError,
     open_store,
 )
-from promptstate.stores.base import Store
 from promptstate.stores.redis import RedisStore
-from promptstate.testing import Corruption, StoreConformance, StoreFactory
-from tests.stores.corruptions import redis_corruptions
+from promptstate.testing import StoreFactory
+from promptstate.testing._backends import StoreMaker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -56,32 +56,9 @@ async def raw(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def make(redis_url: str) -> AsyncIterator[StoreFactory]:
-    """Stores on the shared Redis, each under its own prefix, wiped afterwards."""
-    made: list[tuple[Store, str]] = []
-
-    async def factory(**options: object) -> Store:
-        prefix = str(options.pop("prefix", _prefix()))
-        store = RedisStore.from_url(redis_url, prefix=prefix, **options)  # type: ignore[arg-type]
-        made.append((store, prefix))
-        return store
-
-    yield factory
-    for store, prefix in made:
-        await store.aclose()
-        await _wipe(redis_url, prefix)
-
-
-class TestRedisConformance(StoreConformance):
-    ttl_seconds = 0.4
-
-    @pytest.fixture
-    async def store_factory(self, make: StoreFactory) -> StoreFactory:
-        return make
-
-    @pytest.fixture
-    def corruptions(self) -> dict[str, Corruption]:
-        return redis_corruptions()
+def make(stores: StoreMaker, redis_url: str) -> StoreFactory:
+    """Stores on the shared Redis, each under its own prefix (or ``prefix=``), wiped afterwards."""
+    return partial(stores.open, "redis")
 
 
 async def _session_keys(raw: Redis, prefix: str) -> list[bytes]:

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 
 import anyio
 import pytest
@@ -16,11 +17,10 @@ from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from promptstate import Message, State, StoreUnavailableError, open_store
-from promptstate.stores.base import Store
 from promptstate.stores.redis import RedisStore
-from promptstate.testing import Corruption, StoreConformance, StoreFactory
+from promptstate.testing import StoreFactory
+from promptstate.testing._backends import StoreMaker
 from tests.redis_cluster import redis_cluster_url
-from tests.stores.corruptions import redis_corruptions
 
 __all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
@@ -49,32 +49,9 @@ async def _all_keys(raw: RedisCluster, prefix: str) -> list[bytes]:
 
 
 @pytest.fixture
-async def make(redis_cluster_url: str, raw: RedisCluster) -> AsyncIterator[StoreFactory]:
-    made: list[tuple[Store, str]] = []
-
-    async def factory(**options: object) -> Store:
-        prefix = str(options.pop("prefix", _prefix()))
-        store = RedisStore.from_url(redis_cluster_url, prefix=prefix, **options)  # type: ignore[arg-type]
-        made.append((store, prefix))
-        return store
-
-    yield factory
-    for store, prefix in made:
-        await store.aclose()
-        for key in await _all_keys(raw, prefix):
-            await raw.unlink(key)
-
-
-class TestRedisClusterConformance(StoreConformance):
-    ttl_seconds = 0.5
-
-    @pytest.fixture
-    async def store_factory(self, make: StoreFactory) -> StoreFactory:
-        return make
-
-    @pytest.fixture
-    def corruptions(self) -> dict[str, Corruption]:
-        return redis_corruptions()
+def make(stores: StoreMaker, redis_cluster_url: str) -> StoreFactory:
+    """Stores on the test session's cluster, each under its own prefix, wiped afterwards."""
+    return partial(stores.open, "redis-cluster")
 
 
 async def test_sessions_spread_over_every_primary_and_listing_sees_them_all(

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -29,35 +28,12 @@ from promptstate import (
     ValidationError,
     open_store,
 )
-from promptstate.stores.base import SessionQuery, Store
+from promptstate.stores.base import SessionQuery
 from promptstate.stores.sqlite import _SQL_LOAD, SCHEMA_VERSION, _page_sql, _successor
-from promptstate.testing import Corruption, StoreConformance, StoreFactory
-from tests.stores.corruptions import sqlite_corruptions
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class TestSQLiteStoreConformance(StoreConformance):
-    ttl_seconds = 0.4
-
-    @pytest.fixture
-    async def store_factory(self, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-        made: list[Store] = []
-
-        async def make(**options: object) -> Store:
-            store = SQLiteStore(tmp_path / f"db{len(made)}" / "state.db", **options)  # type: ignore[arg-type]
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            await store.aclose()
-
-    @pytest.fixture
-    def corruptions(self) -> dict[str, Corruption]:
-        return sqlite_corruptions()
 
 
 # -- files, folders and bad paths -------------------------------------------------------------
