@@ -56,7 +56,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         if share_with is not None:
             self._data = share_with._data
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = time.monotonic()
         held = self.table.leases.get(key)
@@ -66,7 +66,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         self.table.acquired += 1
         return True
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = time.monotonic()
         held = self.table.leases.get(key)
@@ -76,7 +76,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         self.table.renewed += 1
         return True
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         await anyio.lowlevel.checkpoint()
         held = self.table.leases.get(key)
         if held is None or held[0] != owner:

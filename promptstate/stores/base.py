@@ -391,6 +391,14 @@ def _check_count_arg(value: object, name: str) -> None:
         raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
 
 
+def _check_lease_args(key: object, owner: object, ttl: object = 1.0) -> None:
+    validate_key(key, what="session_id")
+    if not isinstance(owner, str) or not owner:
+        raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+        raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+
+
 def _check_merge_args(updates: object, remove: object) -> tuple[dict[str, Any], tuple[str, ...]]:
     if not isinstance(updates, Mapping):
         raise ValidationError(
@@ -1031,35 +1039,54 @@ class LeasingStore(Store):
     A wrapper (``CachedStore``, ``EncryptedStore``) is a ``LeasingStore`` exactly when the store
     it wraps is one.
 
-    A backend implements the three lease methods, atomically, with the lease kept apart from
-    the states (``key`` is the session id, already validated; ``ttl`` in seconds). It may
-    override ``_acquire_and_load`` and ``_append_turn`` with one round trip each; the
-    defaults compose the other methods.
+    A backend implements the three protected lease methods (``_acquire_lease``,
+    ``_renew_lease``, ``_release_lease``), atomically, with the lease kept apart from the
+    states; the public ones check first (open store, ``key`` a valid session id, ``owner`` a
+    non-empty str, ``ttl`` positive seconds). It may override ``_acquire_and_load`` and
+    ``_append_turn`` with one round trip each; the defaults compose the other methods.
     """
 
-    @abstractmethod
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the lease on ``key`` for ``owner`` if nobody holds it (or it expired).
 
         Returns:
             True when ``owner`` now holds it; False when another owner does.
         """
+        self._check_open()
+        _check_lease_args(key, owner, ttl)
+        return await self._acquire_lease(key, owner, ttl)
 
-    @abstractmethod
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` seconds from now.
 
         Returns:
             False when ``owner`` no longer holds it (it expired and someone else took it).
         """
+        self._check_open()
+        _check_lease_args(key, owner, ttl)
+        return await self._renew_lease(key, owner, ttl)
 
-    @abstractmethod
     async def release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete).
 
         Returns:
             True when ``owner``'s lease was released.
         """
+        self._check_open()
+        _check_lease_args(key, owner)
+        return await self._release_lease(key, owner)
+
+    @abstractmethod
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """:meth:`acquire_lease`, atomically (arguments checked)."""
+
+    @abstractmethod
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """:meth:`renew_lease`, atomically (arguments checked)."""
+
+    @abstractmethod
+    async def _release_lease(self, key: str, owner: str) -> bool:
+        """:meth:`release_lease`, atomically: compare, then delete (arguments checked)."""
 
     async def acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
@@ -1071,11 +1098,7 @@ class LeasingStore(Store):
         the read fails); Redis and SQLite do both in one atomic step.
         """
         self._check_open()
-        validate_key(key, what="session_id")
-        if not isinstance(owner, str) or not owner:
-            raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
-            raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        _check_lease_args(key, owner, ttl)
         _check_last(last)
         return await self._acquire_and_load(key, owner, ttl, last=last)
 
@@ -1083,13 +1106,13 @@ class LeasingStore(Store):
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """:meth:`acquire_and_load`. The default is :meth:`acquire_lease`, then ``_load``."""
-        if not await self.acquire_lease(key, owner, ttl):
+        if not await self._acquire_lease(key, owner, ttl):
             return None
         try:
             return await self._load(key, last=last)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.release_lease(key, owner)
+                await self._release_lease(key, owner)
             raise
 
     async def _append_turn(
@@ -1118,7 +1141,7 @@ class LeasingStore(Store):
             release_lease=None,
         )
         if release_lease is not None:
-            await self.release_lease(session_id, release_lease)
+            await self._release_lease(session_id, release_lease)
         return count
 
 

@@ -836,28 +836,25 @@ class PostgresStore(LeasingStore):
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 
     @settled_write
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
         Leases live in ``<table_name>_leases`` with a server-clock expiry, so every process
         using the table sees the same leases; the pipeline uses them to run one turn of a
         session at a time across processes.
         """
-        self._check_open()
         async with self._conn("take the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
 
     @settled_write
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
-        self._check_open()
         async with self._conn("renew the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_renew, key, owner, float(ttl)))
 
     @settled_write
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
-        self._check_open()
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
 

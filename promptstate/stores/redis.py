@@ -1183,13 +1183,12 @@ class RedisStore(LeasingStore):
         # In the session's slot, apart from its state keys (listing never sees it).
         return self._pkey + b"{" + _tag(key).encode() + b"}:l"
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired (``SET NX PX``).
 
         Leases keep pipelines in different processes from interleaving turns on one session;
         Redis expires a lease whose holder died.
         """
-        self._check_open()
         with self._errors("taking the turn lease on key", key):
             done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
         return bool(done)
@@ -1211,16 +1210,14 @@ class RedisStore(LeasingStore):
             return None
         return unpack_messages(items, key=key) if items else []
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""
-        self._check_open()
         with self._errors("renewing the turn lease on key", key):
             done = await self._eval(scripts.LEASE_RENEW, (self._lease_key(key),), (owner, _ms(ttl)))
         return bool(done)
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete)."""
-        self._check_open()
         with self._errors("releasing the turn lease on key", key):
             done = await self._eval(scripts.LEASE_RELEASE, (self._lease_key(key),), (owner,))
         return bool(done)

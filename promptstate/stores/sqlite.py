@@ -1046,13 +1046,12 @@ class SQLiteStore(LeasingStore):
 
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
         Leases live in ``promptstate_leases`` (wall-clock expiry, so every process sharing
         the file agrees); they keep pipelines in different processes from interleaving turns.
         """
-        self._check_open()
 
         def work(conn: sqlite3.Connection) -> bool:
             now = _now_us()
@@ -1081,7 +1080,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"take the lease on {key!r}")
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -1091,7 +1090,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"renew the lease on {key!r}")
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it."""
 
         def work(conn: sqlite3.Connection) -> bool:

@@ -1628,6 +1628,36 @@ class StoreConformance:
 
     # -- leases (optional: stores that implement promptstate.locks.SupportsLease) ----------
 
+    async def test_lease_calls_are_checked_before_any_io(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        if not isinstance(store, LeasingStore):
+            await store.aclose()
+            pytest.skip(f"{type(store).__name__} has no cross-process leases")
+        bad: list[tuple[type[Exception], Callable[[], Awaitable[object]]]] = [
+            (InvalidKeyError, lambda: store.acquire_lease("", "me", 5.0)),
+            (InvalidKeyError, lambda: store.renew_lease("a\x00b", "me", 5.0)),
+            (InvalidKeyError, lambda: store.release_lease(7, "me")),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.acquire_lease("k", "", 5.0)),
+            (ValidationError, lambda: store.acquire_lease("k", None, 5.0)),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.release_lease("k", b"me")),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.acquire_lease("k", "me", float("nan"))),
+            (ValidationError, lambda: store.renew_lease("k", "me", 0)),
+            (ValidationError, lambda: store.acquire_and_load("k", "me", -1.0, last=None)),
+        ]
+        for error, call in bad:
+            with pytest.raises(error):
+                await call()
+        assert await store.acquire_lease("k", "me", 5.0), "a refused call took the lease"
+        await store.aclose()
+        for call in (
+            lambda: store.acquire_lease("k", "other", 5.0),
+            lambda: store.renew_lease("k", "me", 5.0),
+            lambda: store.release_lease("k", "me"),
+            lambda: store.acquire_and_load("k", "me", 5.0, last=None),
+        ):
+            with pytest.raises(ClosedError):
+                await call()
+
     async def test_leases_exclude_renew_release_and_expire(self, store: Store) -> None:
         if not hasattr(store, "acquire_lease"):
             pytest.skip(f"{type(store).__name__} has no cross-process leases")

@@ -37,6 +37,10 @@ CHECKED = [
 ]
 
 
+#: The same for ``LeasingStore``.
+LEASES = ["acquire_lease", "renew_lease", "release_lease", "acquire_and_load"]
+
+
 def _bundled() -> list[type[Store]]:
     classes: list[type[Store]] = [MemoryStore, CachedStore, _LeasingCachedStore]
     for module, names in (
@@ -58,7 +62,7 @@ def test_bundled_stores_implement_protected_methods_only(cls: type[Store]) -> No
     for klass in cls.__mro__:
         if klass in (Store, LeasingStore) or not issubclass(klass, Store):
             continue
-        overridden = sorted({*CHECKED, "acquire_and_load"} & set(vars(klass)))
+        overridden = sorted({*CHECKED, *LEASES} & set(vars(klass)))
         assert not overridden, f"{klass.__qualname__} overrides public {overridden}"
 
 
@@ -70,7 +74,19 @@ def test_every_checked_method_has_a_protected_partner() -> None:
         public = inspect.signature(getattr(Store, name)).parameters
         protected = inspect.signature(getattr(Store, f"_{name}")).parameters
         assert list(public) == list(protected), name
-    assert callable(LeasingStore._acquire_and_load)
+    for name in LEASES:
+        public = inspect.signature(getattr(LeasingStore, name)).parameters
+        protected = inspect.signature(getattr(LeasingStore, f"_{name}")).parameters
+        assert list(public) == list(protected), name
+    assert LeasingStore.__abstractmethods__ == {
+        "_get",
+        "_set",
+        "_delete",
+        "_list_keys",
+        "_acquire_lease",
+        "_renew_lease",
+        "_release_lease",
+    }
 
 
 def test_the_abstract_methods_are_the_four_protected_ones() -> None:
