@@ -748,7 +748,7 @@ class SQLiteStore(LeasingStore):
         """Append one turn in one transaction; see :meth:`Store.append_turn`.
 
         With ``release_lease`` the same transaction checks that this owner holds the
-        session's live turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing
+        session's live turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing
         written, unless the turn is stored already) and deletes it.
         """
         counted, tokens = self._count_new(messages)
