@@ -61,15 +61,17 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
     from promptstate.stores.sqlite import SQLiteStore
 
     # Declared in the type: the three server-backed stores are LeasingStores, each with its
-    # own append_turn that releases the lease in the write and its own acquire_and_load that
-    # takes the lease and reads in one step (PostgreSQL's refuses the lease when its snapshot
-    # is older than the lease row it would take: see its docstring).
+    # own _append_turn that releases the lease in the write and its own _acquire_and_load
+    # that takes the lease and reads in one step (PostgreSQL's refuses the lease when its
+    # snapshot is older than the lease row it would take: see its docstring). The public
+    # methods are the base class's (they check, then call these).
     for cls in (RedisStore, SQLiteStore, PostgresStore):
         assert issubclass(cls, LeasingStore), cls
-        assert "append_turn" in cls.__dict__, cls
-    assert "acquire_and_load" in RedisStore.__dict__
-    assert "acquire_and_load" in SQLiteStore.__dict__
-    assert "acquire_and_load" in PostgresStore.__dict__
+        assert "_append_turn" in cls.__dict__, cls
+        assert cls.append_turn is LeasingStore.append_turn, cls
+    assert "_acquire_and_load" in RedisStore.__dict__
+    assert "_acquire_and_load" in SQLiteStore.__dict__
+    assert "_acquire_and_load" in PostgresStore.__dict__
     assert not supports_lease(MemoryStore())
     assert supports_lease(LeasingMemoryStore())
 
