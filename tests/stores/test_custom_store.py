@@ -1,5 +1,6 @@
-"""A custom store that implements only the four abstract methods passes the whole suite, and
-the suite catches the classic bugs (glob prefixes, lost concurrent updates)."""
+"""A custom store that implements only the four abstract methods (``_get``, ``_set``,
+``_delete``, ``_list_keys``) passes the whole suite, and the suite catches the classic bugs
+(glob prefixes, lost concurrent updates)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ class DictStore(Store):
             self.data[key] = (item[0], time.monotonic() + self._ttl)
         return item[0]
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         await anyio.lowlevel.checkpoint()  # a real backend awaits I/O here
         raw = self._live(key)
         if raw is None:
             raise NotFoundError(f"no state under key {key!r}")
         return decode_state(raw, key=key)
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         await anyio.lowlevel.checkpoint()
         raw = self._live(key)
         current = 0 if raw is None else decode_state(raw).version
@@ -50,13 +51,13 @@ class DictStore(Store):
         self.data[key] = (encode_state(stored), expires)
         return stored
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         await anyio.lowlevel.checkpoint()
         live = self._live(key) is not None
         self.data.pop(key, None)
         return live
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         for key in list(self.data):
             if key.startswith(prefix) and self._live(key) is not None:
                 yield key
@@ -65,7 +66,7 @@ class DictStore(Store):
 class GlobStore(DictStore):
     """Bug: treats the prefix as a glob pattern, as SCAN MATCH and LIKE do unescaped."""
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         for key in list(self.data):
             if fnmatch.fnmatchcase(key, prefix + "*"):
                 yield key
@@ -74,11 +75,11 @@ class GlobStore(DictStore):
 class LostUpdateStore(DictStore):
     """Bug: append reads, waits, then writes without a version check."""
 
-    async def append(self, session_id: str, messages: list[Message]) -> int:  # type: ignore[override]
+    async def _append(self, session_id: str, messages: list[Message]) -> int:
         state, _ = await self._get_or_new(session_id)
         await anyio.lowlevel.checkpoint()
         state.messages.extend(messages)
-        return len((await self.set(session_id, state)).messages)
+        return len((await self._set(session_id, state)).messages)
 
 
 async def test_suite_catches_glob_prefixes() -> None:
@@ -92,7 +93,7 @@ async def test_suite_catches_lost_updates() -> None:
 
 
 async def test_validation_applies_to_custom_overrides() -> None:
-    from promptstate import InvalidKeyError, ValidationError
+    from promptstate import ClosedError, InvalidKeyError, ValidationError
 
     store = LostUpdateStore()
     with pytest.raises(InvalidKeyError):
@@ -100,3 +101,31 @@ async def test_validation_applies_to_custom_overrides() -> None:
     with pytest.raises(ValidationError):
         await store.append("k", ["not a message"])  # type: ignore[list-item]
     assert store.data == {}
+    await store.aclose()
+    with pytest.raises(ClosedError):
+        await store.append("k", [Message("user", "x")])
+    assert store.data == {}
+
+
+class OldStyleStore(Store):
+    """A store written for 0.1: it implements the public names, not the protected ones."""
+
+    async def get(self, key: str) -> State:
+        raise NotFoundError(key)
+
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        return state
+
+    async def delete(self, key: str) -> bool:
+        return False
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        for key in ():
+            yield key
+
+
+def test_a_store_written_for_0_1_is_refused_at_construction() -> None:
+    """Since 0.2 the abstract methods are _get, _set, _delete, _list_keys (CHANGELOG): a
+    0.1 store cannot be made, rather than run with its checks silently gone."""
+    with pytest.raises(TypeError, match="_get"):
+        OldStyleStore()  # type: ignore[abstract]
