@@ -23,11 +23,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-_STYLE = {"raw": ":", "promptstate": "-", "pipeline": "--", "peer": "-."}
+_STYLE = {"raw": ":", "promptstate": "-", "pipeline": "--", "peer": "-.", "adapter": "-"}
 _BACKENDS = ("redis", "postgres", "sqlite", "memory")
-_KIND_ORDER = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3}
+_KIND_ORDER = {"raw": 0, "promptstate": 1, "pipeline": 2, "peer": 3, "adapter": 4}
 _FIXED = {"raw": "#555555", "promptstate": "#1f77b4", "pipeline": "#6baed6"}
 _PEER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+#: promptstate's framework adapters (kind ``adapter``): blue-greens, apart from the peers.
+_ADAPTER_COLORS = ("#17becf", "#08519c", "#41ab5d", "#bcbd22")
 
 
 def _turns(result: Any) -> list[Any]:
@@ -47,6 +49,9 @@ def _colors(rows: list[Any]) -> dict[str, str]:
     """One colour per implementation, the same in every panel: grey and blues for ours."""
     peers = sorted({r.store for r in rows if r.kind == "peer"})
     colors = {name: _PEER_COLORS[i % len(_PEER_COLORS)] for i, name in enumerate(peers)}
+    adapters = sorted({r.store for r in rows if r.kind == "adapter"})
+    for i, name in enumerate(adapters):
+        colors[name] = _ADAPTER_COLORS[i % len(_ADAPTER_COLORS)]
     for r in rows:
         if r.kind in _FIXED:
             colors[r.store] = _FIXED[r.kind]

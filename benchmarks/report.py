@@ -56,9 +56,9 @@ def headline_table(records: list[Any], history: int = 1000, concurrency: int = 6
             "turns/s",
             "p50 ms",
             "p99 ms",
-            "CPU µs/turn",
-            "ratio_vs_raw",
-            "ratio_vs_peer",
+            "CPU µs",
+            "vs raw",
+            "vs peer",
         ],
         ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"],
         (
@@ -92,6 +92,12 @@ def turns_tables(records: list[Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def _breakable(name: str) -> str:
+    """``name`` with a zero-width space before ``(``, so a long contender name such as
+    ``PromptStateChatMessageHistory(last=50)`` may wrap in a narrow table column."""
+    return name.replace("(", "\u200b(")
+
+
 def turns_table(records: list[Any], *, with_backend: bool = True) -> str:
     rows = _turn_rows(records)
     rows.sort(
@@ -105,17 +111,17 @@ def turns_table(records: list[Any], *, with_backend: bool = True) -> str:
             "history",
             "sessions",
             "turns/s",
-            "p50 ms",
-            "p99 ms",
-            "CPU µs/turn",
-            "ratio_vs_raw",
-            "ratio_vs_peer",
+            "p50",
+            "p99",
+            "CPU",
+            "vs raw",
+            "vs peer",
         ],
         ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
         (
             [
                 r.backend,
-                r.store,
+                _breakable(r.store),
                 r.reads or "",
                 f"{r.history:,}" + (f" (~{r.history_mean:,.0f})" if r.history_mean else ""),
                 str(r.concurrency),
@@ -429,12 +435,16 @@ def markdown(result: Any, images: list[Path] | None = None, image_base: str = ""
             "`history` is the length a cell starts from (in brackets: the mean length while it "
             "ran, since every turn adds two); `sessions` is the number of concurrent tasks, "
             "each on its own session. `reads`: `window` = the newest 50 messages, `full` = the "
-            "whole history (the library cannot read less). `ratio_vs_raw` (on promptstate rows) "
-            "= promptstate's time per turn / the raw floor's on the same server; "
-            "`ratio_vs_peer` = promptstate's store time per turn / the peer's (on a peer row: that "
+            "whole history (the library cannot read less). `CPU µs` (`CPU` in the tables per "
+            "backend) = the process CPU time per turn in µs (the client's work, apart from "
+            "waiting for a server); `p50` and `p99` are "
+            "per-turn latencies in ms. `vs raw` "
+            "(`ratio_vs_raw` in the JSON; on promptstate rows) = promptstate's time per turn / "
+            "the raw floor's on the same server; `vs peer` (`ratio_vs_peer`) = promptstate's "
+            "store time per turn / the peer's (on a peer row: that "
             "peer; on a promptstate store row: the fastest peer of the cell). The framework "
             "adapters (`PromptStateSession`, `PromptStateChatMessageHistory`) are driven exactly "
-            "like their framework's own stores; on their rows `ratio_vs_peer` = the adapter's "
+            "like their framework's own stores; on their rows `vs peer` = the adapter's "
             "time per turn / that of the same framework's own store on the same backend "
             "(below 1: switching stores makes the framework's turns faster). "
             "Time per turn = 1 / turns/s of the cell. Above 1 means promptstate is slower.",
@@ -509,3 +519,44 @@ def write_docs(result: Any, path: Path, images: list[Path]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n## Results\n\n" + body + "\n"
     path.write_text(text)
+
+
+def load(path: Path) -> Any:
+    """A run saved with ``--json``, as the :class:`~benchmarks.runner.Result` it was."""
+    import json
+
+    from benchmarks.runner import Record, Result
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Result(
+        meta=data["meta"],
+        records=[Record(**r) for r in data["records"]],
+        notes=data["notes"],
+        external={k: (v["command"], v["output"]) for k, v in data["external"].items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.report RESULTS.json [--docs PAGE] [--plots DIR]``: the report
+    of a saved run again (the page's results section, the plots), without running it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
+    parser.add_argument("json", help="a run saved with python -m benchmarks --json")
+    parser.add_argument("--docs", metavar="PATH", help="rewrite this page's results section")
+    parser.add_argument("--plots", metavar="DIR", help="write the PNG plots here")
+    args = parser.parse_args(argv)
+    result = load(Path(args.json))
+    images: list[Path] = []
+    if args.plots:
+        from benchmarks import plots
+
+        images = plots.write(result, Path(args.plots))
+    if args.docs:
+        write_docs(result, Path(args.docs), images)
+    else:
+        print(markdown(result, images))
+
+
+if __name__ == "__main__":
+    main()

@@ -65,7 +65,7 @@ async def test_tiny_run_measures_every_scenario_on_memory_store() -> None:
     assert "#### In memory" in text
     assert "| promptstate MemoryStore | window | 10 " in text
     assert "### Targets" in text
-    assert "| CPU µs/turn |" in text
+    assert "| CPU | vs raw | vs peer |" in text
     assert "memory: Pipeline.execute at most 1.3x the bare store turn in every cell" in text
     assert result.meta["loadavg_start"]
     assert "Load average" in text
@@ -191,3 +191,50 @@ def test_peer_targets_give_the_spread_across_slices() -> None:
     ]
     assert holds is True
     assert detail.startswith("3.0x (2.0-3.0x per slice)")
+
+
+def test_a_saved_run_is_reported_again_from_its_json(tmp_path: Path) -> None:
+    out, page = tmp_path / "r.json", tmp_path / "bench.md"
+    page.write_text("# Benchmarks\n\n" + report.START + "\nOLD\n" + report.END + "\n")
+    runner.main(["--tiny", "--only", "turns,pipeline", "--no-progress", "--json", str(out)])
+    report.main([str(out), "--docs", str(page)])
+    text = page.read_text()
+    assert "OLD" not in text
+    assert "| Pipeline + MockProvider on MemoryStore | window | 10 " in text
+    again = report.load(out)
+    assert {r.scenario for r in again.records} == {"turns", "pipeline"}
+    assert again.records[0].cpu_us_per_turn is not None
+
+
+def test_plots_draw_every_kind_of_row(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    plots = pytest.importorskip("benchmarks.plots")
+
+    def rec(store: str, kind: str, history: int, concurrency: int) -> Any:
+        return runner.Record(
+            scenario="peers" if kind in ("peer", "adapter") else "turns",
+            store=store,
+            history=history,
+            concurrency=concurrency,
+            turns_per_s=100.0,
+            p50_ms=1.0,
+            backend="redis",
+            kind=kind,
+        )
+
+    records = [
+        rec(store, kind, h, c)
+        for store, kind in (
+            ("promptstate RedisStore", "promptstate"),
+            ("openai-agents RedisSession", "peer"),
+            ("openai-agents PromptStateSession + RedisStore", "adapter"),
+        )
+        for h in (10, 1000)
+        for c in (1, 16)
+    ]
+    result = runner.Result(meta={}, records=records, notes=[], external={})
+    written = plots.write(result, tmp_path)
+    assert [p.name for p in written] == [
+        "bench_latency_vs_history.png",
+        "bench_throughput_vs_concurrency.png",
+    ]
