@@ -142,7 +142,13 @@ def test_stores_and_providers_sit_below_the_stages_and_apart() -> None:
     above = (*ABOVE_STAGES, "promptstate.stages", "promptstate.packs")
     assert _upward(graph, ("promptstate.stores",), (*above, "promptstate.providers")) == []
     assert _upward(graph, ("promptstate.providers",), (*above, "promptstate.stores")) == []
-    low = ("promptstate._window", "promptstate._tools", "promptstate.tokens", "promptstate.types")
+    low = (
+        "promptstate._window",
+        "promptstate._tools",
+        "promptstate.redaction",
+        "promptstate.tokens",
+        "promptstate.types",
+    )
     assert _upward(graph, low, ("promptstate.stores", "promptstate.providers", *above)) == []
 
 

@@ -224,9 +224,8 @@ def _split_options(url: str, scheme: Scheme) -> tuple[str, dict[str, Any]]:
         try:
             options[key] = parser(value)
         except ValueError as exc:
-            shown = "***" if key == "password" else value
             raise ValidationError(
-                f"option {key}={shown!r} in the store URL {redact(url)!r}: {exc}"
+                f"option {key}={value!r} in the store URL {redact(url)!r}: {exc}"
             ) from None
     # Rebuilt by hand: urlunsplit turns "unix:///path" into "unix:/path".
     rest = url.split("?", 1)[0]
