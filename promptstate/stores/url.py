@@ -9,7 +9,9 @@ the same option in the URL. Query parameters that are not store options go to th
 library where it has its own (redis-py's ``ssl_cert_reqs``, asyncpg's ``sslmode``, ...) and
 are refused elsewhere.
 
-This module imports no backend until a URL asks for it, and no backend imports it.
+This module imports no backend until a URL asks for it, and no backend imports it. The table
+is the one source: ``tests/stores/test_url.py`` checks the docs' options table and the schemes
+``RedisStore.from_url`` accepts against it.
 """
 
 from __future__ import annotations
