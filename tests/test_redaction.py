@@ -110,17 +110,6 @@ async def test_a_provider_error_echoing_the_key_and_proxy_password_shows_neither
         assert PROXY_PASSWORD not in text
 
 
-def test_a_postgres_opening_error_echoing_the_decoded_password_hides_it() -> None:
-    from promptstate.stores.postgres import _reraise_opening
-
-    dsn = "postgresql://me:p%40ss-word@127.0.0.1:5432/db"
-    with pytest.raises(ValidationError) as info:
-        _reraise_opening(ValueError("cannot use p@ss-word nor p%40ss-word"), dsn)
-    assert "p@ss-word" not in str(info.value)
-    assert "p%40ss-word" not in str(info.value)
-    assert str(info.value).endswith("cannot use *** nor ***")
-
-
 def test_store_url_errors_hide_the_password() -> None:
     from promptstate import open_store
 

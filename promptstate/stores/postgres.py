@@ -51,7 +51,6 @@ from promptstate.exceptions import (
 )
 from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
-from promptstate.redaction import scrub, url_secrets
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
@@ -1631,21 +1630,24 @@ def _reraise_opening(exc: BaseException, dsn: str) -> NoReturn:
 
     The DSN's password is blanked out of the message, whatever the driver put in it.
     """
-    secrets = url_secrets(dsn)
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+
+    def scrub(text: str) -> str:
+        return text.replace(password, "***") if password else text
+
     asyncpg = _import_asyncpg()
     if isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
         raise ValidationError(
-            scrub(
-                f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}",
-                *secrets,
-            )
+            scrub(f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}")
         ) from exc
     try:
         _reraise(exc, "opening the connection pool")
     except PromptStateError as error:
-        text = scrub(str(error), *secrets)
-        if text != str(error):
-            raise type(error)(text) from exc
+        if password and password in str(error):
+            raise type(error)(scrub(str(error))) from exc
         raise
 
 
