@@ -93,6 +93,9 @@ async def test_a_provider_error_echoing_the_key_and_proxy_password_shows_neither
     provider = cls("m", api_key=KEY, base_url=base_url, max_retries=1)
     try:
         assert PROXY_PASSWORD not in repr(provider)
+        keyword = cls("m", api_key=KEY, base_url=f"{server.url}/v1?password={PROXY_PASSWORD}")
+        assert repr(keyword).endswith("/v1?password=***')")
+        await keyword.aclose()
         with (
             caplog.at_level(logging.INFO, logger="promptstate"),
             pytest.raises(ProviderError) as info,
