@@ -22,12 +22,14 @@ import os
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 
 from benchmarks._timing import fmt_us, machine
 from benchmarks.bench_pipeline import MAX_TOKENS, REPLY, USER_TEXT, _fill, _history, _time_pair
 from promptstate import MemoryStore, MockProvider, Pipeline, Store
+from promptstate.testing._backends import StoreMaker
 
 HISTORY = 10
 
@@ -79,43 +81,19 @@ async def bench_otel(budget: float) -> list[str]:
     return ["otel (API, no SDK)", "memory", fmt_us(t_off), fmt_us(t_on), f"{ratio:.3f}x"]
 
 
-def _inner_stores() -> list[tuple[str, Callable[[], Store]]]:
-    stores: list[tuple[str, Callable[[], Store]]] = [("memory", MemoryStore)]
-    from promptstate.stores.sqlite import SQLiteStore
-
-    folder = tempfile.mkdtemp(prefix="ps-bench-")
-    stores.append(("sqlite", lambda: SQLiteStore(f"{folder}/{uuid.uuid4().hex}.db")))
-    redis_url = os.environ.get("REDIS_URL")
-    if redis_url:
-        from promptstate.stores.redis import RedisStore
-
-        prefix = f"ps-bench-{uuid.uuid4().hex[:8]}:"
-        stores.append(("redis", lambda: RedisStore.from_url(redis_url, prefix=prefix)))
-    dsn = os.environ.get("POSTGRES_DSN")
-    if dsn:
-        from promptstate.stores.postgres import PostgresStore
-
-        table = f"ps_bench_{uuid.uuid4().hex[:8]}"
-        stores.append(("postgresql", lambda: PostgresStore.from_dsn(dsn, table_name=table)))
-        _DROPS.append((dsn, table))
-    return stores
+def _inner_stores(maker: StoreMaker) -> list[tuple[str, Callable[[], Store]]]:
+    """The inner stores, from the backend name table the tests use too: memory and SQLite
+    always, Redis and PostgreSQL when ``REDIS_URL`` / ``POSTGRES_DSN`` name a server."""
+    names = [("memory", "memory"), ("sqlite", "sqlite")]
+    if os.environ.get("REDIS_URL"):
+        names.append(("redis", "redis"))
+    if os.environ.get("POSTGRES_DSN"):
+        names.append(("postgresql", "postgres"))
+    return [(label, maker.opener(name)) for label, name in names]
 
 
-_DROPS: list[tuple[str, str]] = []
-
-
-async def _drop_tables() -> None:
-    import asyncpg
-
-    for dsn, table in _DROPS:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(
-                f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
-                f'"{table}_migrations", "{table}_leases"'
-            )
-        finally:
-            await conn.close()
+def _server(what: str) -> str:
+    return os.environ["REDIS_URL" if what == "redis_url" else "POSTGRES_DSN"]
 
 
 async def bench_encrypted(name: str, make: Callable[[], Store], budget: float) -> list[str]:
@@ -151,11 +129,14 @@ async def main(quick: bool) -> None:
     budget = 0.5 if quick else 2.0
     header = ["what", "store", "without (us/turn)", "with (us/turn)", "with/without"]
     rows = [await bench_otel(budget)]
+    # Everything the stores wrote (a SQLite file, a Redis prefix, a PostgreSQL table) is
+    # removed when the maker is closed.
+    maker = StoreMaker(Path(tempfile.mkdtemp(prefix="ps-bench-")), _server, tag="psbench")
     try:
-        for name, make in _inner_stores():
+        for name, make in _inner_stores(maker):
             rows.append(await bench_encrypted(name, make, budget))
     finally:
-        await _drop_tables()
+        await maker.aclose()
     print(f"Observability and encryption, cost per pipeline turn ({machine()})\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(" --- " for _ in header) + "|")

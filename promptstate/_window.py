@@ -104,22 +104,18 @@ def truncate_messages(
     """
     _positive_int(max_tokens, "max_tokens", allow_zero=True)
     counter = counter or _DEFAULT_COUNTER
+    # One pass for the system messages (their tokens come off the budget) and the kind of
+    # history; the newest-first walk then counts only what it keeps, and stops at the budget.
     budget = max_tokens
-    total = 0
     plain = True
     for m in messages:
-        tokens = m.tokens
-        if tokens is None:
-            tokens = counter.count(m)
-        total += tokens
         role = m.role
         if role == "system":
-            budget -= tokens
-        elif role == "tool" or m.tool_calls:
+            tokens = m.tokens
+            budget -= counter.count(m) if tokens is None else tokens
+        elif plain and (role == "tool" or m.tool_calls):
             plain = False
     if plain:
-        if total <= max_tokens:  # everything fits: the common case, decided in one pass
-            return list(messages)
         return _truncate_plain(messages, budget, counter)
     return _truncate_blocks(messages, budget, counter)
 
@@ -168,36 +164,41 @@ def _truncate_plain(
 ) -> list[Message]:
     """:func:`truncate_messages` for a history without tool messages: every message is a block."""
     used = pending = 0
-    first = len(messages)  # the oldest kept position
-    turn: list[tuple[int, int]] = []  # (position, tokens) of the turn being added up
-    for i in range(len(messages) - 1, -1, -1):
+    count = len(messages)
+    first = count  # the oldest kept position
+    for i in range(count - 1, -1, -1):
         m = messages[i]
-        if m.role == "system":
+        role = m.role
+        if role == "system":
             continue
         tokens = m.tokens
-        if tokens is None:
-            tokens = counter.count(m)
-        pending += tokens
-        turn.append((i, tokens))
-        if m.role != "user":
+        pending += counter.count(m) if tokens is None else tokens
+        if role != "user":
             continue
         if used + pending > budget:
             break
         used += pending
         pending = 0
-        turn.clear()
         first = i
     else:
-        if turn and used + pending <= budget:  # a leading turn that starts without a user
-            first = turn[-1][0]
-            turn.clear()
-    if turn and first == len(messages):
+        # A leading turn that starts without a user message: kept whole if it fits.
+        lead = next((i for i in range(first) if messages[i].role != "system"), first)
+        if used + pending <= budget:
+            first = lead
+    if first == count:
         # The newest turn alone does not fit: keep its newest messages that do.
-        for i, tokens in turn:
+        for i in range(count - 1, -1, -1):
+            m = messages[i]
+            if m.role == "system":
+                continue
+            tokens = m.tokens
+            tokens = counter.count(m) if tokens is None else tokens
             if used + tokens > budget:
                 break
             used += tokens
             first = i
+            if m.role == "user":
+                break
     if first == 0:
         return list(messages)
     head = [m for m in messages[:first] if m.role == "system"]

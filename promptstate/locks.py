@@ -1,15 +1,17 @@
 """Session turn locks: one turn at a time per session, in this process and across processes.
 
-Two layers guard a session while a pipeline turn runs:
+:class:`TurnRunner` is the one place a turn holds its session; the pipeline's ``execute`` and
+``stream`` and :meth:`~promptstate.Conversation.undo` all run through it. Two layers guard a
+session while a turn runs:
 
 1. **In-process**: a per-session lock, shared by every pipeline of this process that uses the
    same store object. Locks are reference counted and dropped when nobody holds or waits for
    them, so the table never grows with the number of sessions ever seen.
-2. **Across processes**: a *lease* in the store, when the store supports it
-   (:class:`SupportsLease`). A lease is a record with an owner token and an expiry: it is taken
-   only when absent or expired, renewed while the turn runs, and released by its owner only
-   (compare-and-delete). A holder that dies stops renewing, so its lease expires and the next
-   turn takes over after at most ``ttl`` seconds.
+2. **Across processes**: a *lease* in the store, when the store declares it by being a
+   :class:`~promptstate.stores.base.LeasingStore`. A lease is a record with an owner token and
+   an expiry: it is taken only when absent or expired, renewed while the turn runs, and
+   released by its owner only (compare-and-delete). A holder that dies stops renewing, so its
+   lease expires and the next turn takes over after at most ``ttl`` seconds.
 
 Stores without leases (:class:`~promptstate.MemoryStore`) get only the in-process lock, which is
 all they need: their data lives in one process.
@@ -69,10 +71,8 @@ __all__ = [
     "LeaseLostError",
     "SessionLock",
     "SupportsLease",
-    "SupportsLeasedLoad",
     "TurnLease",
-    "run_turn",
-    "session_turn",
+    "TurnRunner",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,23 +113,6 @@ class SupportsLease(Protocol):
 
         Returns:
             True when ``owner``'s lease was released.
-        """
-        ...
-
-
-@runtime_checkable
-class SupportsLeasedLoad(Protocol):
-    """A leasing store that can take the lease and read the window in one atomic step."""
-
-    async def acquire_and_load(
-        self, key: str, owner: str, ttl: float, *, last: int | None
-    ) -> list[Message] | None:
-        """Take the lease on ``key`` for ``owner`` (as ``acquire_lease``) and, only if it was
-        taken, read the newest ``last`` messages (all when ``None``), as ``load`` would.
-
-        Returns:
-            The messages, oldest first (``[]`` for an unknown session), or ``None`` when
-            another owner holds the lease (nothing was read).
         """
         ...
 
@@ -255,7 +238,7 @@ class TurnLease:
         "ttl",
     )
 
-    def __init__(self, store: SupportsLease, key: str, ttl: float) -> None:
+    def __init__(self, store: LeasingStore, key: str, ttl: float) -> None:
         self._store = store
         self.key = key
         self.ttl = ttl
@@ -267,6 +250,11 @@ class TurnLease:
         self.prefetch: tuple[int | None, list[Message]] | None = None
         #: Whether the save may release the lease in its own write (``release_lease=``).
         self.release_on_save = True
+
+    @property
+    def store(self) -> LeasingStore:
+        """The store that holds the lease."""
+        return self._store
 
     async def acquire(
         self, max_wait: float | None, *, load: tuple[int | None] | None = None
@@ -289,9 +277,7 @@ class TurnLease:
                 )
             else:
                 found = await settled(
-                    cast(SupportsLeasedLoad, store).acquire_and_load(
-                        self.key, self.owner, self.ttl, last=load[0]
-                    ),
+                    store.acquire_and_load(self.key, self.owner, self.ttl, last=load[0]),
                     undo=self._undo_taken,
                 )
                 taken = found is not None
@@ -385,7 +371,7 @@ class _TimerKeepAlive:
 
     Most turns end well before that, so they pay for a timer handle (set and cancelled)
     instead of a task started, cancelled and awaited. asyncio only (elsewhere
-    :func:`session_turn` runs the renewal in a task group from the start).
+    :class:`TurnRunner` runs the renewal in a task group from the start).
     """
 
     __slots__ = ("_handle", "_lease", "_loop", "_task")
@@ -421,114 +407,106 @@ class _TimerKeepAlive:
                 await asyncio.wait((task,))
 
 
-@asynccontextmanager
-async def session_turn(
-    store: object,
-    key: str,
-    *,
-    max_wait: float | None,
-    lease_ttl: float,
-    load: tuple[int | None] | None = None,
-) -> AsyncIterator[TurnLease | None]:
-    """Hold ``key`` for one turn: the in-process lock, then the store's lease if it has one.
+class TurnRunner:
+    """Runs turns on one store: the one turn runner of the pipeline (``execute`` and
+    ``stream``) and of everything else that must hold a session like a turn
+    (:meth:`~promptstate.Conversation.undo`).
 
-    Yields the :class:`TurnLease` (renewed in the background while the block runs), or None
-    for a store without leases. With ``load=(last,)`` and a store with ``acquire_and_load``,
-    the lease is taken and the newest ``last`` messages read in one step
-    (:attr:`TurnLease.prefetch`). The lease is released when the block ends, unless the save
-    released it already (``append_turn(..., release_lease=owner)``).
+    A turn takes the session's in-process lock and then, on a
+    :class:`~promptstate.stores.base.LeasingStore`, the store's lease (renewed in the
+    background while the turn runs: from a timer on asyncio, from a task elsewhere), runs its
+    body, and releases the lease (unless the save released it already) and the lock. Whether
+    the store leases is asked once, here, at construction.
 
-    Raises:
-        SessionBusyError: The lock or lease was not had within ``max_wait`` seconds.
+    Args:
+        store: The store the turns run on.
+        max_wait: Seconds a turn waits for its session before
+            :class:`~promptstate.exceptions.SessionBusyError`; ``None`` waits for ever.
+        lease_ttl: The lease's lifetime in seconds (leasing stores only).
+        release_on_save: Whether the turn's save may release the lease in its own write
+            (:attr:`TurnLease.release_on_save`).
     """
-    started = time.monotonic()
-    locks = local_locks(store)
-    await locks.acquire(key, max_wait)
-    try:
-        if not supports_lease(store):
-            yield None
+
+    __slots__ = ("_leasing", "_locks", "_store", "lease_ttl", "max_wait", "release_on_save")
+
+    def __init__(
+        self,
+        store: object,
+        *,
+        max_wait: float | None,
+        lease_ttl: float,
+        release_on_save: bool = True,
+    ) -> None:
+        self._store = store
+        self._leasing = supports_lease(store)
+        self._locks = local_locks(store)
+        self.max_wait = max_wait
+        self.lease_ttl = lease_ttl
+        self.release_on_save = release_on_save
+
+    @property
+    def leasing(self) -> bool:
+        """Whether turns take the store's cross-process lease."""
+        return self._leasing
+
+    async def run(
+        self,
+        key: str,
+        body: Callable[[TurnLease | None], Awaitable[None]],
+        *,
+        load: tuple[int | None] | None = None,
+    ) -> None:
+        """``await body(lease)`` while ``key`` is held; ``lease`` is None on a store without
+        leases.
+
+        With ``load=(last,)`` (a leasing store), the lease is taken and the newest ``last``
+        messages (all for ``None``) read in one step (:meth:`TurnLease.take_prefetch`).
+
+        Raises:
+            SessionBusyError: The lock or lease was not had within ``max_wait`` seconds.
+        """
+        locks = self._locks
+        max_wait = self.max_wait
+        if not self._leasing:
+            await locks.acquire(key, max_wait)
+            try:
+                await body(None)
+            finally:
+                locks.release(key)
             return
-        remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
-        lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
+        started = time.monotonic()
+        await locks.acquire(key, max_wait)
         try:
-            await lease.acquire(remaining, load=load)
-            keeper = _TimerKeepAlive.start(lease)
-            if keeper is not None:
-                try:
-                    yield lease
-                finally:
-                    await keeper.stop()
-                return
-            failure: BaseException | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lease._keep_alive)
-                try:
-                    yield lease
-                except BaseException as exc:  # re-raised below, not wrapped in a group
-                    failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+            remaining = (
+                None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
+            )
+            lease = TurnLease(cast(LeasingStore, self._store), key, self.lease_ttl)
+            lease.release_on_save = self.release_on_save
+            try:
+                await lease.acquire(remaining, load=load)
+                keeper = _TimerKeepAlive.start(lease)
+                if keeper is not None:
+                    try:
+                        await body(lease)
+                    finally:
+                        await keeper.stop()
+                    return
+                failure: BaseException | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lease._keep_alive)
+                    try:
+                        await body(lease)
+                    except BaseException as exc:  # re-raised below, not wrapped in a group
+                        failure = exc
+                    finally:
+                        tg.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
+            finally:
+                if lease.held:
+                    await lease.release()
         finally:
-            if lease.held:
-                await lease.release()
-    finally:
-        locks.release(key)
-
-
-async def run_turn(
-    store: object,
-    key: str,
-    body: Callable[[TurnLease | None], Awaitable[None]],
-    *,
-    max_wait: float | None,
-    lease_ttl: float,
-    load: tuple[int | None] | None = None,
-    locks: SessionLock | None = None,
-) -> None:
-    """:func:`session_turn` as a plain coroutine: ``await body(lease)`` while ``key`` is held.
-
-    The same locking, lease, renewal and release, without the generator-based context
-    managers (a few microseconds a turn); :meth:`Pipeline.execute` uses it. ``locks`` is
-    ``local_locks(store)`` when the caller has it at hand; ``load`` is passed on only to a
-    store with ``acquire_and_load`` (the caller checks).
-    """
-    started = time.monotonic()
-    if locks is None:
-        locks = local_locks(store)
-    await locks.acquire(key, max_wait)
-    try:
-        if not supports_lease(store):
-            await body(None)
-            return
-        remaining = None if max_wait is None else max(max_wait - (time.monotonic() - started), 0.0)
-        lease = TurnLease(cast(SupportsLease, store), key, lease_ttl)
-        try:
-            await lease.acquire(remaining, load=load)
-            keeper = _TimerKeepAlive.start(lease)
-            if keeper is not None:
-                try:
-                    await body(lease)
-                finally:
-                    await keeper.stop()
-                return
-            failure: BaseException | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lease._keep_alive)
-                try:
-                    await body(lease)
-                except BaseException as exc:  # re-raised below, not wrapped in a group
-                    failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-        finally:
-            if lease.held:
-                await lease.release()
-    finally:
-        locks.release(key)
+            locks.release(key)
 
 
 def check_timeout(value: object, what: str) -> float | None:

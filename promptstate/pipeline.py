@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -36,15 +36,7 @@ import msgspec
 from promptstate._resource import AsyncResource
 from promptstate._tools import Tool, ToolSpec
 from promptstate.exceptions import ClosedError, PromptStateError, ValidationError
-from promptstate.locks import (
-    TurnLease,
-    check_timeout,
-    local_locks,
-    new_id,
-    run_turn,
-    session_turn,
-    supports_lease,
-)
+from promptstate.locks import TurnLease, TurnRunner, check_timeout, new_id
 from promptstate.providers.base import Chunk, Provider
 from promptstate.stages import CallProvider, CheckReply, LoadState, SaveState
 from promptstate.stages.check_reply import with_check_reply
@@ -119,19 +111,21 @@ def default_stages(
     *,
     max_messages: int | None = None,
 ) -> list[Middleware]:
-    """The default chain: load -> :class:`SlidingWindow` (with ``max_messages``) ->
-    :class:`TokenBudget` (with ``max_tokens``) -> call -> check the reply -> save.
+    """The default chain: load -> :class:`SlidingWindow` (``max_messages``) ->
+    :class:`TokenBudget` (``max_tokens``) -> call -> check the reply -> save.
 
-    Use it to add your own stages around the defaults::
+    A limit left ``None`` keeps its stage in the chain, passing every message on, so a turn
+    can still give its own (``execute(..., max_tokens=...)``); such a stage costs next to
+    nothing. Use it to add your own stages around the defaults::
 
         Pipeline(provider, middleware=[my_logger, *default_stages(max_tokens=4000)])
     """
-    stages: list[Middleware] = [LoadState()]
-    if max_messages is not None:
-        stages.append(SlidingWindow(max_messages))
-    if max_tokens is not None:
-        stages.append(TokenBudget(max_tokens))
-    stages.append(CallProvider())
+    stages: list[Middleware] = [
+        LoadState(),
+        SlidingWindow(max_messages),
+        TokenBudget(max_tokens),
+        CallProvider(),
+    ]
     stages.append(CheckReply())
     stages.append(SaveState())
     return stages
@@ -253,6 +247,11 @@ class Pipeline(AsyncResource):
         guardrails: Validators checked on every reply (:mod:`promptstate.validators`); a turn
             may give its own. A :class:`~promptstate.stages.CheckReply` stage is put right
             before the chain's :class:`~promptstate.stages.SaveState` to run them.
+
+    Every turn, :meth:`execute` and :meth:`stream` alike, runs through one
+    :class:`~promptstate.locks.TurnRunner`: the session's lock, and its lease when the store is
+    a :class:`~promptstate.LeasingStore` (asked once, here), around the chain. A streamed turn is
+    a turn whose provider stage also sends chunks to an emitter.
     """
 
     def __init__(
@@ -298,9 +297,25 @@ class Pipeline(AsyncResource):
             if not callable(stage):
                 raise ValidationError(f"a middleware must be async (ctx, call_next), got {stage!r}")
         self._middleware: tuple[Middleware, ...] = tuple(stages)
-        self._strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
+        strategies = tuple(s for s in stages if isinstance(s, TruncationStrategy))
+        self._all_strategies = strategies
+        # What the load stage asks, without the stages that pass everything on.
+        self._strategies = tuple(s for s in strategies if not s.inactive)
+        # The limits a turn may give (execute(..., max_tokens=...)): those the chain applies.
+        self._turn_limits = frozenset(name for s in strategies for name in s.turn_limits)
+        self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
+        ttl = check_timeout(lease_ttl, "lease_ttl")
+        if ttl is None:
+            raise ValidationError("lease_ttl must be a positive number of seconds")
+        self._lease_ttl = ttl
         # The one question asked of the store, once: does it declare cross-process leases?
-        self._leasing = supports_lease(self._store)
+        self._turns = TurnRunner(
+            self._store,
+            max_wait=self._lock_timeout,
+            lease_ttl=ttl,
+            release_on_save=_saves_once(stages),
+        )
+        self._leasing = self._turns.leasing
         if not self._leasing and callable(getattr(self._store, "acquire_lease", None)):
             raise ValidationError(
                 f"{type(self._store).__name__} has lease methods but is not a LeasingStore: "
@@ -313,14 +328,7 @@ class Pipeline(AsyncResource):
         self._first_load: LoadState | None = (
             first if isinstance(first, LoadState) and self._leasing else None
         )
-        self._locks = local_locks(self._store)
-        self._release_on_save = _saves_once(stages)
         self._counter: TokenCounter = token_counter or self._store.token_counter
-        self._lock_timeout = check_timeout(lock_timeout, "lock_timeout")
-        ttl = check_timeout(lease_ttl, "lease_ttl")
-        if ttl is None:
-            raise ValidationError("lease_ttl must be a positive number of seconds")
-        self._lease_ttl = ttl
         self._system = [with_tokens(m, self._counter) for m in _system_messages(system)]
         self._closed = False
         self._tasks: set[Any] = set()
@@ -409,10 +417,17 @@ class Pipeline(AsyncResource):
         metadata: Mapping[str, Any] | None,
         system: str | Sequence[Message] | None,
         options: dict[str, Any],
-        emit: Callable[[Chunk | None], Awaitable[None]] | None,
-        guardrails: Guardrails | None = None,
+        guardrails: Guardrails | None,
+        max_tokens: int | None,
+        max_messages: int | None,
     ) -> ExecutionContext:
         self._check_open()
+        strategies = self._strategies
+        limits = self._limits(max_tokens, max_messages)
+        if limits is not None:
+            strategies = tuple(
+                t for s in self._all_strategies if not (t := s.for_turn(*limits)).inactive
+            )
         if guardrails is None:
             guardrails = self._guardrails
         elif not self._checks_replies:
@@ -457,10 +472,33 @@ class Pipeline(AsyncResource):
             if system is None
             else [with_tokens(m, counter) for m in _system_messages(system)],
             options=options,
-            strategies=self._strategies,
-            emit=emit,
+            strategies=strategies,
             guardrails=guardrails,
+            limits=limits,
         )
+
+    def _limits(
+        self, max_tokens: object, max_messages: object
+    ) -> tuple[int | None, int | None] | None:
+        """A turn's ``(max_tokens, max_messages)``, checked; None when it gives neither."""
+        if max_tokens is None and max_messages is None:
+            return None
+        return (
+            self._turn_limit(max_tokens, "max_tokens", "a TokenBudget or Summarize"),
+            self._turn_limit(max_messages, "max_messages", "a SlidingWindow"),
+        )
+
+    def _turn_limit(self, value: object, name: str, stage: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValidationError(f"{name} must be None or an int >= 1, got {value!r}")
+        if name not in self._turn_limits:
+            raise ValidationError(
+                f"{name} given for a turn, but the pipeline's middleware has no stage that "
+                f"applies it (add {stage} stage; the default stages have one)"
+            )
+        return value
 
     async def execute(
         self,
@@ -472,6 +510,8 @@ class Pipeline(AsyncResource):
         system: str | Sequence[Message] | None = None,
         options: Mapping[str, Any] | None = None,
         guardrails: Guardrails | None = None,
+        max_tokens: int | None = None,
+        max_messages: int | None = None,
         **provider_options: Any,
     ) -> ExecutionResult:
         """Run one turn: the new message in, the assistant's answer out, both stored.
@@ -482,8 +522,13 @@ class Pipeline(AsyncResource):
             content: The message text.
             metadata: The new message's metadata.
             system: This turn's system prompt, instead of the pipeline's.
-            options: Provider request options (for names that clash with the arguments here).
+            options: Provider request options, for names that clash with the arguments here:
+                the model's answer length is ``options={"max_tokens": 256}``.
             guardrails: This turn's validators, instead of the pipeline's.
+            max_tokens: This turn's prompt budget, instead of the pipeline's (applied by the
+                chain's :class:`TokenBudget` or :class:`~promptstate.truncation.Summarize`).
+            max_messages: This turn's window, instead of the pipeline's (applied by the
+                chain's :class:`SlidingWindow`).
             **provider_options: More provider request options (``temperature=0.2``, ...).
 
         Raises:
@@ -492,6 +537,7 @@ class Pipeline(AsyncResource):
                 nothing of the turn was stored.
             SessionBusyError: The session stayed busy for ``lock_timeout`` seconds.
             ClosedError: The pipeline was closed.
+            ValidationError: A bad argument, or a limit the chain has no stage to apply.
         """
         ctx = self._context(
             session_id,
@@ -500,8 +546,9 @@ class Pipeline(AsyncResource):
             metadata,
             system,
             {**options, **provider_options} if options else provider_options,
-            None,
             guardrails,
+            max_tokens,
+            max_messages,
         )
         telemetry = self._telemetry
         turn = telemetry.start_turn(ctx, stream=False) if telemetry is not None else None
@@ -520,43 +567,23 @@ class Pipeline(AsyncResource):
         return self._result(ctx)
 
     async def _run(self, ctx: ExecutionContext, chain: CallNext) -> None:
+        """Run one turn, streamed or not: the chain while the turn runner holds the session."""
         # A turn on a leasing store may never suspend outside a shielded step (lease, save)
         # when its provider answers at once: without this, a cancelled caller that runs
         # turns in a loop would never see its cancellation.
         await anyio.lowlevel.checkpoint_if_cancelled()
-        session_id = ctx.session_id
-        store = self._store
-        if self._leasing:
 
-            async def body(lease: TurnLease | None) -> None:
-                if lease is not None and not self._release_on_save:
-                    lease.release_on_save = False
-                ctx.lease = lease
-                await chain(ctx)
+        async def body(lease: TurnLease | None) -> None:
+            ctx.lease = lease
+            await chain(ctx)
 
-            await run_turn(
-                store,
-                session_id,
-                body,
-                max_wait=self._lock_timeout,
-                lease_ttl=self._lease_ttl,
-                load=self._prefetch(),
-                locks=self._locks,
-            )
-        else:  # the same as session_turn() without a lease, minus a context manager
-            locks = self._locks
-            await locks.acquire(session_id, self._lock_timeout)
-            try:
-                await chain(ctx)
-            finally:
-                locks.release(session_id)
-
-    def _prefetch(self) -> tuple[int | None] | None:
-        """What the turn's lease may read with it: ``(last,)`` of the first load, or None."""
         first = self._first_load
-        if first is None:
-            return None
-        return (first.first_window(self._strategies),)
+        await self._turns.run(
+            ctx.session_id,
+            body,
+            # What the lease may read with it: the first load's window.
+            load=None if first is None else (first.first_window(ctx.strategies),),
+        )
 
     def _result(self, ctx: ExecutionContext) -> ExecutionResult:
         if ctx.response is None:
@@ -584,6 +611,8 @@ class Pipeline(AsyncResource):
         system: str | Sequence[Message] | None = None,
         options: Mapping[str, Any] | None = None,
         guardrails: Guardrails | None = None,
+        max_tokens: int | None = None,
+        max_messages: int | None = None,
         **provider_options: Any,
     ) -> AsyncIterator[Chunk]:
         """Run one turn, yielding the answer's text as it arrives.
@@ -606,8 +635,9 @@ class Pipeline(AsyncResource):
             metadata,
             system,
             {**options, **provider_options} if options else provider_options,
-            None,
             guardrails,
+            max_tokens,
+            max_messages,
         )
         send, receive = anyio.create_memory_object_stream[Chunk | None](0)
         failure: list[BaseException] = []
@@ -637,20 +667,8 @@ class Pipeline(AsyncResource):
             token = turn.attach() if turn is not None else None
             try:
                 with scope:
-                    async with (
-                        send,
-                        session_turn(
-                            self._store,
-                            session_id,
-                            max_wait=self._lock_timeout,
-                            lease_ttl=self._lease_ttl,
-                            load=self._prefetch(),
-                        ) as lease,
-                    ):
-                        if lease is not None and not self._release_on_save:
-                            lease.release_on_save = False
-                        ctx.lease = lease
-                        await chain(ctx)
+                    async with send:
+                        await self._run(ctx, chain)
             except Exception as exc:
                 failure.append(exc)
             finally:

@@ -47,7 +47,7 @@ from promptstate.exceptions import (
     PromptPackError,
     ValidationError,
 )
-from promptstate.locks import session_turn
+from promptstate.locks import TurnRunner
 from promptstate.packs import PromptPack, PromptTemplate, PromptTool, PromptVariable, load_pack
 from promptstate.pipeline import Middleware, Pipeline
 from promptstate.providers.base import Chunk, Provider
@@ -78,9 +78,6 @@ logger = logging.getLogger(__name__)
 
 #: The ``State.metadata`` key under which a conversation's own settings are stored.
 METADATA_KEY = "promptstate"
-
-#: Pipelines a manager keeps (one per prompt budget in use), least recently used dropped.
-_MAX_PIPELINES = 32
 
 
 # -- conversations ----------------------------------------------------------------------------
@@ -227,24 +224,16 @@ class Conversation:
                 nothing of the turn was stored.
             SessionBusyError: Another turn held the conversation for the lock timeout.
         """
-        pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
-        if isinstance(content, Message):
-            result = await pipe.execute(
-                self.id,
-                content,
-                system=self.system_prompt,
-                options=self._turn_options(options),
-                guardrails=self._guardrails,
-            )
-        else:
-            result = await pipe.execute(
-                self.id,
-                "user",
-                content,
-                system=self.system_prompt,
-                options=self._turn_options(options),
-                guardrails=self._guardrails,
-            )
+        pipe = self._manager._pipeline()
+        result = await pipe.execute(
+            self.id,
+            *((content,) if isinstance(content, Message) else ("user", content)),
+            system=self.system_prompt,
+            options=self._turn_options(options),
+            guardrails=self._guardrails,
+            max_tokens=self.max_tokens,
+            max_messages=self.max_messages,
+        )
         return Response(
             message=result.response,
             usage=result.usage,
@@ -261,24 +250,16 @@ class Conversation:
         ``fail_on_violation`` raises :class:`~promptstate.exceptions.GuardrailError` after its
         last text chunk, and nothing is stored.
         """
-        pipe = self._manager._pipeline(self.max_tokens, self.max_messages)
-        if isinstance(content, Message):
-            chunks = pipe.stream(
-                self.id,
-                content,
-                system=self.system_prompt,
-                options=self._turn_options(options),
-                guardrails=self._guardrails,
-            )
-        else:
-            chunks = pipe.stream(
-                self.id,
-                "user",
-                content,
-                system=self.system_prompt,
-                options=self._turn_options(options),
-                guardrails=self._guardrails,
-            )
+        pipe = self._manager._pipeline()
+        chunks = pipe.stream(
+            self.id,
+            *((content,) if isinstance(content, Message) else ("user", content)),
+            system=self.system_prompt,
+            options=self._turn_options(options),
+            guardrails=self._guardrails,
+            max_tokens=self.max_tokens,
+            max_messages=self.max_messages,
+        )
         try:
             async for chunk in chunks:
                 yield chunk
@@ -355,9 +336,9 @@ class Conversation:
         manager = self._manager
         manager._check_open()
         store = manager.store
-        async with session_turn(
-            store, self.id, max_wait=manager._lock_timeout, lease_ttl=_UNDO_LEASE_TTL
-        ):
+        removed: list[Message] = []
+
+        async def drop(lease: object) -> None:
             count = await store.count(self.id)
             last = 16
             while True:
@@ -366,11 +347,13 @@ class Conversation:
                 if len(starts) >= turns or len(tail) >= count:
                     break
                 last *= 4
-            if not starts:
-                return []
-            cut = starts[-turns] if len(starts) >= turns else starts[0]
-            removed = tail[cut:]
-            await store.truncate(self.id, count - len(removed))
+            if starts:
+                cut = starts[-turns] if len(starts) >= turns else starts[0]
+                removed.extend(tail[cut:])
+                await store.truncate(self.id, count - len(removed))
+
+        # Held like a turn, by the same runner the pipeline's turns use.
+        await manager._turns.run(self.id, drop)
         return removed
 
     async def delete(self) -> bool:
@@ -392,16 +375,22 @@ class ConversationManager(AsyncResource):
             ``stages``, put a :class:`~promptstate.truncation.SlidingWindow` in them instead.
         token_counter: Counts tokens for truncation (default: the store's counter).
         lock_timeout: Seconds a turn waits for its conversation to be free.
-        stages: A function from a prompt budget (``int | None``) to the pipeline stages
-            to use for it, for your own middleware or another truncation strategy, e.g.
+        stages: A function from the default prompt budget (``max_tokens``, ``int | None``) to
+            the pipeline stages, for your own middleware or another truncation strategy, e.g.
             ``lambda budget: [my_logger, *default_stages(budget)]`` or
             ``lambda budget: [LoadState(), Summarize(budget or 4000, 6, summarizer=p),
-            CallProvider(), SaveState()]``. Default:
+            CallProvider(), SaveState()]``. Called once. A conversation's own ``max_tokens``
+            and ``max_messages`` are given to each of its turns, and the chain's
+            :class:`~promptstate.truncation.TokenBudget`,
+            :class:`~promptstate.truncation.Summarize` or
+            :class:`~promptstate.truncation.SlidingWindow` applies them (a conversation with a
+            limit the chain has no stage for fails its turns with
+            :class:`~promptstate.exceptions.ValidationError`). Default:
             :func:`~promptstate.pipeline.default_stages`.
 
     The manager is an async context manager; :meth:`aclose` closes the store if the manager
-    opened it. One manager per application is enough: it makes one pipeline per prompt
-    budget and shares the store's connections between all conversations.
+    opened it. One manager per application is enough: it runs every conversation's turns
+    through one pipeline, whatever their budgets, and shares the store's connections.
     """
 
     def __init__(
@@ -431,14 +420,26 @@ class ConversationManager(AsyncResource):
         else:
             raise ValidationError(f"store must be a Store, a URL or None, got {store!r}")
         self._provider = provider
-        self._max_tokens = max_tokens
-        self._max_messages = max_messages
-        self._counter = token_counter
-        self._lock_timeout = lock_timeout
         if stages is not None and not callable(stages):
             raise ValidationError(f"stages must be a function of the budget, got {stages!r}")
-        self._stages = stages
-        self._pipelines: dict[tuple[int | None, int | None], Pipeline] = {}
+        middleware: list[Middleware] | None = None
+        if stages is not None:
+            middleware = list(stages(max_tokens))
+            if any(isinstance(s, SaveState) for s in middleware):
+                middleware = with_check_reply(middleware)  # so conversations' validators run
+        self._pipe = Pipeline(
+            provider,
+            store=self._store,
+            middleware=middleware,
+            max_tokens=max_tokens,
+            max_messages=max_messages,
+            token_counter=token_counter,
+            lock_timeout=lock_timeout,
+        )
+        # What holds a conversation like a turn outside the pipeline (undo).
+        self._turns = TurnRunner(
+            self._store, max_wait=self._pipe._lock_timeout, lease_ttl=_UNDO_LEASE_TTL
+        )
         self._packs: dict[str, PromptPack] = {}
         self._validators = ValidatorRegistry()
         self._closed = False
@@ -483,38 +484,13 @@ class ConversationManager(AsyncResource):
         if self._closed:
             return
         self._closed = True
-        pipelines, self._pipelines = list(self._pipelines.values()), {}
-        for pipe in pipelines:
-            await pipe.aclose()
+        await self._pipe.aclose()
         if self._owns_store:
             await self._store.aclose()
 
-    def _pipeline(self, max_tokens: int | None, max_messages: int | None) -> Pipeline:
+    def _pipeline(self) -> Pipeline:
         self._check_open()
-        budget = self._max_tokens if max_tokens is None else max_tokens
-        window = self._max_messages if max_messages is None else max_messages
-        pipe = self._pipelines.pop((budget, window), None)
-        if pipe is None:
-            stages: list[Middleware] | None = None
-            if self._stages is not None:
-                stages = list(self._stages(budget))
-                if any(isinstance(s, SaveState) for s in stages):
-                    stages = with_check_reply(stages)  # so conversations' validators run
-            pipe = Pipeline(
-                self._provider,
-                store=self._store,
-                middleware=stages,
-                max_tokens=budget,
-                max_messages=window,
-                token_counter=self._counter,
-                lock_timeout=self._lock_timeout,
-            )
-            if len(self._pipelines) >= _MAX_PIPELINES:
-                # Forget the least recently used; it owns nothing (the store is shared), so
-                # turns still running on it finish normally.
-                del self._pipelines[next(iter(self._pipelines))]
-        self._pipelines[budget, window] = pipe  # most recently used last
-        return pipe
+        return self._pipe
 
     # -- packs --------------------------------------------------------------------------------
 
@@ -594,7 +570,9 @@ class ConversationManager(AsyncResource):
         if pack is not None and not isinstance(pack, PromptPack):
             raise ValidationError(f"pack must be a PromptPack, a pack id or None, got {pack!r}")
         _check_budget(config.max_tokens)
-        _check_window(config.max_messages, self._stages)
+        _check_window(config.max_messages, None)
+        # A limit the one pipeline's chain cannot apply fails here, not at the first turn.
+        self._pipe._limits(config.max_tokens, config.max_messages)
         if config.user_id is not None and not isinstance(config.user_id, str):
             raise ValidationError(f"user_id must be a str or None, got {config.user_id!r}")
         if not isinstance(config.metadata, dict) or METADATA_KEY in config.metadata:

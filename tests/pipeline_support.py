@@ -2,7 +2,8 @@
 
 These are real in-process implementations of the store seam (MemoryStore underneath), not
 mocks of a server: they let the tests reach the lease and retry paths of the pipeline
-deterministically. The server stores plug into the same tests through ``turn_store``.
+deterministically. The server stores plug into the same tests through ``turn_store`` (the
+shared ``store`` fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import importlib
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from promptstate import LeasingStore, MemoryStore, Message, Store, StoreUnavailableError
+from promptstate import LeasingStore, MemoryStore, Message, StoreUnavailableError
 
 #: The store kinds the turn-safety tests run on. Server stores are skipped until they exist.
 STORE_KINDS = ["memory", "memory-leased", "custom", "sqlite", "redis", "postgres"]
@@ -163,43 +162,6 @@ def server_for(kind: str, request: pytest.FixtureRequest) -> str | None:
     if kind == "postgres":
         return str(request.getfixturevalue("postgres_dsn"))
     return None
-
-
-async def open_kind(kind: str, url: str | None, tmp_path: Path) -> Store:
-    """A new, empty, isolated store of ``kind``."""
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "memory-leased":
-        return LeasingMemoryStore()
-    if kind == "custom":  # only the four abstract methods: the base class's defaults
-        from tests.stores.test_custom_store import DictStore
-
-        return DictStore()
-    tag = uuid.uuid4().hex[:12]
-    if kind == "sqlite":
-        from promptstate.stores.sqlite import SQLiteStore
-
-        return SQLiteStore(tmp_path / f"turns-{tag}.db")
-    assert url is not None
-    if kind == "redis":
-        from promptstate.stores.redis import RedisStore
-
-        return RedisStore.from_url(url, prefix=f"ps-pipe-{tag}:")
-    if kind == "postgres":
-        from promptstate.stores.postgres import PostgresStore
-
-        return PostgresStore.from_dsn(url, table_name=f"ps_pipe_{tag}")
-    raise AssertionError(kind)
-
-
-async def close_kind(store: Store) -> None:
-    if not store.closed:
-        await store.delete_by_prefix("")
-        await store.aclose()
-    if type(store).__name__ == "PostgresStore":
-        from tests.servers import drop_postgres_tables
-
-        await drop_postgres_tables(store._dsn, store.table_name)  # type: ignore[attr-defined]
 
 
 async def drain(chunks: AsyncIterator[Any]) -> list[Any]:

@@ -131,6 +131,10 @@ ABOVE_STAGES = (
 REEXPORTING = ("promptstate.truncation", "promptstate.tools")
 
 
+#: The turn layer: what holds a session for a turn, between the stores and the stages.
+TURNS = ("promptstate.locks",)
+
+
 def test_stages_import_nothing_above_them() -> None:
     graph = _graph()
     assert {"promptstate.stages.summarize", "promptstate.stages.tool_loop"} <= set(graph)
@@ -142,6 +146,8 @@ def test_stores_and_providers_sit_below_the_stages_and_apart() -> None:
     above = (*ABOVE_STAGES, "promptstate.stages", "promptstate.packs")
     assert _upward(graph, ("promptstate.stores",), (*above, "promptstate.providers")) == []
     assert _upward(graph, ("promptstate.providers",), (*above, "promptstate.stores")) == []
+    # Stores and providers do I/O; turns (locks: the runner, leases) sit above them.
+    assert _upward(graph, ("promptstate.stores", "promptstate.providers"), TURNS) == []
     low = (
         "promptstate._window",
         "promptstate._tools",

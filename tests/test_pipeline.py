@@ -439,7 +439,7 @@ async def test_repr_and_properties() -> None:
     pipe = Pipeline(provider, max_tokens=100)
     assert "TokenBudget(100)" in repr(pipe)
     assert pipe.provider is provider
-    assert len(pipe.middleware) == 5  # load, budget, call, check reply, save
+    assert len(pipe.middleware) == 6  # load, window, budget, call, check reply, save
     assert pipe.token_counter is pipe.store.token_counter
     await pipe.aclose()
 

@@ -7,22 +7,18 @@ cancellation: ``promptstate demo`` ran 30,000 turns after Ctrl-C.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import anyio
 import pytest
 
-from promptstate import MemoryStore, MockProvider, Pipeline, SQLiteStore, Store
+from promptstate import MockProvider, Pipeline, Store
+from tests.backends import params
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "c.db")
-    async with made:
-        yield made
+@pytest.fixture(params=params("memory", "sqlite"))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def test_a_cancelled_caller_runs_no_turn(store: Store) -> None:

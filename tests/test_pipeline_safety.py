@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 
 import anyio
 import pytest
@@ -26,33 +24,27 @@ from promptstate import (
 )
 from promptstate.locks import LeaseLostError, local_locks
 from promptstate.stages import CallProvider, LoadState, SaveState
+from tests.backends import params
 from tests.pipeline_support import (
     STORE_KINDS,
     LeaseTable,
     LeasingMemoryStore,
     LostReplyStore,
     SlowStore,
-    close_kind,
-    open_kind,
-    server_for,
 )
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=STORE_KINDS)
-def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    kind: str = request.param
-    return kind, server_for(kind, request)
+@pytest.fixture(params=params(*STORE_KINDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-async def turn_store(store_kind: tuple[str, str | None], tmp_path: Path) -> AsyncIterator[Store]:
-    store = await open_kind(*store_kind, tmp_path)
-    try:
-        yield store
-    finally:
-        await close_kind(store)
+def turn_store(store: Store) -> Store:
+    """A store of each kind the turn-safety tests run on (tests/pipeline_support.py)."""
+    return store
 
 
 def assert_whole_turns(messages: list[Message], questions: set[str]) -> list[str]:

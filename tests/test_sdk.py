@@ -395,19 +395,40 @@ async def test_corrupt_settings_are_reported() -> None:
             await manager.get_conversation("bad")
 
 
-async def test_pipelines_per_budget_are_bounded() -> None:
-    async with ConversationManager(MockProvider(_echo)) as manager:
+async def test_one_pipeline_runs_every_budget() -> None:
+    seen: list[int] = []
+
+    def count(messages: list[Message]) -> str:
+        seen.append(len(messages))
+        return "ok"
+
+    async with ConversationManager(MockProvider(count), max_tokens=10_000) as manager:
+        pipe = manager._pipeline()
+        # Budgets from 40 tokens up, and one window: each conversation's own limit holds.
         convs = [
-            await manager.new_conversation(None, ConversationConfig(max_tokens=100 + i))
+            await manager.new_conversation(None, ConversationConfig(max_tokens=40 + 40 * i))
             for i in range(40)
         ]
+        windowed = await manager.new_conversation(None, ConversationConfig(max_messages=3))
+        plain = await manager.new_conversation()
+        for _ in range(6):
+            for conv in (*convs, windowed, plain):
+                await conv.send("word " * 10)
+        assert manager._pipeline() is pipe
+        provider_calls = iter(seen)
+        sent: dict[str, list[int]] = {}
+        for _ in range(6):
+            for conv in (*convs, windowed, plain):
+                sent.setdefault(conv.id, []).append(next(provider_calls))
+        assert sent[convs[0].id][-1] < sent[convs[-1].id][-1], "a small budget sends less"
+        assert sent[windowed.id][-1] == 3, "the window: the newest 3 messages, the new one too"
+        assert sent[plain.id][-1] == 11, "the manager's budget fits the whole history"
         for conv in convs:
-            await conv.send("hi")
-        assert len(manager._pipelines) <= 32
-        assert (await convs[0].send("again")).content == "turn 2: again"
+            history = await conv.history()
+            assert len(history) == 12, "every turn was stored whole"
 
 
-async def test_custom_stages_per_budget() -> None:
+async def test_custom_stages_are_built_once_and_take_each_conversations_budget() -> None:
     from promptstate.pipeline import default_stages
     from promptstate.truncation import SlidingWindow
 
@@ -420,22 +441,36 @@ async def test_custom_stages_per_budget() -> None:
 
     def stages(budget: int | None) -> list[object]:
         budgets.append(budget)
-        if budget is None:
-            return [log, *default_stages(None)]
-        return [log, *default_stages(None)[:1], SlidingWindow(2), *default_stages(None)[1:]]
+        return [log, *default_stages(budget)[:1], SlidingWindow(2), *default_stages(budget)[1:]]
 
     provider = MockProvider(_echo)
     async with ConversationManager(provider, stages=stages) as manager:  # type: ignore[arg-type]
         plain = await manager.new_conversation()
-        windowed = await manager.new_conversation(None, ConversationConfig(max_tokens=999))
+        budgeted = await manager.new_conversation(None, ConversationConfig(max_tokens=5))
         for i in range(4):
             await plain.send(f"p{i}")
-            await windowed.send(f"w{i}")
-        assert len(provider.last_messages) <= 3  # the sliding window, not the token budget
-        assert seen == ["log"] * 8
-        assert budgets == [None, 999]  # one pipeline per budget, built once
+        assert len(provider.last_messages) <= 2  # the factory's sliding window
+        with pytest.raises(ValidationError, match="does not fit"):
+            await budgeted.send("far too long for a budget of five tokens " * 3)
+        assert await budgeted.history() == []
+        assert seen == ["log"] * 5
+        assert budgets == [None]  # built once, with the manager's default budget
     with pytest.raises(ValidationError, match="stages"):
         ConversationManager(provider, stages=[log])  # type: ignore[arg-type]
+
+
+async def test_a_conversation_limit_the_stages_cannot_apply_is_refused() -> None:
+    from promptstate.stages import CallProvider, LoadState, SaveState
+
+    def stages(budget: int | None) -> list[object]:
+        return [LoadState(), CallProvider(), SaveState()]
+
+    async with ConversationManager(MockProvider(_echo), stages=stages) as manager:  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"max_tokens.*TokenBudget"):
+            await manager.new_conversation(None, ConversationConfig(max_tokens=100))
+        with pytest.raises(ValidationError, match=r"max_messages.*SlidingWindow"):
+            await manager.new_conversation(None, ConversationConfig(max_messages=4))
+        assert [s async for s in manager.store.list_keys("")] == []
 
 
 async def test_open_conversation_gets_or_creates() -> None:

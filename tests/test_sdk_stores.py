@@ -1,13 +1,12 @@
 """Conversations and backups on the real backends: SQLite, Redis and PostgreSQL.
 
 Each test gets isolated stores (a tmp file, a unique Redis key prefix, a unique PostgreSQL
-table) and removes what it wrote.
+table) from the ``stores`` fixture (tests/conftest.py), which removes what they wrote.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -23,91 +22,23 @@ from promptstate import (
     import_states,
 )
 from promptstate.providers.mock import MockProvider
+from promptstate.testing._backends import StoreMaker
+from tests.backends import params
 
 pytestmark = pytest.mark.anyio
 
 Opener = Callable[[], Store]
 
 
-async def _drop_tables(dsn: str, prefix: str) -> None:
-    import asyncpg  # type: ignore[import-untyped,unused-ignore]
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        names = await conn.fetch(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema() AND starts_with(table_name, $1)",
-            prefix,
-        )
-        for row in names:
-            await conn.execute(f'DROP TABLE IF EXISTS "{row["table_name"]}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(kind, where): a SQLite file, a Redis URL or a PostgreSQL DSN (a sync fixture, so the
-    session server fixtures can start their servers)."""
-    kind: str = request.param
-    pytest.importorskip(f"promptstate.stores.{kind}")
-    if kind == "sqlite":
-        return kind, str(tmp_path / "sdk.db")
-    if kind == "redis":
-        return kind, str(request.getfixturevalue("redis_url"))
-    return kind, str(request.getfixturevalue("postgres_dsn"))
+@pytest.fixture(params=params("sqlite", "redis", "postgres"))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-async def opener(backend: tuple[str, str]) -> AsyncIterator[Callable[[], Store]]:
+def opener(backend: str, stores: StoreMaker) -> Opener:
     """A function that opens a new store object on the same isolated data, each call."""
-    kind, where = backend
-    tag = uuid.uuid4().hex[:12]
-    made: list[Store] = []
-    cleanup: Callable[[], Awaitable[None]] | None = None
-    if kind == "sqlite":
-        from promptstate.stores.sqlite import SQLiteStore
-
-        def make() -> Store:
-            return SQLiteStore(where)
-
-    elif kind == "redis":
-        from promptstate.stores.redis import RedisStore
-
-        def make() -> Store:
-            return RedisStore.from_url(where, prefix=f"pstest:sdk:{tag}:")
-
-        async def cleanup() -> None:
-            async with make() as store:
-                await store.delete_by_prefix("")
-
-    else:
-        from promptstate.stores.postgres import PostgresStore
-
-        def make() -> Store:
-            return PostgresStore.from_dsn(where, table_name=f"ps_sdk_{tag}")
-
-        async def cleanup() -> None:
-            await _drop_tables(where, f"ps_sdk_{tag}")
-
-    def tracked() -> Store:
-        store = make()
-        made.append(store)
-        return store
-
-    try:
-        yield tracked
-    finally:
-        for store in made:
-            await store.aclose()
-        if cleanup is not None:
-            await cleanup()
+    return stores.opener(backend)
 
 
 def _reply(messages: list[Message]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from typing import Any
 
@@ -325,3 +326,44 @@ async def test_summarize_refuses_a_message_that_alone_exceeds_the_budget() -> No
         with pytest.raises(ValidationError, match="does not fit"):
             await pipe.execute("s", "user", "word " * 100)
     assert await store.load("s") == []
+
+
+def _reference_truncate(messages: list[Message], max_tokens: int) -> list[Message]:
+    """truncate_messages for histories without tools, written the slow and obvious way."""
+    counter = HeuristicTokenCounter()
+
+    def cost(m: Message) -> int:
+        return counter.count(m) if m.tokens is None else m.tokens
+
+    budget = max_tokens - sum(cost(m) for m in messages if m.role == "system")
+    others = [i for i, m in enumerate(messages) if m.role != "system"]
+    starts = [i for n, i in enumerate(others) if n == 0 or messages[i].role == "user"]
+
+    def fits(start: int) -> bool:
+        return sum(cost(messages[i]) for i in others if i >= start) <= budget
+
+    fitting = [s for s in starts if fits(s)]
+    if fitting:
+        first = min(fitting)
+    else:  # not even the newest turn: its newest messages that fit
+        newest_turn = [i for i in others if i >= starts[-1]] if starts else []
+        first = next((i for i in newest_turn if fits(i)), len(messages))
+    return [m for i, m in enumerate(messages) if m.role == "system" or i >= first]
+
+
+def test_truncate_messages_matches_the_obvious_version_on_random_histories() -> None:
+    rnd = random.Random(20261204)
+    for _ in range(20_000):
+        messages = [
+            Message(
+                rnd.choice(["user", "assistant", "system", "user", "assistant"]),
+                "x" * rnd.randint(0, 30),
+                tokens=rnd.choice([None, 0, 1, 3, 5, 8]),
+            )
+            for _ in range(rnd.randint(0, 12))
+        ]
+        budget = rnd.randint(0, 40)
+        assert truncate_messages(messages, budget) == _reference_truncate(messages, budget), (
+            budget,
+            [(m.role, m.tokens) for m in messages],
+        )

@@ -70,7 +70,12 @@ class ExecutionContext:
         store: The pipeline's store.
         provider: The pipeline's provider.
         counter: The token counter.
-        strategies: The truncation strategies in the chain (the load stage asks them).
+        strategies: The truncation strategies in the chain (the load stage asks them), with
+            this turn's limits.
+        limits: ``(max_tokens, max_messages)`` given to this turn
+            (``Pipeline.execute(..., max_tokens=...)``), each ``None`` when not given; ``None``
+            when the turn gave neither. Truncation strategies apply them instead of their own
+            (:meth:`~promptstate.truncation.TruncationStrategy.for_turn`).
         lease: The cross-process lease held for the turn, if the store has leases.
         emit: In a streamed turn, sends a chunk to the consumer; None otherwise.
         guardrails: The prompt's validators, checked on the reply by
@@ -90,6 +95,7 @@ class ExecutionContext:
         "history",
         "input",
         "lease",
+        "limits",
         "message_count",
         "messages",
         "options",
@@ -120,6 +126,7 @@ class ExecutionContext:
         emit: Callable[[Chunk | None], Awaitable[None]] | None = None,
         turn_id: str | None = None,
         guardrails: Guardrails | None = None,
+        limits: tuple[int | None, int | None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.input = input
@@ -129,6 +136,7 @@ class ExecutionContext:
         self.system = system
         self.options = options
         self.strategies = strategies
+        self.limits = limits
         self.emit = emit
         self.guardrails = guardrails
         self.telemetry: Any = None

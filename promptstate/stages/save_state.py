@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from promptstate.exceptions import PromptStateError, StoreUnavailableError, ValidationError
-from promptstate.locks import LeaseLostError
+from promptstate.exceptions import (
+    LeaseLostError,
+    PromptStateError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from promptstate.tokens import with_tokens
 from promptstate.types import Message
 
@@ -32,7 +36,7 @@ class SaveState:
       ``retries`` times and the store skips it if it had in fact been applied.
     * With a cross-process lease, the lease is checked (and renewed if it is close to
       expiring) right before the write; a lost lease raises
-      :class:`~promptstate.locks.LeaseLostError` and nothing is written. When the store can
+      :class:`~promptstate.exceptions.LeaseLostError` and nothing is written. When the store can
       (``append_turn(..., release_lease=owner)``), the write also checks that the lease is
       still the turn's and releases it, in the same atomic step.
 
@@ -116,12 +120,13 @@ class SaveState:
                     )
                 assert lease is not None
                 try:
-                    count = await ctx.store.append_turn(
+                    # The lease's store is the turn's, typed as the LeasingStore it is.
+                    count = await lease.store.append_turn(
                         ctx.session_id,
                         messages,
                         cost=ctx.cost,
                         turn_id=ctx.turn_id,
-                        release_lease=lease.owner,  # type: ignore[call-arg]
+                        release_lease=lease.owner,
                     )
                 except LeaseLostError as exc:
                     if not attempt:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from promptstate._window import _positive_int, _tokens, truncate_messages
 from promptstate.exceptions import ValidationError
-from promptstate.stages.truncate import TruncationStrategy
+from promptstate.stages.truncate import LimitedStrategy
 from promptstate.tokens import TokenCounter, with_tokens
 from promptstate.types import Message
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_KEY = "promptstate.summary"
 
 
-class Summarize(TruncationStrategy):
+class Summarize(LimitedStrategy):
     """Fold the oldest messages into a summary when the context outgrows ``max_tokens``.
 
     When the messages to send exceed ``max_tokens``, everything but the newest ``keep_last``
@@ -50,6 +50,9 @@ class Summarize(TruncationStrategy):
 
     __slots__ = ("_window", "instructions", "keep_last", "max_tokens", "summarizer")
 
+    turn_limits = frozenset({"max_tokens"})
+    limit_name = "max_tokens"
+
     DEFAULT_INSTRUCTIONS = (
         "Summarize the conversation below for a model that will continue it. Keep names, "
         "facts, decisions, open questions and anything the user asked to remember. Be concise."
@@ -63,6 +66,7 @@ class Summarize(TruncationStrategy):
         *,
         instructions: str = DEFAULT_INSTRUCTIONS,
     ) -> None:
+        super().__init__()
         self.max_tokens = _positive_int(max_tokens, "max_tokens")
         self.keep_last = _positive_int(keep_last, "keep_last", allow_zero=True)
         if not callable(getattr(summarizer, "complete", None)):
@@ -73,6 +77,12 @@ class Summarize(TruncationStrategy):
 
     def __repr__(self) -> str:
         return f"Summarize({self.max_tokens}, keep_last={self.keep_last})"
+
+    def limit(self) -> int | None:
+        return self.max_tokens
+
+    def with_limit(self, limit: int) -> Summarize:
+        return Summarize(limit, self.keep_last, self.summarizer, instructions=self.instructions)
 
     def load_hint(self) -> int | None:
         return self._window
@@ -89,6 +99,12 @@ class Summarize(TruncationStrategy):
         return truncate_messages(_from_summary(messages), self.max_tokens, counter=counter)
 
     async def __call__(
+        self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
+    ) -> None:
+        strategy = self if ctx.limits is None else cast(Summarize, self.for_turn(*ctx.limits))
+        await strategy._run(ctx, call_next)
+
+    async def _run(
         self, ctx: ExecutionContext, call_next: Callable[[ExecutionContext], Awaitable[None]]
     ) -> None:
         counter = ctx.counter

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import msgspec
 
 from promptstate.exceptions import ValidationError
-from promptstate.locks import supports_lease
 from promptstate.stores._forwarding import ForwardedLeases
 from promptstate.stores.base import LeasingStore, SessionQuery, Store, normalize_ttl
 from promptstate.types import Message, SessionInfo, State
@@ -64,7 +63,7 @@ class CachedStore(Store):
 
     def __new__(cls, inner: Store, **options: Any) -> CachedStore:
         # Over a store with leases, a subclass that declares them (so the pipeline sees them).
-        if cls is CachedStore and supports_lease(inner):
+        if cls is CachedStore and isinstance(inner, LeasingStore):
             cls = _LeasingCachedStore
         return super().__new__(cls)
 

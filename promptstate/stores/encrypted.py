@@ -37,7 +37,6 @@ from typing import Any
 import msgspec
 
 from promptstate.exceptions import ConflictError, DecryptionError, ValidationError
-from promptstate.locks import supports_lease
 from promptstate.stores._forwarding import ForwardedLeases
 from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, Store
 from promptstate.tokens import with_tokens
@@ -137,7 +136,7 @@ class EncryptedStore(Store):
 
     def __new__(cls, inner: Store, **options: Any) -> EncryptedStore:
         # Over a store with leases, a subclass that declares them (so the pipeline sees them).
-        if cls is EncryptedStore and supports_lease(inner):
+        if cls is EncryptedStore and isinstance(inner, LeasingStore):
             cls = _LeasingEncryptedStore
         return super().__new__(cls)
 

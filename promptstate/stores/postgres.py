@@ -43,13 +43,13 @@ import msgspec
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
+    LeaseLostError,
     NotFoundError,
     PromptStateError,
     StoreAuthError,
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
@@ -979,7 +979,7 @@ class PostgresStore(LeasingStore):
         (repeated if another writer came in between). Neither grows with the history.
 
         With ``release_lease`` the first read also checks that this owner holds the live
-        turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing written, unless
+        turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless
         the turn is stored already), and the append deletes the lease in the same statement.
         """
         sql = self._sql

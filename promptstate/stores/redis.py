@@ -43,12 +43,12 @@ import promptstate.stores._redis_scripts as scripts
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
+    LeaseLostError,
     NotFoundError,
     StoreAuthError,
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, normalize_ttl
@@ -780,7 +780,7 @@ class RedisStore(LeasingStore):
         Its cost follows the turn's messages, never the history: the turn id is looked up in
         the single stored message where the turn would start. With ``release_lease`` the
         script also checks that this owner holds the session's turn lease (else
-        :class:`~promptstate.locks.LeaseLostError`, nothing written, unless the turn is
+        :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless the turn is
         stored already) and deletes the lease, all in the same atomic step.
         """
         counted, tokens = self._count_new(messages)

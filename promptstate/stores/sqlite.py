@@ -61,12 +61,12 @@ import anyio.to_thread
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
+    LeaseLostError,
     NotFoundError,
     PromptStateError,
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.locks import LeaseLostError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.settle import settled
 from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
@@ -1034,7 +1034,7 @@ class SQLiteStore(LeasingStore):
         """Append one turn in one transaction; see :meth:`Store.append_turn`.
 
         With ``release_lease`` the same transaction checks that this owner holds the
-        session's live turn lease (else :class:`~promptstate.locks.LeaseLostError`, nothing
+        session's live turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing
         written, unless the turn is stored already) and deletes it.
         """
         counted, tokens = self._count_new(messages)

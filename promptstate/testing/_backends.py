@@ -84,7 +84,8 @@ class StoreMaker:
         self._extra = dict(extra or {})
         self._tag = tag
         self._made: list[Store] = []
-        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        # By what they clean (a prefix, a table), so that stores on the same data share one.
+        self._cleanups: dict[str, Callable[[], Awaitable[None]]] = {}
 
     def server(self, what: str) -> str:
         """The URL or DSN of the server ``what`` (asked once)."""
@@ -95,27 +96,50 @@ class StoreMaker:
     async def open(self, name: str, **options: Any) -> Store:
         """A new, empty, isolated store of backend ``name``; ``options`` go to the store (to
         the inner store of a wrapper): ``ttl``, ``touch_on_read``, and ``prefix`` for Redis."""
-        store = await self._build(name, options)
+        store = self._build(name, options)
         self._made.append(store)
         return store
+
+    def opener(self, name: str, **options: Any) -> Callable[[], Store]:
+        """A function that opens, at each call, a new store object of backend ``name`` over
+        one and the same data (as another process would): the same SQLite file, Redis prefix
+        or PostgreSQL table. The stores are closed, and the data removed, with the others."""
+        server = servers_needed(name)
+        if server is not None:
+            self.server(server)  # now, not when the first store is opened
+        token = uuid.uuid4().hex
+        inner = _innermost(name)
+        if inner == "sqlite":
+            options.setdefault("path", self.folder / f"shared-{token[:8]}" / "state.db")
+        elif inner in ("redis", "redis-cluster"):
+            options.setdefault("prefix", f"{self._tag}:{token}:")
+        elif inner == "postgres":
+            options.setdefault("table_name", f"{self._tag}_{token[:16]}")
+
+        def open_again() -> Store:
+            store = self._build(name, dict(options))
+            self._made.append(store)
+            return store
+
+        return open_again
 
     async def aclose(self) -> None:
         """Close every store opened here, then remove what they stored on the servers."""
         made, self._made = self._made, []
-        cleanups, self._cleanups = self._cleanups, []
+        cleanups, self._cleanups = self._cleanups, {}
         for store in reversed(made):
             await store.aclose()
-        for cleanup in cleanups:
+        for cleanup in cleanups.values():
             await cleanup()
 
-    async def _build(self, name: str, options: dict[str, Any]) -> Store:
+    def _build(self, name: str, options: dict[str, Any]) -> Store:
         if name in self._extra:
             return self._extra[name](**options)
         if name.startswith("cached-"):
             from promptstate.stores.cached import CachedStore
 
             inner_name = name.split("-", 1)[1]
-            inner = await self._build(inner_name, options)
+            inner = self._build(inner_name, options)
             # Over a MemoryStore, a small cache, so that the suite runs through its evictions.
             if inner_name == "memory":
                 return CachedStore(inner, max_entries=8, close_inner=True)
@@ -123,7 +147,7 @@ class StoreMaker:
         if name.startswith("encrypted-"):
             from promptstate.stores.encrypted import EncryptedStore
 
-            inner = await self._build(name.split("-", 1)[1], options)
+            inner = self._build(name.split("-", 1)[1], options)
             return EncryptedStore(inner, keys={"k1": ENCRYPTION_KEY}, active="k1", close_inner=True)
         token = uuid.uuid4().hex
         if name == "memory":
@@ -133,14 +157,14 @@ class StoreMaker:
         if name == "sqlite":
             from promptstate.stores.sqlite import SQLiteStore
 
-            made = len(self._made) + len(self._cleanups)
-            return SQLiteStore(self.folder / f"sqlite-{made}-{token[:8]}" / "state.db", **options)
+            path = options.pop("path", self.folder / f"sqlite-{token[:8]}" / "state.db")
+            return SQLiteStore(path, **options)
         if name in ("redis", "redis-cluster"):
             from promptstate.stores.redis import RedisStore
 
             url = self.server(SERVER_BACKENDS[name])
             prefix = str(options.pop("prefix", f"{self._tag}:{token}:"))
-            self._cleanups.append(lambda: wipe_redis_prefix(url, prefix))
+            self._cleanups[f"redis {url} {prefix}"] = lambda: wipe_redis_prefix(url, prefix)
             return RedisStore.from_url(url, prefix=prefix, **options)
         if name == "postgres":
             from promptstate.stores.postgres import PostgresStore
@@ -149,7 +173,7 @@ class StoreMaker:
             table = str(options.pop("table_name", f"{self._tag}_{token[:16]}"))
             options.setdefault("min_size", 1)
             options.setdefault("max_size", 4)
-            self._cleanups.append(lambda: drop_postgres_tables(dsn, table))
+            self._cleanups[f"postgres {dsn} {table}"] = lambda: drop_postgres_tables(dsn, table)
             return PostgresStore.from_dsn(dsn, table_name=table, **options)
         raise ValueError(f"no backend named {name!r}")
 

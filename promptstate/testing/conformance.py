@@ -26,11 +26,12 @@ from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
     InvalidKeyError,
+    LeaseLostError,
     NotFoundError,
     PromptStateError,
     ValidationError,
 )
-from promptstate.stores.base import MAX_KEY_LENGTH, Store
+from promptstate.stores.base import MAX_KEY_LENGTH, LeasingStore, Store
 from promptstate.types import (
     AudioPart,
     FilePart,
@@ -167,6 +168,10 @@ def _with_tokens(message: Message, tokens: object) -> Message:
     """A message holding a token count its constructor refuses (as a caller's mutation could)."""
     msgspec.structs.force_setattr(message, "tokens", tokens)
     return message
+
+
+def _turn(question: str, answer: str) -> list[Message]:
+    return [Message("user", question), Message("assistant", answer)]
 
 
 def _batch(tag: str, size: int) -> list[Message]:
@@ -1598,12 +1603,15 @@ class StoreConformance:
             assert (q.content[1:], q.role, a.role) == (a.content[1:], "user", "assistant")
         assert state.total_cost == 10.0
 
-    # -- leases (optional: stores that implement promptstate.locks.SupportsLease) ----------
+    # -- leases (stores that declare them: promptstate.LeasingStore) -------------------------
+
+    def _leasing(self, store: Store) -> LeasingStore:
+        if not isinstance(store, LeasingStore):
+            pytest.skip(f"{type(store).__name__} has no cross-process leases")
+        return store
 
     async def test_leases_exclude_renew_release_and_expire(self, store: Store) -> None:
-        if not hasattr(store, "acquire_lease"):
-            pytest.skip(f"{type(store).__name__} has no cross-process leases")
-        lease: Any = store
+        lease = self._leasing(store)
         assert await lease.acquire_lease("L", "alice", 5.0) is True
         assert await lease.acquire_lease("L", "bob", 5.0) is False
         assert await lease.renew_lease("L", "bob", 5.0) is False
@@ -1611,11 +1619,262 @@ class StoreConformance:
         assert await lease.release_lease("L", "bob") is False
         assert await lease.acquire_lease("L", "bob", 5.0) is False
         assert await lease.release_lease("L", "alice") is True
+        assert await lease.release_lease("L", "alice") is False, "released twice"
+        assert await lease.renew_lease("L", "alice", 5.0) is False, "a released lease renewed"
         assert await lease.acquire_lease("L", "bob", 0.3) is True
         await anyio.sleep(0.6)
         assert await lease.renew_lease("L", "bob", 5.0) is False, "an expired lease renewed"
         assert await lease.acquire_lease("L", "carol", 5.0) is True, "expired lease not taken"
         assert await lease.release_lease("L", "bob") is False
         assert await lease.release_lease("L", "carol") is True
-        # Leases are not sessions: none of this is listed.
+        # One lease per session: another session's lease is independent.
+        assert await lease.acquire_lease("L1", "alice", 5.0) is True
+        assert await lease.acquire_lease("L2", "bob", 5.0) is True
+        assert await lease.release_lease("L1", "alice") is True
+        assert await lease.release_lease("L2", "bob") is True
+        # Leases are not sessions: none of this is listed, counted or stored.
         assert [k async for k in store.list_keys("")] == []
+        assert (await store.list_sessions()).items == []
+        assert await store.load("L") == []
+
+    async def test_a_renewed_lease_outlives_its_first_ttl(self, store: Store) -> None:
+        lease = self._leasing(store)
+        ttl = 0.6
+        for attempt in range(5):
+            key = f"renew{attempt}"
+            taken = time.monotonic()
+            assert await lease.acquire_lease(key, "alice", ttl)
+            await anyio.sleep(ttl * 0.5)
+            renewed = await lease.renew_lease(key, "alice", ttl)
+            renewed_at = time.monotonic()
+            await anyio.sleep(ttl * 0.7)  # past the first TTL, within the renewed one
+            other = await lease.acquire_lease(key, "bob", ttl)
+            checked = time.monotonic()
+            if renewed_at - taken < ttl * 0.9 and checked - renewed_at < ttl * 0.9:
+                assert renewed, "the holder could not renew its lease"
+                assert not other, "a renewed lease was taken over after its first TTL"
+                assert await lease.release_lease(key, "alice")
+                return
+            # The machine stalled past a TTL: this run shows nothing; clean up and try again.
+            for owner in ("alice", "bob"):
+                await lease.release_lease(key, owner)
+        pytest.fail("the machine was too busy to renew within the TTL in 5 attempts")
+
+    async def test_acquire_and_load_reads_only_with_the_lease(self, store: Store) -> None:
+        lease = self._leasing(store)
+        await store.append("conv", [*_turn("q1", "a1"), *_turn("q2", "a2")])
+        found = await lease.acquire_and_load("conv", "owner-a", 30.0, last=3)
+        assert found is not None
+        assert [m.content for m in found] == ["a1", "q2", "a2"]
+        # Another owner: refused, and nothing read (None, not a list).
+        assert await lease.acquire_and_load("conv", "owner-b", 30.0, last=3) is None
+        assert await lease.acquire_and_load("conv", "owner-b", 30.0, last=None) is None
+        assert await lease.acquire_and_load("conv", "owner-a", 30.0, last=1) is None
+        assert not await lease.acquire_lease("conv", "owner-b", 30.0)
+        # The holder's lease is untouched by the refusals.
+        assert await lease.release_lease("conv", "owner-a")
+        everything = await lease.acquire_and_load("conv", "owner-b", 30.0, last=None)
+        assert everything is not None
+        assert [m.content for m in everything] == ["q1", "a1", "q2", "a2"]
+        assert await lease.release_lease("conv", "owner-b")
+        assert await lease.acquire_and_load("conv", "owner-c", 30.0, last=0) == []
+        assert await lease.release_lease("conv", "owner-c")
+        # An unknown session: the lease is taken and the history is empty.
+        assert await lease.acquire_and_load("new", "owner-d", 30.0, last=5) == []
+        assert not await lease.acquire_lease("new", "owner-e", 30.0)
+        assert await lease.release_lease("new", "owner-d")
+        # What it reads is the caller's own copy.
+        again = await lease.acquire_and_load("conv", "owner-f", 30.0, last=2)
+        assert again is not None
+        again.append(Message("user", "mine"))
+        assert [m.content for m in await store.load("conv")] == ["q1", "a1", "q2", "a2"]
+        assert await lease.release_lease("conv", "owner-f")
+
+    async def test_acquire_and_load_takes_over_an_expired_lease(self, store: Store) -> None:
+        lease = self._leasing(store)
+        await store.append("conv", _turn("q", "a"))
+        assert await lease.acquire_lease("conv", "dead", 0.05)
+        await anyio.sleep(0.2)
+        found = await lease.acquire_and_load("conv", "alive", 30.0, last=10)
+        assert found is not None
+        assert [m.content for m in found] == ["q", "a"]
+        assert not await lease.renew_lease("conv", "dead", 30.0)
+        assert not await lease.release_lease("conv", "dead")
+        assert await lease.release_lease("conv", "alive")
+
+    async def test_acquire_and_load_refuses_bad_arguments_and_takes_nothing(
+        self, store: Store
+    ) -> None:
+        lease: Any = self._leasing(store)
+        bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (("", "o", 1.0), {"last": 1}),
+            (("k\x00", "o", 1.0), {"last": 1}),
+            ((5, "o", 1.0), {"last": 1}),
+            (("k", "", 1.0), {"last": 1}),
+            (("k", 5, 1.0), {"last": 1}),
+            (("k", "o", 0), {"last": 1}),
+            (("k", "o", -1.0), {"last": 1}),
+            (("k", "o", float("nan")), {"last": 1}),
+            (("k", "o", float("inf")), {"last": 1}),
+            (("k", "o", True), {"last": 1}),
+            (("k", "o", "1"), {"last": 1}),
+            (("k", "o", 1.0), {"last": -1}),
+            (("k", "o", 1.0), {"last": "3"}),
+            (("k", "o", 1.0), {"last": True}),
+        ]
+        for args, kwargs in bad:
+            with pytest.raises((ValidationError, InvalidKeyError)):
+                await lease.acquire_and_load(*args, **kwargs)
+        # Nothing was taken.
+        assert await lease.acquire_lease("k", "probe", 1.0)
+        assert await lease.release_lease("k", "probe")
+
+    async def test_append_turn_releases_only_the_given_owners_lease(self, store: Store) -> None:
+        lease = self._leasing(store)
+        await store.append("conv", _turn("q0", "a0"))
+        assert await lease.acquire_lease("conv", "owner-a", 30.0)
+        # Not the holder: nothing written, and the holder's lease stays.
+        with pytest.raises(LeaseLostError):
+            await lease.append_turn(
+                "conv", _turn("q1", "a1"), turn_id="t1", release_lease="owner-b"
+            )
+        assert [m.content for m in await store.load("conv")] == ["q0", "a0"]
+        assert not await lease.acquire_lease("conv", "owner-c", 30.0)
+        # The holder: written, and its lease released in the same step.
+        count = await lease.append_turn(
+            "conv", _turn("q1", "a1"), cost=0.5, turn_id="t1", release_lease="owner-a"
+        )
+        assert count == 4
+        state = await store.get("conv")
+        assert state.total_cost == pytest.approx(0.5)
+        assert state.messages[2].metadata.get("turn_id") == "t1"
+        assert not await lease.release_lease("conv", "owner-a")  # already gone
+        # A retry of that save (its reply was lost) after someone else took the lease: the
+        # turn is recognised as stored, nothing is written twice, the new holder keeps its lease.
+        assert await lease.acquire_lease("conv", "owner-c", 30.0)
+        again = await lease.append_turn(
+            "conv", _turn("q1", "a1"), cost=0.5, turn_id="t1", release_lease="owner-a"
+        )
+        assert again == 4
+        assert [m.content for m in await store.load("conv")] == ["q0", "a0", "q1", "a1"]
+        assert (await store.get("conv")).total_cost == pytest.approx(0.5)
+        assert not await lease.acquire_lease("conv", "owner-d", 30.0)
+        # A new turn by someone without the lease is refused while owner-c holds it.
+        with pytest.raises(LeaseLostError):
+            await lease.append_turn(
+                "conv", _turn("q2", "a2"), turn_id="t2", release_lease="owner-a"
+            )
+        assert [m.content for m in await store.load("conv")] == ["q0", "a0", "q1", "a1"]
+        assert await lease.release_lease("conv", "owner-c")
+
+    async def test_append_turn_with_no_or_an_expired_lease_stores_nothing(
+        self, store: Store
+    ) -> None:
+        lease = self._leasing(store)
+        # Nobody holds the lease.
+        with pytest.raises(LeaseLostError):
+            await lease.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="ghost")
+        # The holder's lease expired (nobody took it over).
+        assert await lease.acquire_lease("conv", "slow", 0.05)
+        await anyio.sleep(0.2)
+        with pytest.raises(LeaseLostError):
+            await lease.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="slow")
+        assert await store.load("conv") == []
+        assert await store.get_many(["conv"]) == [None]
+        # The same on a session that has a history: the history is left as it was.
+        await store.append("old", _turn("q0", "a0"))
+        assert await lease.acquire_lease("old", "slow", 0.05)
+        await anyio.sleep(0.2)
+        with pytest.raises(LeaseLostError):
+            await lease.append_turn("old", _turn("q", "a"), cost=1.0, release_lease="slow")
+        state = await store.get("old")
+        assert [m.content for m in state.messages] == ["q0", "a0"]
+        assert (state.version, state.total_cost) == (1, 0.0)
+        assert await lease.acquire_lease("old", "next", 30.0)
+        assert await lease.release_lease("old", "next")
+
+    async def test_append_turn_release_lease_on_a_new_session_and_a_conflict(
+        self, store: Store
+    ) -> None:
+        lease = self._leasing(store)
+        assert await lease.acquire_lease("fresh", "me", 30.0)
+        assert (
+            await lease.append_turn("fresh", _turn("q", "a"), turn_id="t", release_lease="me") == 2
+        )
+        assert await lease.acquire_lease("fresh", "next", 30.0)
+        # expected_count conflicts leave the lease with its holder (the turn's finally frees it).
+        with pytest.raises(ConflictError):
+            await lease.append_turn(
+                "fresh", _turn("q2", "a2"), turn_id="t2", expected_count=5, release_lease="next"
+            )
+        assert [m.content for m in await store.load("fresh")] == ["q", "a"]
+        assert not await lease.acquire_lease("fresh", "third", 30.0)
+        assert await lease.release_lease("fresh", "next")
+        with pytest.raises(ValidationError):
+            await lease.append_turn("fresh", _turn("q", "a"), release_lease="")
+        with pytest.raises(ValidationError):
+            await lease.append_turn("fresh", _turn("q", "a"), release_lease=5)  # type: ignore[arg-type]
+
+    async def test_append_turn_release_lease_needs_a_leasing_store(self, store: Store) -> None:
+        if isinstance(store, LeasingStore):
+            pytest.skip(f"{type(store).__name__} has leases")
+        with pytest.raises(ValidationError, match="no leases"):
+            await store.append_turn(  # type: ignore[call-arg]
+                "conv", _turn("q", "a"), release_lease="me"
+            )
+        assert await store.load("conv") == []
+
+    async def test_cancelled_lease_calls_are_settled(self, store: Store) -> None:
+        lease = self._leasing(store)
+        rng = random.Random(14)
+        # The atomic form (a backend's own append_turn): the turn is stored exactly when the
+        # lease is released. The base class's default appends, then releases.
+        atomic = type(store).append_turn is not LeasingStore.append_turn
+        for style in self._styles():
+            key, hits = f"cancel-lease-{style}", 0
+            for trial in range(self.cancellation_trials):
+                owner = f"{style}-{trial}"
+                count = len(await store.load(key))
+                cancelled = await self._cancel_at_random(
+                    rng, style, partial(lease.acquire_and_load, key, owner, 30.0, last=4)
+                )
+                # Settled: the lease is this owner's or nobody's, and stays so.
+                held = await lease.renew_lease(key, owner, 30.0)
+                await anyio.sleep(0.005)
+                assert await lease.renew_lease(key, owner, 30.0) == held
+                hits += cancelled
+                if not held:
+                    assert cancelled, "acquire_and_load returned without taking a free lease"
+                    assert await lease.acquire_lease(key, owner, 30.0), "the lease is not free"
+                await self._cancel_at_random(
+                    rng,
+                    style,
+                    partial(
+                        lease.append_turn,
+                        key,
+                        _batch(f"t{trial}", 2),
+                        cost=0.5,
+                        turn_id=owner,
+                        release_lease=owner,
+                    ),
+                )
+                after = await self._assert_settled(store, key)
+                stored = len(after) == count + 2
+                assert stored or len(after) == count, "a cancelled turn is stored in part"
+                held = await lease.renew_lease(key, owner, 30.0)
+                await anyio.sleep(0.005)
+                assert await lease.renew_lease(key, owner, 30.0) == held
+                if not stored:
+                    assert held, "a turn that was not stored gave the lease away"
+                elif atomic:
+                    assert not held, "a stored turn kept its lease"
+                if held:
+                    assert await lease.release_lease(key, owner)
+                # Nothing of this trial holds the session now.
+                assert await lease.acquire_lease(key, "probe", 30.0)
+                assert await lease.release_lease(key, "probe")
+            contents = [m.content for m in await store.load(key)]
+            pairs = [contents[i : i + 2] for i in range(0, len(contents), 2)]
+            assert all(a.split("/")[0] == b.split("/")[0] for a, b in pairs), pairs
+            if style == "task":
+                assert hits, "no task.cancel() hit an acquire_and_load"
