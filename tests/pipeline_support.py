@@ -55,7 +55,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         if share_with is not None:
             self._data = share_with._data
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = time.monotonic()
         held = self.table.leases.get(key)
@@ -65,7 +65,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         self.table.acquired += 1
         return True
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = time.monotonic()
         held = self.table.leases.get(key)
@@ -75,7 +75,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         self.table.renewed += 1
         return True
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         await anyio.lowlevel.checkpoint()
         held = self.table.leases.get(key)
         if held is None or held[0] != owner:

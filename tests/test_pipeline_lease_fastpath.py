@@ -61,15 +61,17 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
     from promptstate.stores.sqlite import SQLiteStore
 
     # Declared in the type: the three server-backed stores are LeasingStores (each with its
-    # own append_turn that releases the lease in the write; Redis and SQLite also take the
+    # own _append_turn that releases the lease in the write; Redis and SQLite also take the
     # lease and read in one step, PostgreSQL keeps the default acquire-then-load because one
-    # statement would read with a snapshot older than the lease it waited for).
+    # statement would read with a snapshot older than the lease it waited for). The public
+    # methods are the base class's (they check, then call these).
     for cls in (RedisStore, SQLiteStore, PostgresStore):
         assert issubclass(cls, LeasingStore), cls
-        assert "append_turn" in cls.__dict__, cls
-    assert "acquire_and_load" in RedisStore.__dict__
-    assert "acquire_and_load" in SQLiteStore.__dict__
-    assert "acquire_and_load" not in PostgresStore.__dict__
+        assert "_append_turn" in cls.__dict__, cls
+        assert cls.append_turn is LeasingStore.append_turn, cls
+    assert "_acquire_and_load" in RedisStore.__dict__
+    assert "_acquire_and_load" in SQLiteStore.__dict__
+    assert "_acquire_and_load" not in PostgresStore.__dict__
     assert not supports_lease(MemoryStore())
     assert supports_lease(LeasingMemoryStore())
 

@@ -15,18 +15,19 @@ __all__ = ["ForwardedLeases"]
 
 
 class ForwardedLeases:
-    """Mixin: ``acquire_lease``, ``renew_lease`` and ``release_lease`` of ``self._inner``."""
+    """Mixin: the protected lease methods, each the public one of ``self._inner`` (which
+    checks again and refuses when the inner store is closed)."""
 
     _inner: Any
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the inner store's lease on ``key`` (see :class:`~promptstate.SupportsLease`)."""
         return bool(await self._inner.acquire_lease(key, owner, ttl))
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend the inner store's lease on ``key``."""
         return bool(await self._inner.renew_lease(key, owner, ttl))
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Release the inner store's lease on ``key``."""
         return bool(await self._inner.release_lease(key, owner))

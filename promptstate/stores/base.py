@@ -1,28 +1,40 @@
 """The store contract: :class:`Store`, the abstract base class of every store.
 
-A custom store implements four methods: :meth:`Store.get`, :meth:`Store.set`,
-:meth:`Store.delete` and :meth:`Store.list_keys`. Every other method has a working default
-built on those four, which a backend overrides where it can do better (the bundled backends
-override all of them).
+Policy once, I/O per backend (the pattern of aiocache's ``BaseCache`` and httpx's
+transports). Each public method checks, then calls the protected method of the same name that
+a backend implements::
 
-Whatever a subclass overrides, the base class checks the arguments before the subclass's code
-runs: keys and prefixes are validated (:class:`~promptstate.exceptions.InvalidKeyError`),
-messages and states must be of the right type, and a closed store refuses every call
-(:class:`~promptstate.exceptions.ClosedError`). So no bad input reaches a backend and no I/O is
-done for it.
+    store.append_turn(...)        public, here: the store is open (else ClosedError), the
+         |                        key is a valid key (InvalidKeyError), the messages are
+         v                        storable, the numbers in range (ValidationError)
+    store._append_turn(...)       protected, per backend: I/O only, arguments already checked
+
+A custom store implements four protected methods: :meth:`Store._get`, :meth:`Store._set`,
+:meth:`Store._delete` and :meth:`Store._list_keys`. Every other protected method has a
+working default built on those four, which a backend overrides where it can do better (the
+bundled backends override all of them). So no bad input reaches a backend and no I/O is done
+for it, whatever a subclass overrides.
+
+A store written the 0.1 way, implementing the public names ``get``, ``set``, ``delete`` and
+``list_keys`` instead (the form the API reference documents), still works: each protected
+method's default calls the public one, so every other method of the base class checks its
+arguments and then reaches that code. Only a direct call of such a store's own ``get`` runs
+unchecked (call :func:`validate_key` in it). A store that implements neither form of one of
+the four cannot be constructed (``TypeError``, as for an abstract method).
+
+The rule that decides a turn's append (turn stored already, lease held, expected count) is
+:mod:`promptstate.stores.turns`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import inspect
 import math
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
@@ -36,6 +48,7 @@ from promptstate.exceptions import (
     NotFoundError,
     ValidationError,
 )
+from promptstate.stores.turns import TURN_ID_KEY, decide_turn, turn_stored
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
 from promptstate.types import (
     SESSION_ORDERS,
@@ -59,10 +72,6 @@ __all__ = [
     "validate_key",
     "validate_prefix",
 ]
-
-#: The ``Message.metadata`` key under which :meth:`Store.append_turn` records a turn's id (on
-#: the first message of the turn), so a retried append can tell it was already applied.
-TURN_ID_KEY = "turn_id"
 
 #: The largest cost one turn may add, in USD: far above any real price, and low enough that
 #: ``total_cost`` can never overflow to infinity by adding turns.
@@ -94,8 +103,6 @@ _msgpack_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
     Message: msgspec.msgpack.Decoder(Message),
     State: msgspec.msgpack.Decoder(State),
 }
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def validate_key(key: object, *, what: str = "key") -> str:
@@ -388,37 +395,153 @@ def _check_query(
     return SessionQuery(prefix=prefix, user_id=user_id, order=order, limit=limit, after=after)
 
 
-async def _default_fork(
-    store: Store, source: str, target: str, overwrite: bool, at: int | None
-) -> State:
-    state = await store.get(source)
-    state.conversation_id = target
-    if at is not None:
-        del state.messages[at:]
-    try:
-        return await store.set(target, state, expected_version=None if overwrite else 0)
-    except ConflictError as exc:
-        raise ConflictError(f"fork target {target!r} exists already") from exc
+def _check_count_arg(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
 
 
-# -- the guards wrapped around every subclass's methods ---------------------------------------
+def _check_lease_args(key: object, owner: object, ttl: object = 1.0) -> None:
+    validate_key(key, what="session_id")
+    if not isinstance(owner, str) or not owner:
+        raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
+        raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
 
 
-def _guard_key(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, key: object, *args: Any, **kwargs: Any) -> Any:
+def _check_merge_args(updates: object, remove: object) -> tuple[dict[str, Any], tuple[str, ...]]:
+    if not isinstance(updates, Mapping):
+        raise ValidationError(
+            f"merge_metadata() takes a mapping of updates, got {type(updates).__name__}"
+        )
+    if isinstance(remove, (str, bytes)) or not isinstance(remove, Iterable):
+        raise ValidationError(
+            f"remove must be a list of metadata keys, got {type(remove).__name__}"
+        )
+    drop = list(dict.fromkeys(remove))
+    for name in drop:
+        if not isinstance(name, str):
+            raise ValidationError(f"remove holds a key that is not a str: {name!r}")
+    new = dict(updates)
+    both = [name for name in drop if name in new]
+    if both:
+        raise ValidationError(f"metadata keys both updated and removed: {both!r}")
+    # The same checks as a state's metadata (str keys, JSON and MessagePack can hold it).
+    # Every store encodes what it keeps, so later changes to the caller's objects never
+    # reach it.
+    _check_storable(State(conversation_id="-", metadata=new), "merge_metadata() updates")
+    return new, tuple(drop)
+
+
+_Self = TypeVar("_Self", bound="Store")
+
+#: The methods every store implements, public name and protected name (either will do).
+_REQUIRED = (("get", "_get"), ("set", "_set"), ("delete", "_delete"), ("list_keys", "_list_keys"))
+
+
+class Store(AsyncResource, ABC):
+    """The base class of every store.
+
+    Args:
+        ttl: How long a session lives after its last write (``timedelta`` or seconds); ``None``
+            keeps it for ever. Applied on every write.
+        touch_on_read: Also restart the TTL on reads.
+        token_counter: Counts the tokens of stored messages for ``State.token_count``
+            (default: :class:`~promptstate.tokens.HeuristicTokenCounter`). A message that
+            already carries ``tokens`` is not counted again.
+
+    A store is an async context manager; ``aclose()`` releases what it owns, and any use after
+    it raises :class:`~promptstate.exceptions.ClosedError`.
+
+    Policy once, I/O per backend: each public method (``get``, ``append_turn``, ...) checks
+    that the store is open and that its arguments are valid, then calls the protected method
+    of the same name (``_get``, ``_append_turn``, ...) with them. A backend implements the
+    protected methods: ``_get``, ``_set``, ``_delete`` and ``_list_keys`` always; the others
+    have defaults built on those four, which a backend overrides where it can do better.
+    """
+
+    #: The OpenTelemetry ``db.system`` of the store (``memory``, ``sqlite``, ``redis``,
+    #: ``postgresql``); a wrapper reports its inner store's. Custom stores may set their own.
+    db_system: str = "other"
+
+    def __new__(cls: type[_Self], *args: Any, **kwargs: Any) -> _Self:
+        # The four required methods, in either form: a store that has neither form of one
+        # would call itself for ever, so it is refused here, like an abstract class.
+        missing = [
+            private
+            for public, private in _REQUIRED
+            if getattr(cls, private) is getattr(Store, private)
+            and getattr(cls, public) is getattr(Store, public)
+        ]
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise TypeError(
+                f"Can't instantiate abstract class {cls.__name__} without an implementation "
+                f"for abstract methods {names} (or the public methods of the same names "
+                "without the underscore)"
+            )
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        *,
+        ttl: timedelta | float | None = None,
+        touch_on_read: bool = False,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self._ttl = normalize_ttl(ttl)
+        self._touch_on_read = bool(touch_on_read)
+        if token_counter is not None and not callable(getattr(token_counter, "count", None)):
+            raise ValidationError(
+                f"token_counter must have a count(message) method, got {token_counter!r}"
+            )
+        self._counter: TokenCounter = token_counter or HeuristicTokenCounter()
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def ttl(self) -> float | None:
+        """The TTL in seconds, or ``None``."""
+        return self._ttl
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The counter the store uses for ``State.token_count``."""
+        return self._counter
+
+    async def exists(self) -> bool:
+        """Whether the store's database is there, checked without creating anything.
+
+        A store that keeps its data in a file or in tables it creates on first use (SQLite,
+        PostgreSQL) answers whether they exist yet; read-only tools such as ``promptstate ls``
+        ask first, so that looking never creates a database. Stores with nothing to create
+        (memory, Redis) answer ``True``.
+        """
+        return True
+
+    # -- the public methods: check, then call the backend's protected method --------------
+
+    async def get(self, key: str) -> State:
+        """The stored state.
+
+        Raises:
+            NotFoundError: Nothing is stored under ``key``.
+        """
         self._check_open()
         validate_key(key)
-        return await fn(self, key, *args, **kwargs)
+        return await self._get(key)
 
-    return cast(F, guarded)
+    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        """Store ``state`` under ``key``, replacing what is there.
 
+        Returns what was stored: a new State with ``conversation_id`` = ``key``, ``version`` =
+        the previous version + 1, ``updated_at`` = now, and ``token_count`` and each message's
+        ``tokens`` filled in.
 
-def _guard_set(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(
-        self: Store, key: object, state: object, *, expected_version: object = None
-    ) -> Any:
+        Raises:
+            ConflictError: ``expected_version`` is given and the stored version differs
+                (0 means the key must not exist).
+        """
         self._check_open()
         validate_key(key)
         if not isinstance(state, State):
@@ -426,52 +549,80 @@ def _guard_set(fn: F) -> F:
         _check_messages(state.messages, "set")
         _check_state(state, "set")
         _check_version(expected_version)
-        return await fn(self, key, state, expected_version=expected_version)
+        return await self._set(key, state, expected_version=expected_version)
 
-    return cast(F, guarded)
-
-
-def _guard_load(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, key: object, *, last: object = None) -> Any:
+    async def delete(self, key: str) -> bool:
+        """Delete the state; ``True`` when something was deleted."""
         self._check_open()
-        validate_key(key, what="session_id")
-        _check_last(last)
-        if isinstance(last, int) and last > _MAX_LAST:
-            # "All of them" either way; backends pass it to Redis/PostgreSQL as a 64-bit int.
-            last = _MAX_LAST
-        return await fn(self, key, last=last)
+        validate_key(key)
+        return await self._delete(key)
 
-    return cast(F, guarded)
+    def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key that starts with ``prefix`` (matched literally), in no set order."""
+        self._check_open()
+        validate_prefix(prefix)
+        return self._list_keys(prefix)
 
+    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+        """The messages, oldest first; only the newest ``last`` when given; ``[]`` if unknown."""
+        self._check_open()
+        validate_key(session_id, what="session_id")
+        if last is not None:
+            _check_last(last)
+            if last > _MAX_LAST:
+                # "All of them" either way; backends pass it to Redis/PostgreSQL as an int64.
+                last = _MAX_LAST
+        return await self._load(session_id, last=last)
 
-def _guard_messages(method: str) -> Callable[[F], F]:
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        async def guarded(self: Store, key: object, messages: object, **kwargs: Any) -> Any:
-            self._check_open()
-            validate_key(key, what="session_id")
-            return await fn(self, key, _check_messages(messages, method), **kwargs)
+    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Replace the whole message list, creating the state when absent."""
+        self._check_open()
+        validate_key(session_id, what="session_id")
+        await self._save(session_id, _check_messages(messages, "save"))
 
-        return cast(F, guarded)
+    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+        """Add messages at the end; return the new number of messages.
 
-    return wrap
+        Concurrent appends to one session lose nothing: each is applied whole, in some order.
+        Appending no messages writes nothing and returns the current count.
+        """
+        self._check_open()
+        validate_key(session_id, what="session_id")
+        return await self._append(session_id, _check_messages(messages, "append"))
 
-
-def _guard_append_turn(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(
-        self: Store,
-        key: object,
-        messages: object,
+    async def append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
         *,
-        cost: object = 0.0,
-        turn_id: object = None,
-        expected_count: object = None,
-        release_lease: object = None,
-    ) -> Any:
+        cost: float = 0.0,
+        turn_id: str | None = None,
+        expected_count: int | None = None,
+        release_lease: str | None = None,
+    ) -> int:
+        """Append one turn's messages in one atomic write and add ``cost`` to ``total_cost``.
+
+        This is what the pipeline's save stage calls. It is :meth:`append` plus these guards,
+        decided in this order by :func:`promptstate.stores.turns.decide_turn` inside the
+        backend's atomic step:
+
+        * ``turn_id``: recorded in the first message's ``metadata["turn_id"]``. When the
+          session already ends with that turn (the message ``len(messages)`` from the end has
+          this turn id), nothing is written and the current count is returned: retrying an
+          append whose reply was lost never stores the turn twice.
+        * ``release_lease`` (only on a :class:`LeasingStore`): the owner token of the turn's
+          lease. The turn is written only while that owner holds the session's live lease
+          (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written), and the
+          lease is released with the write.
+        * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
+          session holds exactly that many messages before the append (0 for a new session).
+          Checked after the turn id, so a retried turn is not a conflict.
+
+        Returns:
+            The number of messages after the append.
+        """
         self._check_open()
-        validate_key(key, what="session_id")
+        validate_key(session_id, what="session_id")
         items = _check_messages(messages, "append_turn")
         if release_lease is not None and (not isinstance(release_lease, str) or not release_lease):
             raise ValidationError(
@@ -501,397 +652,19 @@ def _guard_append_turn(fn: F) -> F:
             raise ValidationError(
                 f"expected_count must be None or an int >= 0, got {expected_count!r}"
             )
-        if release_lease is None:
-            return await fn(
-                self, key, items, cost=float(cost), turn_id=turn_id, expected_count=expected_count
-            )
-        if not isinstance(self, LeasingStore):
+        if release_lease is not None and not isinstance(self, LeasingStore):
             raise ValidationError(
                 f"{type(self).__name__} has no leases: append_turn(release_lease=...) "
                 "needs a LeasingStore"
             )
-        return await fn(
-            self,
-            key,
+        return await self._append_turn(
+            session_id,
             items,
             cost=float(cost),
             turn_id=turn_id,
             expected_count=expected_count,
             release_lease=release_lease,
         )
-
-    return cast(F, guarded)
-
-
-def _guard_acquire_and_load(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(
-        self: Store, key: object, owner: object, ttl: object, *, last: object = None
-    ) -> Any:
-        self._check_open()
-        validate_key(key, what="session_id")
-        if not isinstance(owner, str) or not owner:
-            raise ValidationError(f"owner must be a non-empty str, got {owner!r}")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf"):
-            raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        _check_last(last)
-        return await fn(self, key, owner, ttl, last=last)
-
-    return cast(F, guarded)
-
-
-def _check_count_arg(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
-
-
-def _guard_fork(fn: F) -> F:
-    # A fork() written before 0.2 takes no ``at``: a branch then uses the default.
-    takes_at = "at" in inspect.signature(fn).parameters
-
-    @functools.wraps(fn)
-    async def guarded(
-        self: Store,
-        source: object,
-        target: object,
-        *,
-        overwrite: bool = False,
-        at: object = None,
-    ) -> Any:
-        self._check_open()
-        validate_key(source, what="fork source")
-        validate_key(target, what="fork target")
-        if source == target:
-            raise ValidationError(f"fork source and target are the same key {source!r}")
-        if at is not None:
-            _check_count_arg(at, "at")
-        if takes_at:
-            return await fn(self, source, target, overwrite=overwrite, at=at)
-        if at is None:
-            return await fn(self, source, target, overwrite=overwrite)
-        return await _default_fork(
-            self, cast(str, source), cast(str, target), overwrite, cast(int, at)
-        )
-
-    return cast(F, guarded)
-
-
-def _guard_merge(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, key: object, updates: object, *, remove: object = ()) -> Any:
-        self._check_open()
-        validate_key(key)
-        if not isinstance(updates, Mapping):
-            raise ValidationError(
-                f"merge_metadata() takes a mapping of updates, got {type(updates).__name__}"
-            )
-        if isinstance(remove, (str, bytes)) or not isinstance(remove, Iterable):
-            raise ValidationError(
-                f"remove must be a list of metadata keys, got {type(remove).__name__}"
-            )
-        drop = list(dict.fromkeys(remove))
-        for name in drop:
-            if not isinstance(name, str):
-                raise ValidationError(f"remove holds a key that is not a str: {name!r}")
-        new = dict(updates)
-        both = [name for name in drop if name in new]
-        if both:
-            raise ValidationError(f"metadata keys both updated and removed: {both!r}")
-        # The same checks as a state's metadata (str keys, JSON and MessagePack can hold it).
-        # Every store encodes what it keeps, so later changes to the caller's objects never
-        # reach it.
-        _check_storable(State(conversation_id="-", metadata=new), "merge_metadata() updates")
-        return await fn(self, key, new, remove=tuple(drop))
-
-    return cast(F, guarded)
-
-
-def _guard_truncate(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, key: object, keep: object) -> Any:
-        self._check_open()
-        validate_key(key)
-        _check_count_arg(keep, "keep")
-        return await fn(self, key, keep)
-
-    return cast(F, guarded)
-
-
-def _guard_pop(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, key: object, count: object = 1) -> Any:
-        self._check_open()
-        validate_key(key)
-        _check_count_arg(count, "count")
-        return await fn(self, key, count)
-
-    return cast(F, guarded)
-
-
-def _guard_prefix_iter(fn: F) -> F:
-    @functools.wraps(fn)
-    def guarded(self: Store, prefix: object, *args: Any, **kwargs: Any) -> Any:
-        self._check_open()
-        validate_prefix(prefix)
-        return fn(self, prefix, *args, **kwargs)
-
-    return cast(F, guarded)
-
-
-def _guard_prefix(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, prefix: object, *args: Any, **kwargs: Any) -> Any:
-        self._check_open()
-        validate_prefix(prefix)
-        return await fn(self, prefix, *args, **kwargs)
-
-    return cast(F, guarded)
-
-
-def _guard_many(fn: F) -> F:
-    @functools.wraps(fn)
-    async def guarded(self: Store, keys: object) -> Any:
-        self._check_open()
-        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
-            raise ValidationError(f"get_many() takes a list of keys, got {type(keys).__name__}")
-        items = list(keys)
-        for key in items:
-            validate_key(key)
-        return await fn(self, items)
-
-    return cast(F, guarded)
-
-
-def _guard_open(fn: F) -> F:
-    @functools.wraps(fn)
-    def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
-        self._check_open()
-        return fn(self, *args, **kwargs)
-
-    return cast(F, guarded)
-
-
-_GUARDS: dict[str, Callable[[Any], Any]] = {
-    "get": _guard_key,
-    "delete": _guard_key,
-    "set": _guard_set,
-    "load": _guard_load,
-    "save": _guard_messages("save"),
-    "append": _guard_messages("append"),
-    "append_turn": _guard_append_turn,
-    "acquire_and_load": _guard_acquire_and_load,
-    "fork": _guard_fork,
-    "count": _guard_key,
-    "get_metadata": _guard_key,
-    "merge_metadata": _guard_merge,
-    "truncate": _guard_truncate,
-    "pop_messages": _guard_pop,
-    "list_keys": _guard_prefix_iter,
-    "list_by_prefix": _guard_prefix_iter,
-    "list_all": _guard_open,
-    "delete_by_prefix": _guard_prefix,
-    "get_many": _guard_many,
-}
-
-
-def _install_guards(cls: type) -> None:
-    for name, guard in _GUARDS.items():
-        fn = cls.__dict__.get(name)
-        if fn is not None and not getattr(fn, "__promptstate_guarded__", False):
-            wrapped = guard(fn)
-            wrapped.__promptstate_guarded__ = True
-            setattr(cls, name, wrapped)
-
-
-class Store(AsyncResource, ABC):
-    """The base class of every store.
-
-    Args:
-        ttl: How long a session lives after its last write (``timedelta`` or seconds); ``None``
-            keeps it for ever. Applied on every write.
-        touch_on_read: Also restart the TTL on reads.
-        token_counter: Counts the tokens of stored messages for ``State.token_count``
-            (default: :class:`~promptstate.tokens.HeuristicTokenCounter`). A message that
-            already carries ``tokens`` is not counted again.
-
-    A store is an async context manager; ``aclose()`` releases what it owns, and any use after
-    it raises :class:`~promptstate.exceptions.ClosedError`.
-    """
-
-    #: The OpenTelemetry ``db.system`` of the store (``memory``, ``sqlite``, ``redis``,
-    #: ``postgresql``); a wrapper reports its inner store's. Custom stores may set their own.
-    db_system: str = "other"
-
-    def __init__(
-        self,
-        *,
-        ttl: timedelta | float | None = None,
-        touch_on_read: bool = False,
-        token_counter: TokenCounter | None = None,
-    ) -> None:
-        self._ttl = normalize_ttl(ttl)
-        self._touch_on_read = bool(touch_on_read)
-        if token_counter is not None and not callable(getattr(token_counter, "count", None)):
-            raise ValidationError(
-                f"token_counter must have a count(message) method, got {token_counter!r}"
-            )
-        self._counter: TokenCounter = token_counter or HeuristicTokenCounter()
-        self._closed = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _install_guards(cls)
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def ttl(self) -> float | None:
-        """The TTL in seconds, or ``None``."""
-        return self._ttl
-
-    @property
-    def token_counter(self) -> TokenCounter:
-        """The counter the store uses for ``State.token_count``."""
-        return self._counter
-
-    async def exists(self) -> bool:
-        """Whether the store's database is there, checked without creating anything.
-
-        A store that keeps its data in a file or in tables it creates on first use (SQLite,
-        PostgreSQL) answers whether they exist yet; read-only tools such as ``promptstate ls``
-        ask first, so that looking never creates a database. Stores with nothing to create
-        (memory, Redis) answer ``True``.
-        """
-        return True
-
-    # -- the abstract methods -------------------------------------------------------------
-
-    @abstractmethod
-    async def get(self, key: str) -> State:
-        """The stored state.
-
-        Raises:
-            NotFoundError: Nothing is stored under ``key``.
-        """
-
-    @abstractmethod
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
-        """Store ``state`` under ``key``, replacing what is there.
-
-        Returns what was stored: a new State with ``conversation_id`` = ``key``, ``version`` =
-        the previous version + 1, ``updated_at`` = now, and ``token_count`` and each message's
-        ``tokens`` filled in.
-
-        Raises:
-            ConflictError: ``expected_version`` is given and the stored version differs
-                (0 means the key must not exist).
-        """
-
-    @abstractmethod
-    async def delete(self, key: str) -> bool:
-        """Delete the state; ``True`` when something was deleted."""
-
-    @abstractmethod
-    def list_keys(self, prefix: str) -> AsyncIterator[str]:
-        """Every key that starts with ``prefix`` (matched literally), in no set order."""
-
-    # -- defaults built on the four above -------------------------------------------------
-
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
-        """The messages, oldest first; only the newest ``last`` when given; ``[]`` if unknown."""
-        try:
-            state = await self.get(session_id)
-        except NotFoundError:
-            return []
-        if last is None:
-            return state.messages
-        return state.messages[max(len(state.messages) - last, 0) :] if last else []
-
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
-        """Replace the whole message list, creating the state when absent."""
-        while True:
-            state, expected = await self._get_or_new(session_id)
-            state.messages = list(messages)
-            try:
-                await self.set(session_id, state, expected_version=expected)
-                return
-            except ConflictError:
-                continue
-
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
-        """Add messages at the end; return the new number of messages.
-
-        Concurrent appends to one session lose nothing: each is applied whole, in some order.
-        Appending no messages writes nothing and returns the current count.
-        """
-        new = [with_tokens(m, self._counter) for m in messages]
-        while True:
-            state, expected = await self._get_or_new(session_id)
-            if not new:
-                return len(state.messages)
-            state.messages.extend(new)
-            try:
-                stored = await self.set(session_id, state, expected_version=expected)
-            except ConflictError:
-                continue
-            return len(stored.messages)
-
-    async def append_turn(
-        self,
-        session_id: str,
-        messages: Sequence[Message],
-        *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
-    ) -> int:
-        """Append one turn's messages in one atomic write and add ``cost`` to ``total_cost``.
-
-        This is what the pipeline's save stage calls. It is :meth:`append` plus two guards:
-
-        * ``turn_id``: recorded in the first message's ``metadata["turn_id"]``. When the
-          session already ends with that turn (the message ``len(messages)`` from the end has
-          this turn id), nothing is written and the current count is returned: retrying an
-          append whose reply was lost never stores the turn twice.
-        * ``expected_count``: raise :class:`~promptstate.exceptions.ConflictError` unless the
-          session holds exactly that many messages before the append (0 for a new session).
-          Checked after the turn id, so a retried turn is not a conflict.
-        * ``release_lease`` (only on a :class:`LeasingStore`, see its ``append_turn``): the
-          owner token of the turn's lease, released with the write.
-
-        Backends override this with one native atomic operation. The default composes other
-        methods: with no ``cost`` and no ``expected_count`` it is ``load(last=len(messages))``
-        (for the turn id check) and :meth:`append`, whose cost does not grow with the history;
-        otherwise it is a compare-and-set loop on :meth:`get` / :meth:`set`, which does.
-
-        Returns:
-            The number of messages after the append.
-        """
-        if not cost and expected_count is None:
-            if turn_id is not None and messages:
-                tail = await self.load(session_id, last=len(messages))
-                if _turn_stored(tail, messages, turn_id):
-                    return await self.append(session_id, [])
-            return await self.append(session_id, messages)
-        new = [with_tokens(m, self._counter) for m in messages]
-        while True:
-            state, expected = await self._get_or_new(session_id)
-            count = len(state.messages)
-            if _turn_stored(state.messages, new, turn_id):
-                return count
-            if expected_count is not None and expected_count != count:
-                raise ConflictError(
-                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                )
-            if not new:
-                return count
-            state.messages.extend(new)
-            state.total_cost += cost
-            try:
-                stored = await self.set(session_id, state, expected_version=expected)
-            except ConflictError:
-                continue
-            return len(stored.messages)
 
     async def fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
@@ -907,19 +680,20 @@ class Store(AsyncResource, ABC):
             ConflictError: ``target`` exists and ``overwrite`` is false.
             ValidationError: ``at`` is not an int >= 0, or ``source`` is ``target``.
         """
-        return await _default_fork(self, source, target, overwrite, at)
-
-    # -- cheap session facts, listing, branching ------------------------------------------
+        self._check_open()
+        validate_key(source, what="fork source")
+        validate_key(target, what="fork target")
+        if source == target:
+            raise ValidationError(f"fork source and target are the same key {source!r}")
+        if at is not None:
+            _check_count_arg(at, "at")
+        return await self._fork(source, target, overwrite=overwrite, at=at)
 
     async def count(self, key: str) -> int:
-        """The number of messages of the session; 0 for an unknown one.
-
-        The default reads the state; the bundled backends answer without reading messages.
-        """
-        try:
-            return len((await self.get(key)).messages)
-        except NotFoundError:
-            return 0
+        """The number of messages of the session; 0 for an unknown one."""
+        self._check_open()
+        validate_key(key)
+        return await self._count(key)
 
     async def get_metadata(self, key: str) -> dict[str, Any]:
         """The session's metadata (a copy of your own).
@@ -927,7 +701,9 @@ class Store(AsyncResource, ABC):
         Raises:
             NotFoundError: Nothing is stored under ``key``.
         """
-        return (await self.get(key)).metadata
+        self._check_open()
+        validate_key(key)
+        return await self._get_metadata(key)
 
     async def merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
@@ -938,9 +714,6 @@ class Store(AsyncResource, ABC):
         ``updated_at`` like any write. Concurrent merges of different keys all survive, and
         so do appends running meanwhile.
 
-        The default is a compare-and-set loop on :meth:`get` / :meth:`set` (its cost grows
-        with the history); the bundled backends write only the metadata.
-
         Returns:
             The metadata after the merge.
 
@@ -949,17 +722,10 @@ class Store(AsyncResource, ABC):
                 keys, values neither JSON nor MessagePack can hold), or a key is both in
                 ``updates`` and ``remove``.
         """
-        while True:
-            state, expected = await self._get_or_new(key)
-            metadata = {**state.metadata, **updates}
-            for name in remove:
-                metadata.pop(name, None)
-            state.metadata = metadata
-            try:
-                stored = await self.set(key, state, expected_version=expected)
-            except ConflictError:
-                continue
-            return dict(stored.metadata)
+        self._check_open()
+        validate_key(key)
+        new, drop = _check_merge_args(updates, remove)
+        return await self._merge_metadata(key, new, remove=drop)
 
     async def truncate(self, key: str, keep: int) -> int:
         """Keep only the first ``keep`` messages (undo, regenerate); return the new count.
@@ -971,16 +737,10 @@ class Store(AsyncResource, ABC):
             NotFoundError: Nothing is stored under ``key``.
             ValidationError: ``keep`` is not an int >= 0.
         """
-        while True:
-            state = await self.get(key)
-            if len(state.messages) <= keep:
-                return len(state.messages)
-            del state.messages[keep:]
-            try:
-                await self.set(key, state, expected_version=state.version)
-            except ConflictError:
-                continue
-            return keep
+        self._check_open()
+        validate_key(key)
+        _check_count_arg(keep, "keep")
+        return await self._truncate(key, keep)
 
     async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
         """Remove the newest ``count`` messages and return them, oldest first, in one step.
@@ -991,27 +751,13 @@ class Store(AsyncResource, ABC):
         one or ``count=0`` returns ``[]`` and writes nothing. ``token_count`` drops with the
         messages; ``total_cost`` stays.
 
-        The default is a compare-and-set loop on :meth:`get` / :meth:`set` (its cost grows
-        with the history); the bundled backends read only what they remove.
-
         Raises:
             ValidationError: ``count`` is not an int >= 0.
         """
-        while True:
-            try:
-                state = await self.get(key)
-            except NotFoundError:
-                return []
-            if not count or not state.messages:
-                return []
-            keep = max(len(state.messages) - count, 0)
-            removed = state.messages[keep:]
-            del state.messages[keep:]
-            try:
-                await self.set(key, state, expected_version=state.version)
-            except ConflictError:
-                continue
-            return removed
+        self._check_open()
+        validate_key(key)
+        _check_count_arg(count, "count")
+        return await self._pop_messages(key, count)
 
     async def list_sessions(
         self,
@@ -1049,42 +795,245 @@ class Store(AsyncResource, ABC):
         items = list(found[: query.limit])
         return SessionPage(items=items, next_cursor=_encode_cursor(query, items[-1]))
 
+    def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        """Every state whose key starts with ``prefix``, matched literally."""
+        self._check_open()
+        validate_prefix(prefix)
+        return self._list_by_prefix(prefix)
+
+    def list_all(self) -> AsyncIterator[State]:
+        """Every state of this store (and only this store's)."""
+        self._check_open()
+        return self._list_by_prefix("")
+
+    async def delete_by_prefix(self, prefix: str) -> int:
+        """Delete every state whose key starts with ``prefix``; return how many."""
+        self._check_open()
+        validate_prefix(prefix)
+        return await self._delete_by_prefix(prefix)
+
+    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+        """The states in the order asked, ``None`` where absent."""
+        self._check_open()
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise ValidationError(f"get_many() takes a list of keys, got {type(keys).__name__}")
+        items = list(keys)
+        for key in items:
+            validate_key(key)
+        return await self._get_many(items)
+
+    # -- what a backend implements: the four required methods -----------------------------
+    # Called by the public methods above with checked arguments, on an open store. Each
+    # default calls the public method of the same name, for a store that implements that
+    # instead (the 0.1 form); a store must implement one of the two (checked in __new__).
+
+    async def _get(self, key: str) -> State:
+        """The stored state; :class:`~promptstate.exceptions.NotFoundError` when absent."""
+        return await self.get(key)
+
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+        """Store ``state`` (see :meth:`set`): use ``self._prepare(key, state, version)`` to make
+        what is stored, and honour ``expected_version`` atomically."""
+        return await self.set(key, state, expected_version=expected_version)
+
+    async def _delete(self, key: str) -> bool:
+        """Delete the state; ``True`` when something was deleted."""
+        return await self.delete(key)
+
+    def _list_keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key that starts with ``prefix`` (literally), in no set order."""
+        return self.list_keys(prefix)
+
+    # -- defaults built on the four above; backends override them for speed ---------------
+
+    async def _load(self, session_id: str, *, last: int | None) -> list[Message]:
+        """:meth:`load`. The default reads the whole state."""
+        try:
+            state = await self._get(session_id)
+        except NotFoundError:
+            return []
+        if last is None:
+            return state.messages
+        return state.messages[max(len(state.messages) - last, 0) :] if last else []
+
+    async def _save(self, session_id: str, messages: list[Message]) -> None:
+        """:meth:`save`. The default is a compare-and-set loop on ``_get`` / ``_set``."""
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            state.messages = list(messages)
+            try:
+                await self._set(session_id, state, expected_version=expected)
+                return
+            except ConflictError:
+                continue
+
+    async def _append(self, session_id: str, messages: list[Message]) -> int:
+        """:meth:`append`. The default is a compare-and-set loop on ``_get`` / ``_set``."""
+        new = [with_tokens(m, self._counter) for m in messages]
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            if not new:
+                return len(state.messages)
+            state.messages.extend(new)
+            try:
+                stored = await self._set(session_id, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return len(stored.messages)
+
+    async def _append_turn(
+        self,
+        session_id: str,
+        messages: list[Message],
+        *,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
+    ) -> int:
+        """:meth:`append_turn` (``release_lease`` is ``None`` here: only a
+        :class:`LeasingStore` gets one).
+
+        Backends override this with one native atomic step that calls
+        :func:`~promptstate.stores.turns.decide_turn`. The default composes other methods:
+        with no ``cost`` and no ``expected_count`` it is ``_load(last=len(messages))`` (for
+        the turn id check) and ``_append``, whose cost does not grow with the history;
+        otherwise it is a compare-and-set loop on ``_get`` / ``_set``, which does.
+        """
+        size = len(messages)
+        if not cost and expected_count is None:
+            if turn_id is not None and size:
+                tail = await self._load(session_id, last=size)
+                if turn_stored(tail[0] if len(tail) == size else None, turn_id):
+                    return await self._append(session_id, [])
+            return await self._append(session_id, messages)
+        new = [with_tokens(m, self._counter) for m in messages]
+        while True:
+            state, expected = await self._get_or_new(session_id)
+            stored = state.messages
+            count = len(stored)
+            start = stored[count - size] if turn_id is not None and size and count >= size else None
+            if not decide_turn(
+                session_id,
+                count=count,
+                size=size,
+                start=start,
+                turn_id=turn_id,
+                expected_count=expected_count,
+            ):
+                return count
+            state.messages.extend(new)
+            state.total_cost += cost
+            try:
+                written = await self._set(session_id, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return len(written.messages)
+
+    async def _fork(self, source: str, target: str, *, overwrite: bool, at: int | None) -> State:
+        """:meth:`fork`. The default reads the source and writes the target with ``_set``."""
+        state = await self._get(source)
+        state.conversation_id = target
+        if at is not None:
+            del state.messages[at:]
+        try:
+            return await self._set(target, state, expected_version=None if overwrite else 0)
+        except ConflictError as exc:
+            raise ConflictError(f"fork target {target!r} exists already") from exc
+
+    async def _count(self, key: str) -> int:
+        """:meth:`count`. The default reads the state; the bundled backends read a counter."""
+        try:
+            return len((await self._get(key)).messages)
+        except NotFoundError:
+            return 0
+
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
+        """:meth:`get_metadata`. The default reads the state."""
+        return (await self._get(key)).metadata
+
+    async def _merge_metadata(
+        self, key: str, updates: dict[str, Any], *, remove: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """:meth:`merge_metadata`. The default is a compare-and-set loop on ``_get`` /
+        ``_set`` (its cost grows with the history); the bundled backends write only the
+        metadata."""
+        while True:
+            state, expected = await self._get_or_new(key)
+            metadata = {**state.metadata, **updates}
+            for name in remove:
+                metadata.pop(name, None)
+            state.metadata = metadata
+            try:
+                stored = await self._set(key, state, expected_version=expected)
+            except ConflictError:
+                continue
+            return dict(stored.metadata)
+
+    async def _truncate(self, key: str, keep: int) -> int:
+        """:meth:`truncate`. The default is a compare-and-set loop on ``_get`` / ``_set``."""
+        while True:
+            state = await self._get(key)
+            if len(state.messages) <= keep:
+                return len(state.messages)
+            del state.messages[keep:]
+            try:
+                await self._set(key, state, expected_version=state.version)
+            except ConflictError:
+                continue
+            return keep
+
+    async def _pop_messages(self, key: str, count: int) -> list[Message]:
+        """:meth:`pop_messages`. The default is a compare-and-set loop on ``_get`` / ``_set``
+        (its cost grows with the history); the bundled backends read only what they remove."""
+        while True:
+            try:
+                state = await self._get(key)
+            except NotFoundError:
+                return []
+            if not count or not state.messages:
+                return []
+            keep = max(len(state.messages) - count, 0)
+            removed = state.messages[keep:]
+            del state.messages[keep:]
+            try:
+                await self._set(key, state, expected_version=state.version)
+            except ConflictError:
+                continue
+            return removed
+
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
         """Up to ``query.limit + 1`` sessions for :meth:`list_sessions` (see
         :class:`SessionQuery`). The default reads every state under the prefix; the bundled
         backends read only the page, from an index."""
         infos = []
-        async for state in self.list_by_prefix(query.prefix):
+        async for state in self._list_by_prefix(query.prefix):
             if query.user_id is None or state.user_id == query.user_id:
                 infos.append(SessionInfo.of(state))
         return query.select(infos)
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
-        """Every state whose key starts with ``prefix``, matched literally."""
-        async for key in self.list_keys(prefix):
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+        """:meth:`list_by_prefix`. The default reads each listed key with ``_get``."""
+        async for key in self._list_keys(prefix):
             try:
-                yield await self.get(key)
+                yield await self._get(key)
             except NotFoundError:  # deleted or expired since it was listed
                 continue
 
-    def list_all(self) -> AsyncIterator[State]:
-        """Every state of this store (and only this store's)."""
-        return self.list_by_prefix("")
-
-    async def delete_by_prefix(self, prefix: str) -> int:
-        """Delete every state whose key starts with ``prefix``; return how many."""
-        keys = [key async for key in self.list_keys(prefix)]
+    async def _delete_by_prefix(self, prefix: str) -> int:
+        """:meth:`delete_by_prefix`. The default lists the keys, then deletes each."""
+        keys = [key async for key in self._list_keys(prefix)]
         deleted = 0
         for key in keys:
-            deleted += await self.delete(key)
+            deleted += await self._delete(key)
         return deleted
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
-        """The states in the order asked, ``None`` where absent."""
+    async def _get_many(self, keys: list[str]) -> list[State | None]:
+        """:meth:`get_many`. The default reads one key after another."""
         found: list[State | None] = []
         for key in keys:
             try:
-                found.append(await self.get(key))
+                found.append(await self._get(key))
             except NotFoundError:
                 found.append(None)
         return found
@@ -1093,7 +1042,7 @@ class Store(AsyncResource, ABC):
 
     async def _get_or_new(self, key: str) -> tuple[State, int]:
         try:
-            state = await self.get(key)
+            state = await self._get(key)
         except NotFoundError:
             return State(conversation_id=key), 0
         return state, state.version
@@ -1116,13 +1065,6 @@ class Store(AsyncResource, ABC):
         return counted, sum(cast(int, m.tokens) for m in counted)
 
 
-def _turn_stored(stored: Sequence[Message], new: Sequence[Message], turn_id: str | None) -> bool:
-    """Whether ``stored`` already ends with the turn ``turn_id`` of ``new``'s length."""
-    if turn_id is None or not new or len(stored) < len(new):
-        return False
-    return bool(stored[len(stored) - len(new)].metadata.get(TURN_ID_KEY) == turn_id)
-
-
 class LeasingStore(Store):
     """A store whose turn leases are shared by every process that uses it.
 
@@ -1132,35 +1074,54 @@ class LeasingStore(Store):
     A wrapper (``CachedStore``, ``EncryptedStore``) is a ``LeasingStore`` exactly when the store
     it wraps is one.
 
-    A backend implements the three lease methods, atomically, with the lease kept apart from
-    the states (``key`` is the session id, already validated; ``ttl`` in seconds). It may
-    override :meth:`acquire_and_load` and :meth:`append_turn` with one round trip each; the
-    defaults compose the other methods.
+    A backend implements the three protected lease methods (``_acquire_lease``,
+    ``_renew_lease``, ``_release_lease``), atomically, with the lease kept apart from the
+    states; the public ones check first (open store, ``key`` a valid session id, ``owner`` a
+    non-empty str, ``ttl`` positive seconds). It may override ``_acquire_and_load`` and
+    ``_append_turn`` with one round trip each; the defaults compose the other methods.
     """
 
-    @abstractmethod
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the lease on ``key`` for ``owner`` if nobody holds it (or it expired).
 
         Returns:
             True when ``owner`` now holds it; False when another owner does.
         """
+        self._check_open()
+        _check_lease_args(key, owner, ttl)
+        return await self._acquire_lease(key, owner, ttl)
 
-    @abstractmethod
     async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` seconds from now.
 
         Returns:
             False when ``owner`` no longer holds it (it expired and someone else took it).
         """
+        self._check_open()
+        _check_lease_args(key, owner, ttl)
+        return await self._renew_lease(key, owner, ttl)
 
-    @abstractmethod
     async def release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete).
 
         Returns:
             True when ``owner``'s lease was released.
         """
+        self._check_open()
+        _check_lease_args(key, owner)
+        return await self._release_lease(key, owner)
+
+    @abstractmethod
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """:meth:`acquire_lease`, atomically (arguments checked)."""
+
+    @abstractmethod
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """:meth:`renew_lease`, atomically (arguments checked)."""
+
+    @abstractmethod
+    async def _release_lease(self, key: str, owner: str) -> bool:
+        """:meth:`release_lease`, atomically: compare, then delete (arguments checked)."""
 
     async def acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
@@ -1171,24 +1132,33 @@ class LeasingStore(Store):
         :meth:`acquire_lease` then :meth:`load` (two round trips; the lease is given back if
         the read fails); Redis and SQLite do both in one atomic step.
         """
-        if not await self.acquire_lease(key, owner, ttl):
+        self._check_open()
+        _check_lease_args(key, owner, ttl)
+        _check_last(last)
+        return await self._acquire_and_load(key, owner, ttl, last=last)
+
+    async def _acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """:meth:`acquire_and_load`. The default is :meth:`acquire_lease`, then ``_load``."""
+        if not await self._acquire_lease(key, owner, ttl):
             return None
         try:
-            return await self.load(key, last=last)
+            return await self._load(key, last=last)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.release_lease(key, owner)
+                await self._release_lease(key, owner)
             raise
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
-        messages: Sequence[Message],
+        messages: list[Message],
         *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
-        release_lease: str | None = None,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
     ) -> int:
         """:meth:`Store.append_turn`, and with ``release_lease=owner`` also give the lease back.
 
@@ -1197,14 +1167,17 @@ class LeasingStore(Store):
         stored already) and deletes the lease with the write. The default appends, then
         releases (two steps).
         """
-        count = await super().append_turn(
-            session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+        count = await super()._append_turn(
+            session_id,
+            messages,
+            cost=cost,
+            turn_id=turn_id,
+            expected_count=expected_count,
+            release_lease=None,
         )
         if release_lease is not None:
-            await self.release_lease(session_id, release_lease)
+            await self._release_lease(session_id, release_lease)
         return count
 
 
 _S = TypeVar("_S", bound=Store)
-
-_install_guards(Store)

@@ -191,7 +191,7 @@ class CachedStore(Store):
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         state = self._cached(key)
         if state is not None:
             return state
@@ -203,7 +203,7 @@ class CachedStore(Store):
             self._end(key, flight, write=False)
         return _decoder.decode(_encoder.encode(state))
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         state = self._cached(session_id)
         if state is None:
             # A window read is not worth caching; the inner store serves it cheaply.
@@ -212,7 +212,7 @@ class CachedStore(Store):
             return state.messages
         return state.messages[max(len(state.messages) - last, 0) :] if last else []
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         keys = list(keys)
         found: list[State | None] = [self._cached(k) for k in keys]
         missing = sorted({k for k, s in zip(keys, found, strict=True) if s is None})
@@ -233,16 +233,16 @@ class CachedStore(Store):
                     found[i] = _decoder.decode(_encoder.encode(state))
         return found
 
-    def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         return self._inner.list_keys(prefix)
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         state = self._cached(key)
         if state is None:
             return await self._inner.count(key)
         return len(state.messages)
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         state = self._cached(key)
         if state is None:
             return await self._inner.get_metadata(key)
@@ -252,12 +252,12 @@ class CachedStore(Store):
         self._inner._check_open()
         return await self._inner._list_sessions(query)
 
-    def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         return self._inner.list_by_prefix(prefix)
 
     # -- writes: through to the inner store, then drop or refresh the entry -------------------
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         flight = self._start(key, write=True)
         try:
             stored = await self._inner.set(key, state, expected_version=expected_version)
@@ -270,32 +270,39 @@ class CachedStore(Store):
             self._end(key, flight, write=True)
         return stored
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         return await self._write(key, self._inner.delete(key))
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         return await self._write(session_id, self._inner.append(session_id, messages))
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
-        messages: Sequence[Message],
+        messages: list[Message],
         *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
     ) -> int:
+        # release_lease is given only when this wrapper is a LeasingStore, i.e. inner is one.
         return await self._write(
             session_id,
             self._inner.append_turn(
-                session_id, messages, cost=cost, turn_id=turn_id, expected_count=expected_count
+                session_id,
+                messages,
+                cost=cost,
+                turn_id=turn_id,
+                expected_count=expected_count,
+                release_lease=release_lease,
             ),
         )
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         await self._write(session_id, self._inner.save(session_id, messages))
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         flight = self._start(target, write=True)
@@ -309,18 +316,18 @@ class CachedStore(Store):
             self._end(target, flight, write=True)
         return forked
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         return await self._write(key, self._inner.merge_metadata(key, updates, remove=remove))
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         return await self._write(key, self._inner.truncate(key, keep))
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         return await self._write(key, self._inner.pop_messages(key, count))
 
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         def drop() -> None:
             for key in [k for k in self._cache if k.startswith(prefix)]:
                 del self._cache[key]
@@ -352,31 +359,8 @@ class CachedStore(Store):
 
 class _LeasingCachedStore(ForwardedLeases, CachedStore, LeasingStore):
     """A :class:`CachedStore` over a :class:`LeasingStore`: it is one too, with the inner
-    store's leases and its ``append_turn`` with release (``acquire_and_load`` is the default:
-    the lease, then a read that the cache may serve)."""
-
-    async def append_turn(
-        self,
-        session_id: str,
-        messages: Sequence[Message],
-        *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
-        release_lease: str | None = None,
-    ) -> int:
-        inner: LeasingStore = self._inner
-        return await self._write(
-            session_id,
-            inner.append_turn(
-                session_id,
-                messages,
-                cost=cost,
-                turn_id=turn_id,
-                expected_count=expected_count,
-                release_lease=release_lease,
-            ),
-        )
+    store's leases (``acquire_and_load`` is the default: the lease, then a read that the cache
+    may serve)."""
 
 
 _LeasingCachedStore.__name__ = _LeasingCachedStore.__qualname__ = "CachedStore"

@@ -306,10 +306,10 @@ class EncryptedStore(Store):
 
     # -- the store contract -------------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         return self._open_state(await self._inner.get(key))
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         plain = self._counted(state.messages)
         stored = await self._inner.set(
             key, self._seal_state(state, plain), expected_version=expected_version
@@ -317,33 +317,34 @@ class EncryptedStore(Store):
         # What was stored, without opening it again: the plaintext, with the store's fields.
         return msgspec.structs.replace(stored, messages=plain, metadata=dict(state.metadata))
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         return await self._inner.delete(key)
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         async for key in self._inner.list_keys(prefix):
             yield key
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         return self._open_messages(await self._inner.load(session_id, last=last), session_id)
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         await self._inner.save(session_id, [self._seal_message(m) for m in self._counted(messages)])
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         sealed = [self._seal_message(m) for m in self._counted(messages)]
         return await self._inner.append(session_id, sealed)
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
-        messages: Sequence[Message],
+        messages: list[Message],
         *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
-        **lease: Any,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
     ) -> int:
+        # release_lease is given only when this wrapper is a LeasingStore, i.e. inner is one.
         sealed = [self._seal_message(m) for m in self._counted(messages)]
         return await self._inner.append_turn(
             session_id,
@@ -351,30 +352,30 @@ class EncryptedStore(Store):
             cost=cost,
             turn_id=turn_id,
             expected_count=expected_count,
-            **lease,
+            release_lease=release_lease,
         )
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         return self._open_state(await self._inner.fork(source, target, overwrite=overwrite, at=at))
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         return await self._inner.count(key)
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         return self._open_metadata(await self._inner.get_metadata(key), key)
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         merged = await self._inner.merge_metadata(key, self._seal_metadata(updates), remove=remove)
         return self._open_metadata(merged, key)
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         return await self._inner.truncate(key, keep)
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         return self._open_messages(await self._inner.pop_messages(key, count), key)
 
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
@@ -386,17 +387,14 @@ class EncryptedStore(Store):
             for info in await self._inner._list_sessions(query)
         ]
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         async for state in self._inner.list_by_prefix(prefix):
             yield self._open_state(state)
 
-    def list_all(self) -> AsyncIterator[State]:
-        return self.list_by_prefix("")
-
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         return await self._inner.delete_by_prefix(prefix)
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         return [
             None if s is None else self._open_state(s) for s in await self._inner.get_many(keys)
         ]
@@ -471,7 +469,7 @@ class _LeasingEncryptedStore(ForwardedLeases, EncryptedStore, LeasingStore):
     """An :class:`EncryptedStore` over a :class:`LeasingStore`: it is one too, with the inner
     store's leases, its one-step ``acquire_and_load`` and its ``append_turn`` with release."""
 
-    async def acquire_and_load(
+    async def _acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """Take the inner store's lease and read (and open) the newest ``last`` messages."""

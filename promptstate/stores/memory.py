@@ -18,8 +18,9 @@ from typing import Any
 from promptstate.exceptions import ConflictError, NotFoundError, ValidationError
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
 from promptstate.stores._sorted import SortedList
-from promptstate.stores.base import TURN_ID_KEY, SessionQuery, Store, to_micros
+from promptstate.stores.base import SessionQuery, Store, to_micros
 from promptstate.stores.integrity import check_metadata
+from promptstate.stores.turns import decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -219,13 +220,13 @@ class MemoryStore(Store):
 
     # -- the store interface --------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         entry = self._lookup(key, read=True)
         if entry is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
         return self._state(key, entry, unpack_messages(entry.messages, key=key))
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         entry = self._lookup(key, read=False)
         current = 0 if entry is None else entry.version
         if expected_version is not None and expected_version != current:
@@ -249,7 +250,7 @@ class MemoryStore(Store):
         )
         return stored
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         entry = self._drop(key)
         return entry is not None and not self._expired(entry, time.monotonic())
 
@@ -269,11 +270,11 @@ class MemoryStore(Store):
                 live.append(key)
         return live
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         for key in self._prefixed(prefix):
             yield key
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         entry = self._lookup(session_id, read=True)
         if entry is None:
             return []
@@ -282,34 +283,40 @@ class MemoryStore(Store):
             items = items[max(len(items) - last, 0) :] if last else []
         return unpack_messages(items, key=session_id)
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
-        return self._append(session_id, messages, 0.0)
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
+        return self._add(session_id, messages, 0.0)
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
-        messages: Sequence[Message],
+        messages: list[Message],
         *,
-        cost: float = 0.0,
-        turn_id: str | None = None,
-        expected_count: int | None = None,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
     ) -> int:
         entry = self._lookup(session_id, read=False)
         count = 0 if entry is None else len(entry.messages)
-        if entry is not None and turn_id is not None and messages and count >= len(messages):
-            first = unpack_message(entry.messages[count - len(messages)], key=session_id)
-            if first.metadata.get(TURN_ID_KEY) == turn_id:
-                return count
-        if expected_count is not None and expected_count != count:
-            raise ConflictError(
-                f"session {session_id!r} holds {count} messages, expected {expected_count}"
-            )
-        return self._append(session_id, messages, cost)
+        size = len(messages)
+        start = None
+        if entry is not None and turn_id is not None and size and count >= size:
+            start = unpack_message(entry.messages[count - size], key=session_id)
+        if decide_turn(
+            session_id,
+            count=count,
+            size=size,
+            start=start,
+            turn_id=turn_id,
+            expected_count=expected_count,
+        ):
+            return self._add(session_id, messages, cost)
+        return count
 
     # It never suspends, so it cannot be interrupted half-way: no shield needed around it.
-    append_turn.__promptstate_atomic_in_loop__ = True  # type: ignore[attr-defined]
+    _append_turn.__promptstate_atomic_in_loop__ = True  # type: ignore[attr-defined]
 
-    def _append(self, session_id: str, messages: Sequence[Message], cost: float) -> int:
+    def _add(self, session_id: str, messages: Sequence[Message], cost: float) -> int:
         entry = self._lookup(session_id, read=False)
         if not messages:
             return 0 if entry is None else len(entry.messages)
@@ -338,10 +345,10 @@ class MemoryStore(Store):
         self._index(session_id, entry)
         return len(entry.messages)
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         entry = self._lookup(session_id, read=False)
         if entry is None:
-            await self.set(session_id, State(conversation_id=session_id, messages=list(messages)))
+            await self._set(session_id, State(conversation_id=session_id, messages=list(messages)))
             return
         counted, tokens = self._count_new(messages)
         entry.messages = [pack(m) for m in counted]
@@ -351,7 +358,7 @@ class MemoryStore(Store):
         entry.expires_at = self._expiry()
         self._index(session_id, entry)
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         entry = self._lookup(source, read=True)
@@ -379,13 +386,13 @@ class MemoryStore(Store):
         self._put(target, copy)
         return self._state(target, copy, unpack_messages(copy.messages, key=target))
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         for key in self._prefixed(prefix):
             entry = self._lookup(key, read=True)
             if entry is not None:
                 yield self._state(key, entry, unpack_messages(entry.messages, key=key))
 
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         keys = []
         for key in self._keys.ascending(prefix or None):
             if not key.startswith(prefix):
@@ -400,18 +407,18 @@ class MemoryStore(Store):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         entry = self._lookup(key, read=True)
         return 0 if entry is None else len(entry.messages)
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         entry = self._lookup(key, read=True)
         if entry is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
         metadata = check_metadata("memory", key, unpack_any(entry.metadata, key=key))
         return metadata
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         entry = self._lookup(key, read=False)
@@ -442,7 +449,7 @@ class MemoryStore(Store):
         self._index(key, entry)
         return metadata  # a new dict: the store keeps only its encoding
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         entry = self._lookup(key, read=False)
         if entry is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
@@ -457,7 +464,7 @@ class MemoryStore(Store):
         self._index(key, entry)
         return keep
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         entry = self._lookup(key, read=False)
         if entry is None or not count or not entry.messages:
             return []
@@ -513,7 +520,7 @@ class MemoryStore(Store):
             self._drop(key)
         return page
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         found: list[State | None] = []
         for key in keys:
             entry = self._lookup(key, read=True)

@@ -21,16 +21,22 @@ the old ones in the same statement; rows below the live range are never read.
 Every operation takes a connection from the pool for one statement (``fork`` for one short
 transaction) and gives it back, so sessions never wait for each other; concurrent writes to
 *one* session are serialized by PostgreSQL's row lock on its ``T`` row.
+
+The statements are built in :mod:`promptstate.stores._postgres_sql` and the numbered schema
+migrations live in :mod:`promptstate.stores._postgres_migrations`; this module holds the store:
+its pool, its error translation and its methods.
+
+Errors: every operation runs inside ``async with self._conn(what, key) as conn`` (``_Op``),
+which opens the pool on first use, acquires and releases the connection, and is the one place
+where asyncpg, socket and pool errors become promptstate errors (``_Op._translate``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -43,7 +49,6 @@ import msgspec
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
-    LeaseLostError,
     NotFoundError,
     PromptStateError,
     StoreAuthError,
@@ -53,8 +58,11 @@ from promptstate.exceptions import (
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores._postgres_migrations import MIGRATIONS, apply_migrations
+from promptstate.stores._postgres_sql import PURGE_BATCH, SQL, Names, key_range, page_sql
+from promptstate.stores.base import LeasingStore, SessionQuery
 from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
+from promptstate.stores.turns import decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -63,11 +71,7 @@ __all__ = ["MIGRATIONS", "PostgresStore"]
 logger = logging.getLogger(__name__)
 
 _PAGE = 100
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_PURGE_BATCH = 1000
 _EMPTY_DICT = pack({})
-_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
-_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _OWNED: Any = object()  # the pool argument from_dsn passes: "build and own a pool"
 _timeout_scope: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
 
@@ -80,447 +84,6 @@ def _import_asyncpg() -> Any:
             "PostgresStore needs asyncpg: pip install 'promptstate[postgres]'"
         ) from exc
     return asyncpg
-
-
-# -- migrations -------------------------------------------------------------------------------
-
-#: The numbered schema migrations, applied in order by :meth:`PostgresStore.setup`. Each is
-#: ``(version, name, statements)``; the statements are format strings over the quoted names
-#: (``{t}`` sessions table, ``{m}`` messages table, ``{l}`` leases table, ``{p}`` the bare name
-#: for constraint and index names). Every statement runs inside one transaction: nothing here
-#: may need to run outside one (no ``CREATE INDEX CONCURRENTLY``, no ``VACUUM``).
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (
-        1,
-        "sessions and messages tables",
-        (
-            """CREATE TABLE {t} (
-                key text COLLATE "C" NOT NULL,
-                user_id text,
-                version bigint NOT NULL,
-                token_count bigint NOT NULL,
-                total_cost double precision NOT NULL,
-                metadata bytea NOT NULL,
-                message_count bigint NOT NULL,
-                last_seq bigint NOT NULL,
-                created_at timestamptz NOT NULL,
-                updated_at timestamptz NOT NULL,
-                expires_at timestamptz,
-                CONSTRAINT "{p}_pkey" PRIMARY KEY (key)
-            )""",
-            """CREATE TABLE {m} (
-                session_key text COLLATE "C" NOT NULL,
-                seq bigint NOT NULL,
-                data bytea NOT NULL,
-                CONSTRAINT "{p}_msg_pkey" PRIMARY KEY (session_key, seq),
-                CONSTRAINT "{p}_msg_fkey" FOREIGN KEY (session_key)
-                    REFERENCES {t} (key) ON DELETE CASCADE
-            )""",
-            'CREATE INDEX "{p}_expires_idx" ON {t} (expires_at) WHERE expires_at IS NOT NULL',
-        ),
-    ),
-    (
-        2,
-        "turn leases shared by processes",
-        (
-            """CREATE TABLE {l} (
-                key text COLLATE "C" NOT NULL,
-                owner text NOT NULL,
-                expires_at timestamptz NOT NULL,
-                CONSTRAINT "{p}_lease_pkey" PRIMARY KEY (key)
-            )""",
-        ),
-    ),
-    (
-        3,
-        "session index: by updated and created time, per user",
-        # Built inside the migration's transaction, which blocks writes to the table while it
-        # runs. On a big table, build them first with CREATE INDEX CONCURRENTLY under these
-        # names (docs: PostgreSQL): IF NOT EXISTS then leaves them be.
-        (
-            'CREATE INDEX IF NOT EXISTS "{p}_upd_idx" ON {t} (updated_at, key)',
-            'CREATE INDEX IF NOT EXISTS "{p}_crt_idx" ON {t} (created_at, key)',
-            'CREATE INDEX IF NOT EXISTS "{p}_uupd_idx" ON {t} (user_id, updated_at, key)',
-            'CREATE INDEX IF NOT EXISTS "{p}_ucrt_idx" ON {t} (user_id, created_at, key)',
-        ),
-    ),
-)
-
-
-class _Names:
-    """The quoted names of one store's tables, from a validated ``table_name``."""
-
-    def __init__(self, table_name: object) -> None:
-        if not isinstance(table_name, str):
-            raise ValidationError(f"table_name must be a str, got {type(table_name).__name__}")
-        schema, dot, table = table_name.rpartition(".")
-        if not _TABLE_RE.fullmatch(table) or (dot and not _SCHEMA_RE.fullmatch(schema)):
-            raise ValidationError(
-                "table_name must be a letter or underscore followed by up to 47 letters, digits "
-                "or underscores, optionally after 'schema.'; got "
-                f"{table_name[:80]!r}"
-            )
-        q = f'"{schema}".' if schema else ""
-        self.name = table_name
-        self.bare = table
-        self.sessions = f'{q}"{table}"'
-        self.messages = f'{q}"{table}_messages"'
-        self.migrations = f'{q}"{table}_migrations"'
-        self.leases = f'{q}"{table}_leases"'
-        digest = hashlib.blake2b(f"promptstate:{table_name}".encode(), digest_size=8).digest()
-        self.lock_id = int.from_bytes(digest, "big", signed=True)
-
-
-def _live(alias: str) -> str:
-    return f"({alias}.expires_at IS NULL OR {alias}.expires_at > now())"
-
-
-class _SQL:
-    """Every statement of one store, built once from its table names and TTL."""
-
-    def __init__(self, names: _Names, ttl: float | None) -> None:
-        t, m = names.sessions, names.messages
-        exp = "NULL::timestamptz" if ttl is None else f"now() + make_interval(secs => {ttl!r})"
-        live_s = _live("s")
-        head = (
-            "s.user_id, s.version, s.token_count, s.total_cost, s.metadata,"
-            " s.created_at, s.updated_at"
-        )
-        msgs = (
-            f"ARRAY(SELECT m.data FROM {m} m WHERE m.session_key = s.key"
-            f" AND m.seq > s.last_seq - s.message_count ORDER BY m.seq)"
-        )
-        touch = f"UPDATE {t} s SET expires_at = {exp} WHERE {live_s} AND s.key"
-        self.touching = ttl is not None
-
-        self.get = (
-            f"SELECT {head}, {msgs}, s.message_count FROM {t} s WHERE s.key = $1 AND {live_s}"
-        )
-        self.get_touch = f"WITH touch AS ({touch} = $1) {self.get}"
-        self.get_many = (
-            f"SELECT s.key, {head}, {msgs}, s.message_count FROM {t} s"
-            f" WHERE s.key = ANY($1::text[]) AND {live_s}"
-        )
-        self.get_many_touch = f"WITH touch AS ({touch} = ANY($1::text[])) {self.get_many}"
-
-        bound = f"(SELECT s.last_seq - s.message_count FROM {t} s WHERE s.key = $1 AND {live_s})"
-        self.load_all = (
-            f"SELECT m.data FROM {m} m WHERE m.session_key = $1 AND m.seq > {bound} ORDER BY m.seq"
-        )
-        self.load_last = (
-            f"SELECT m.data FROM {m} m WHERE m.session_key = $1 AND m.seq > {bound}"
-            " ORDER BY m.seq DESC LIMIT $2"
-        )
-        self.load_all_touch = f"WITH touch AS ({touch} = $1) {self.load_all}"
-        self.load_last_touch = f"WITH touch AS ({touch} = $1) {self.load_last}"
-        self.count = f"SELECT s.message_count FROM {t} s WHERE s.key = $1 AND {live_s}"
-        self.version = f"SELECT s.version FROM {t} s WHERE s.key = $1 AND {live_s}"
-
-        cols = (
-            "key, user_id, version, token_count, total_cost, metadata, message_count, last_seq,"
-            " created_at, updated_at, expires_at"
-        )
-        # The old messages (below the new live range) go in the same statement; rows a
-        # concurrent writer committed after this statement's snapshot are below the range too
-        # and are removed by a later write.
-        gc = f"gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $1 AND m.seq <= up.low)"
-        ins = (
-            f"ins AS (INSERT INTO {m} (session_key, seq, data)"
-            " SELECT $1, up.first + o.i, o.d"
-            " FROM up, unnest($2::bytea[]) WITH ORDINALITY AS o(d, i))"
-        )
-        returning = (
-            "RETURNING s.version, s.message_count, s.last_seq - s.message_count AS low,"
-            " s.last_seq - $3::bigint AS first"
-        )
-
-        def if_live(expr: str, otherwise: str) -> str:
-            return f"CASE WHEN {live_s} THEN {expr} ELSE {otherwise} END"
-
-        # append: $1 key, $2 messages, $3 how many, $4 their tokens, $5 now, $6 cost to add
-        self.append = (
-            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
-            f" ($1, NULL, 1, $4::bigint, $6::float8, '\\x80'::bytea, $3::bigint, $3::bigint,"
-            f" $5::timestamptz, $5::timestamptz, {exp})"
-            " ON CONFLICT (key) DO UPDATE SET"
-            f" version = {if_live('s.version + 1', '1')},"
-            f" user_id = {if_live('s.user_id', 'NULL')},"
-            f" token_count = {if_live('s.token_count', '0')} + EXCLUDED.token_count,"
-            f" total_cost = {if_live('s.total_cost', '0')} + EXCLUDED.total_cost,"
-            f" metadata = {if_live('s.metadata', 'EXCLUDED.metadata')},"
-            f" message_count = {if_live('s.message_count', '0')} + EXCLUDED.message_count,"
-            " last_seq = s.last_seq + EXCLUDED.message_count,"
-            f" created_at = {if_live('s.created_at', 'EXCLUDED.created_at')},"
-            " updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at"
-            f" {returning}), {gc}, {ins} SELECT message_count FROM up"
-        )
-        # save: like append, but the messages replace the old ones
-        self.save = (
-            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
-            f" ($1, NULL, 1, $4::bigint, 0, '\\x80'::bytea, $3::bigint, $3::bigint,"
-            f" $5::timestamptz, $5::timestamptz, {exp})"
-            " ON CONFLICT (key) DO UPDATE SET"
-            f" version = {if_live('s.version + 1', '1')},"
-            f" user_id = {if_live('s.user_id', 'NULL')},"
-            " token_count = EXCLUDED.token_count,"
-            f" total_cost = {if_live('s.total_cost', '0')},"
-            f" metadata = {if_live('s.metadata', 'EXCLUDED.metadata')},"
-            " message_count = EXCLUDED.message_count,"
-            " last_seq = s.last_seq + EXCLUDED.message_count,"
-            f" created_at = {if_live('s.created_at', 'EXCLUDED.created_at')},"
-            " updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at"
-            f" {returning}), {gc}, {ins} SELECT version FROM up"
-        )
-        # set: $1 key, $2 messages, $3 how many, $4 tokens, $5 updated_at, $6 user_id,
-        # $7 total_cost, $8 metadata, $9 created_at, [$10 expected version]
-        values = (
-            "($1, $6::text, 1, $4::bigint, $7::float8, $8::bytea, $3::bigint, $3::bigint,"
-            f" $9::timestamptz, $5::timestamptz, {exp})"
-        )
-        replace_all = (
-            " user_id = EXCLUDED.user_id, token_count = EXCLUDED.token_count,"
-            " total_cost = EXCLUDED.total_cost, metadata = EXCLUDED.metadata,"
-            " message_count = EXCLUDED.message_count,"
-            " last_seq = s.last_seq + EXCLUDED.message_count,"
-            " created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
-            " expires_at = EXCLUDED.expires_at"
-        )
-        upsert = (
-            f"INSERT INTO {t} AS s ({cols}) VALUES {values} ON CONFLICT (key) DO UPDATE SET"
-            f" version = {if_live('s.version + 1', '1')},{replace_all}"
-        )
-        self.set_any = f"WITH up AS ({upsert} {returning}), {gc}, {ins} SELECT version FROM up"
-        self.set_new = (
-            f"WITH up AS ({upsert} WHERE NOT {live_s} {returning}), {gc}, {ins}"
-            " SELECT version FROM up"
-        )
-        self.set_cas = (
-            f"WITH up AS (UPDATE {t} s SET version = s.version + 1,"
-            " user_id = $6::text, token_count = $4::bigint, total_cost = $7::float8,"
-            " metadata = $8::bytea, message_count = $3::bigint,"
-            " last_seq = s.last_seq + $3::bigint, created_at = $9::timestamptz,"
-            f" updated_at = $5::timestamptz, expires_at = {exp}"
-            f" WHERE s.key = $1 AND {live_s} AND s.version = $10::bigint {returning}),"
-            f" {gc}, {ins} SELECT version FROM up"
-        )
-        # append_turn, step 1: the count, version and the message where a retried turn
-        # would start ($2: the turn's length); step 2: append if the version is unchanged.
-        self.turn_probe = (
-            "SELECT s.message_count, s.version, (SELECT m.data FROM"
-            f" {m} m WHERE m.session_key = s.key AND s.message_count >= $2::bigint"
-            " AND m.seq = s.last_seq - $2::bigint + 1)"
-            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
-        )
-        self.turn_cas = (
-            f"WITH up AS (UPDATE {t} s SET version = s.version + 1,"
-            " token_count = s.token_count + $4::bigint, total_cost = s.total_cost + $6::float8,"
-            " message_count = s.message_count + $3::bigint, last_seq = s.last_seq + $3::bigint,"
-            f" updated_at = $5::timestamptz, expires_at = {exp}"
-            f" WHERE s.key = $1 AND {live_s} AND s.version = $7::bigint {returning}),"
-            f" {gc}, {ins} SELECT message_count FROM up"
-        )
-        self.turn_new = (
-            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
-            f" ($1, NULL, 1, $4::bigint, $6::float8, '\\x80'::bytea, $3::bigint, $3::bigint,"
-            f" $5::timestamptz, $5::timestamptz, {exp})"
-            f" ON CONFLICT (key) DO UPDATE SET version = 1,{replace_all}"
-            f" WHERE NOT {live_s} {returning}), {gc}, {ins} SELECT message_count FROM up"
-        )
-        self.delete = f"DELETE FROM {t} s WHERE s.key = $1 RETURNING {live_s}"
-
-        # fork, in one transaction: lock the source, then copy it in one statement.
-        self.fork_source = (
-            "SELECT s.user_id, s.token_count, s.total_cost, s.metadata, s.created_at,"
-            f" s.message_count, s.last_seq FROM {t} s WHERE s.key = $1 AND {live_s} FOR SHARE"
-        )
-        # $1 source, $2 target, $3 user_id, $4 tokens, $5 cost, $6 metadata, $7 count,
-        # $8 created_at, $9 updated_at, $10 source's first live seq - 1
-        fork_values = (
-            "($2, $3::text, 1, $4::bigint, $5::float8, $6::bytea, $7::bigint, $7::bigint,"
-            f" $8::timestamptz, $9::timestamptz, {exp})"
-        )
-        fork_upsert = (
-            f"INSERT INTO {t} AS s ({cols}) VALUES {fork_values} ON CONFLICT (key) DO UPDATE SET"
-            f" version = {if_live('s.version + 1', '1')},{replace_all}"
-        )
-        fork_rest = (
-            f" RETURNING s.version, s.last_seq - s.message_count AS first),"
-            f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $2 AND m.seq <= up.first),"
-            f" ins AS (INSERT INTO {m} (session_key, seq, data)"
-            f" SELECT $2, up.first + (c.seq - $10::bigint), c.data FROM up, {m} c"
-            " WHERE c.session_key = $1 AND c.seq > $10::bigint"
-            " AND c.seq <= $10::bigint + $7::bigint RETURNING seq, data)"
-            " SELECT up.version, ARRAY(SELECT data FROM ins ORDER BY seq) FROM up"
-        )
-        self.fork_overwrite = f"WITH up AS ({fork_upsert}{fork_rest}"
-        self.fork_new = f"WITH up AS ({fork_upsert} WHERE NOT {live_s}{fork_rest}"
-
-        # -- session facts ----------------------------------------------------------------
-        self.metadata = f"SELECT s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
-        self.metadata_touch = f"WITH touch AS ({touch} = $1) {self.metadata}"
-        self.count_touch = f"WITH touch AS ({touch} = $1) {self.count}"
-        self.metadata_head = (
-            f"SELECT s.version, s.metadata FROM {t} s WHERE s.key = $1 AND {live_s}"
-        )
-        # $1 key, $2 metadata, $3 now, [$4 version]
-        self.metadata_cas = (
-            f"UPDATE {t} s SET metadata = $2::bytea, version = s.version + 1,"
-            f" updated_at = $3::timestamptz, expires_at = {exp}"
-            f" WHERE s.key = $1 AND {live_s} AND s.version = $4::bigint RETURNING s.version"
-        )
-        self.metadata_new = (
-            f"WITH up AS (INSERT INTO {t} AS s ({cols}) VALUES"
-            f" ($1, NULL, 1, 0, 0, $2::bytea, 0, 0, $3::timestamptz, $3::timestamptz, {exp})"
-            " ON CONFLICT (key) DO UPDATE SET version = 1, user_id = NULL, token_count = 0,"
-            " total_cost = 0, metadata = EXCLUDED.metadata, message_count = 0,"
-            " created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
-            f" expires_at = EXCLUDED.expires_at WHERE NOT {live_s}"
-            " RETURNING s.version, s.last_seq AS low),"
-            f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $1 AND m.seq <= up.low)"
-            " SELECT version FROM up"
-        )
-        # truncate: $1 key, $2 keep -> version, count, the messages beyond the first $2
-        self.truncate_probe = (
-            "SELECT s.version, s.message_count, ARRAY(SELECT m.data FROM"
-            f" {m} m WHERE m.session_key = s.key"
-            " AND m.seq > s.last_seq - s.message_count + $2::bigint AND m.seq <= s.last_seq)"
-            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
-        )
-        # pop: $1 key, $2 how many -> version, count, the newest $2 messages, oldest first
-        self.pop_probe = (
-            "SELECT s.version, s.message_count, ARRAY(SELECT m.data FROM"
-            f" {m} m WHERE m.session_key = s.key"
-            " AND m.seq > s.last_seq - least($2::bigint, s.message_count)"
-            " AND m.seq <= s.last_seq ORDER BY m.seq)"
-            f" FROM {t} s WHERE s.key = $1 AND {live_s}"
-        )
-        # $1 key, $2 keep, $3 their tokens removed, $4 now, $5 version, $6 how many removed
-        self.truncate = (
-            f"WITH up AS (UPDATE {t} s SET version = s.version + 1, message_count = $2::bigint,"
-            " token_count = greatest(s.token_count - $3::bigint, 0),"
-            " last_seq = s.last_seq - $6::bigint,"
-            f" updated_at = $4::timestamptz, expires_at = {exp}"
-            f" WHERE s.key = $1 AND {live_s} AND s.version = $5::bigint"
-            " RETURNING s.last_seq AS top),"
-            f" gc AS (DELETE FROM {m} m USING up WHERE m.session_key = $1 AND m.seq > up.top)"
-            " SELECT top FROM up"
-        )
-        self.fork_removed = (
-            f"SELECT m.data FROM {m} m WHERE m.session_key = $1 AND m.seq > $2::bigint"
-            " AND m.seq <= $3::bigint"
-        )
-
-        self.purge = (
-            f"WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {t}"
-            f" WHERE expires_at <= now() LIMIT {_PURGE_BATCH} FOR UPDATE SKIP LOCKED)"
-            " RETURNING 1) SELECT count(*) FROM d"
-        )
-        lease = names.leases
-        until = "now() + make_interval(secs => $3::float8)"
-        self.lease_acquire = (
-            f"INSERT INTO {lease} AS l (key, owner, expires_at) VALUES ($1, $2, {until})"
-            " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
-            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() RETURNING true"
-        )
-        self.lease_renew = (
-            f"UPDATE {lease} SET expires_at = {until}"
-            " WHERE key = $1 AND owner = $2 AND expires_at > now() RETURNING true"
-        )
-        self.lease_release = f"DELETE FROM {lease} WHERE key = $1 AND owner = $2 RETURNING true"
-        self.lease_purge = f"DELETE FROM {lease} WHERE expires_at <= now() - interval '1 hour'"
-        # append_turn with release_lease: the probe also says whether owner $3 holds the live
-        # lease; the write deletes the lease in the same statement, only when it wrote.
-        self.turn_probe_lease = (
-            "SELECT p.message_count, p.version, p.start, EXISTS(SELECT 1 FROM"
-            f" {lease} l WHERE l.key = $1 AND l.owner = $3 AND l.expires_at > now())"
-            " FROM (SELECT 1) AS one LEFT JOIN (SELECT s.message_count, s.version,"
-            f" (SELECT m.data FROM {m} m WHERE m.session_key = s.key"
-            " AND s.message_count >= $2::bigint AND m.seq = s.last_seq - $2::bigint + 1)"
-            f" AS start FROM {t} s WHERE s.key = $1 AND {live_s}) AS p ON true"
-        )
-
-        def releasing(sql: str, owner: str) -> str:
-            tail = " SELECT message_count FROM up"
-            assert sql.endswith(tail)
-            return (
-                f"{sql[: -len(tail)]}, rel AS (DELETE FROM {lease} l USING up"
-                f" WHERE l.key = $1 AND l.owner = {owner}){tail}"
-            )
-
-        self.turn_cas_release = releasing(self.turn_cas, "$8")
-        self.turn_new_release = releasing(self.turn_new, "$7")
-        self.sessions, self.messages_table, self.exp = t, m, exp
-        self.head, self.msgs, self.live_s = head, msgs, live_s
-
-
-def _like_escape(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string greater than every string that starts with ``prefix`` (code point
-    order, which is the byte order of COLLATE "C" on UTF-8); ``None`` when there is none."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _range(prefix: str, after: str | None, first: int) -> tuple[str, list[Any]]:
-    """A WHERE fragment selecting keys that start with ``prefix`` (after ``after``), served by
-    the primary key index, with parameters numbered from ``$first``."""
-    conds: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${first + len(args) - 1}"
-
-    if prefix:
-        conds.append(f"s.key >= {arg(prefix)}")
-        end = _prefix_end(prefix)
-        if end is not None:
-            conds.append(f"s.key < {arg(end)}")
-        conds.append(f"s.key LIKE {arg(_like_escape(prefix) + '%')} ESCAPE '\\'")
-    if after is not None:
-        conds.append(f"s.key > {arg(after)}")
-    return (" AND ".join(conds) or "TRUE"), args
-
-
-def _page_sql(sessions: str, live: str, query: SessionQuery) -> tuple[str, list[Any]]:
-    """One page of ``list_sessions``: a keyset condition on ``(time, key)`` from the cursor and
-    an ORDER BY that an index of migration 3 serves, so PostgreSQL reads the page and stops."""
-    column = "s.created_at" if query.by_created else "s.updated_at"
-    direction = "DESC" if query.descending else "ASC"
-    conds: list[str] = []
-    args: list[Any] = []
-    if query.user_id is not None:
-        args.append(query.user_id)
-        conds.append("s.user_id = $1")
-    where, prefix_args = _range(query.prefix, None, len(args) + 1)
-    conds.append(where)
-    args += prefix_args
-    if query.after is not None:
-        micros, key = query.after
-        args += [_EPOCH + timedelta(microseconds=micros), key]
-        n = len(args)
-        op = "<" if query.descending else ">"
-        conds.append(f"({column}, s.key) {op} (${n - 1}::timestamptz, ${n}::text)")
-    conds.append(live)
-    args.append(query.limit + 1)
-    sql = (
-        "SELECT s.key, s.user_id, s.version, s.token_count, s.total_cost, s.metadata,"
-        f" s.created_at, s.updated_at, s.message_count FROM {sessions} s"
-        f" WHERE {' AND '.join(conds)} ORDER BY {column} {direction}, s.key {direction}"
-        f" LIMIT ${len(args)}"
-    )
-    return sql, args
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -559,8 +122,8 @@ class PostgresStore(LeasingStore):
         acquire_timeout: float | None = 10.0,
     ) -> None:
         super().__init__(ttl=ttl, touch_on_read=touch_on_read, token_counter=token_counter)
-        self._names = _Names(table_name)
-        self._sql = _SQL(self._names, self._ttl)
+        self._names = Names(table_name)
+        self._sql = SQL(self._names, self._ttl)
         self._acquire_timeout = _positive_or_none(acquire_timeout, "acquire_timeout")
         self._owns_pool = pool is _OWNED
         self._pool_options: dict[str, Any] = {}
@@ -700,10 +263,8 @@ class PostgresStore(LeasingStore):
             if self._pool is None:
                 self._check_open()
                 asyncpg = _import_asyncpg()
-                try:
-                    pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
-                except BaseException as exc:
-                    _reraise_opening(exc, self._dsn)
+                # Errors reach the caller's _Op, which translates them (DSN password blanked).
+                pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
                 if self._closed:
                     # aclose() ran while the pool was being opened and saw no pool to close.
                     await _close_pool(pool)
@@ -735,40 +296,8 @@ class PostgresStore(LeasingStore):
         return applied
 
     async def _run_setup(self) -> list[int]:
-        names = self._names
-        applied: list[int] = []
         async with self._connection("setup") as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", names.lock_id)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {names.migrations} ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in await conn.fetch(f"SELECT version FROM {names.migrations}")}
-            for version, name, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    await conn.execute(
-                        statement.format(
-                            t=names.sessions, m=names.messages, l=names.leases, p=names.bare
-                        )
-                    )
-                await conn.execute(
-                    f"INSERT INTO {names.migrations} (version, name) VALUES ($1, $2)",
-                    version,
-                    name,
-                )
-                applied.append(version)
-                logger.info("applied migration %d (%s) to table %s", version, name, names.name)
-            newer = sorted(done - {v for v, _, _ in MIGRATIONS})
-            if newer:
-                logger.warning(
-                    "table %s has migrations %s that this release does not know",
-                    names.name,
-                    newer,
-                )
-        return applied
+            return await apply_migrations(conn, self._names)
 
     async def aclose(self) -> None:
         """Close the pool if the store built it (a borrowed pool stays open)."""
@@ -785,11 +314,6 @@ class PostgresStore(LeasingStore):
         """A pool connection for one operation (``async with``), every driver error translated
         into a promptstate error naming ``what`` and ``key``."""
         return _Op(self, what, key, ensure_ready=True)
-
-    def _unavailable_timeout(self, what: str, exc: BaseException) -> NoReturn:
-        raise StoreUnavailableError(
-            f"no PostgreSQL connection became free within {self._acquire_timeout} s ({what})"
-        ) from exc
 
     def _maybe_purge_due(self) -> bool:
         if self._ttl is None:
@@ -822,7 +346,7 @@ class PostgresStore(LeasingStore):
             while True:
                 removed = int(await conn.fetchval(self._sql.purge))
                 total += removed
-                if removed < _PURGE_BATCH:
+                if removed < PURGE_BATCH:
                     return total
 
     # -- reading --------------------------------------------------------------------------
@@ -842,7 +366,7 @@ class PostgresStore(LeasingStore):
             message_count=row[offset + 8],
         )
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         sql = self._sql.get_touch if self._touch_on_read and self._sql.touching else self._sql.get
         async with self._conn("get", key) as conn:
             row = await conn.fetchrow(sql, key)
@@ -850,7 +374,7 @@ class PostgresStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return self._state(key, row)
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         wanted = list(keys)
         if not wanted:
             return []
@@ -867,7 +391,7 @@ class PostgresStore(LeasingStore):
             result.append(None if row is None else self._state(key, row, 1))
         return result
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         sql = self._sql
         touch = self._touch_on_read and sql.touching
         async with self._conn("load", session_id) as conn:
@@ -879,10 +403,10 @@ class PostgresStore(LeasingStore):
             )
         return unpack_messages([r[0] for r in reversed(rows)], key=session_id)
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         after: str | None = None
         while True:
-            where, args = _range(prefix, after, 1)
+            where, args = key_range(prefix, after, 1)
             sql = (
                 f"SELECT s.key FROM {self._sql.sessions} s WHERE {where}"
                 f" AND {self._sql.live_s} ORDER BY s.key LIMIT {_PAGE}"
@@ -895,11 +419,11 @@ class PostgresStore(LeasingStore):
                 return
             after = rows[-1][0]
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         sql = self._sql
         after: str | None = None
         while True:
-            where, args = _range(prefix, after, 1)
+            where, args = key_range(prefix, after, 1)
             page = (
                 f"SELECT s.key, {sql.head}, {sql.msgs}, s.message_count FROM {sql.sessions} s"
                 f" WHERE {where} AND {sql.live_s} ORDER BY s.key LIMIT {_PAGE}"
@@ -938,7 +462,7 @@ class PostgresStore(LeasingStore):
         return value
 
     @settled_write
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             async with self._conn("append to", session_id) as conn:
                 count = await conn.fetchval(self._sql.count, session_id)
@@ -961,7 +485,7 @@ class PostgresStore(LeasingStore):
         return int(count)
 
     @settled_write
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
         messages: Sequence[Message],
@@ -989,7 +513,7 @@ class PostgresStore(LeasingStore):
             )
         if turn_id is None and expected_count is None:
             if not messages:
-                return await self.append(session_id, messages)
+                return await self._append(session_id, messages)
             _, encoded, tokens = self._encode(messages, session_id)
             count = await self._write(
                 "append_turn to",
@@ -1007,19 +531,14 @@ class PostgresStore(LeasingStore):
             async with self._conn("append_turn to", session_id) as conn:
                 row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
                 count, version, start = (0, 0, None) if row is None else row
-                if (
-                    turn_id is not None
-                    and encoded
-                    and start is not None
-                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
-                    == turn_id
+                if not decide_turn(
+                    session_id,
+                    count=count,
+                    size=len(encoded),
+                    start=self._turn_start(start, turn_id, session_id),
+                    turn_id=turn_id,
+                    expected_count=expected_count,
                 ):
-                    return int(count)
-                if expected_count is not None and expected_count != count:
-                    raise ConflictError(
-                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                    )
-                if not encoded:
                     return int(count)
                 args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
                 if version:
@@ -1031,6 +550,13 @@ class PostgresStore(LeasingStore):
                 if self._maybe_purge_due():
                     await self._opportunistic_purge(conn)
                 return int(new_count)
+
+    @staticmethod
+    def _turn_start(data: bytes | None, turn_id: str | None, key: str) -> Message | None:
+        """The probed message where a retried turn would start, decoded only when needed."""
+        if data is None or turn_id is None:
+            return None
+        return unpack_messages([data], key=key)[0]
 
     async def _append_turn_release(
         self,
@@ -1048,27 +574,18 @@ class PostgresStore(LeasingStore):
                 row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
                 count, version, start, held = row
                 count, version = count or 0, version or 0
-                if (
-                    turn_id is not None
-                    and encoded
-                    and start is not None
-                    and unpack_messages([start], key=session_id)[0].metadata.get(TURN_ID_KEY)
-                    == turn_id
+                if not decide_turn(
+                    session_id,
+                    count=count,
+                    size=len(encoded),
+                    start=self._turn_start(start, turn_id, session_id),
+                    turn_id=turn_id,
+                    expected_count=expected_count,
+                    lease_held=bool(held),
                 ):
-                    if held:  # a retried turn whose first try was stored: release now
+                    # Stored already (a retry whose first try was stored) or empty: release.
+                    if held:
                         await conn.fetchval(sql.lease_release, session_id, owner)
-                    return int(count)
-                if not held:
-                    raise LeaseLostError(
-                        f"the lease on session {session_id!r} is not held by this turn: "
-                        "nothing stored"
-                    )
-                if expected_count is not None and expected_count != count:
-                    raise ConflictError(
-                        f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                    )
-                if not encoded:
-                    await conn.fetchval(sql.lease_release, session_id, owner)
                     return int(count)
                 args = [session_id, encoded, len(encoded), tokens, utcnow(), cost]
                 if version:
@@ -1082,7 +599,7 @@ class PostgresStore(LeasingStore):
                 return int(new_count)
 
     @settled_write
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         _, encoded, tokens = self._encode(messages, session_id)
         await self._write(
             "save",
@@ -1095,7 +612,7 @@ class PostgresStore(LeasingStore):
         )
 
     @settled_write
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         user_id = _check_user_id(state.user_id, key)
         total_cost = _check_cost(state.total_cost, key)
         created_at = _check_time(state.created_at, key)
@@ -1136,14 +653,14 @@ class PostgresStore(LeasingStore):
         )
 
     @settled_write
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         async with self._conn("delete", key) as conn:
             live = await conn.fetchval(self._sql.delete, key)
         return bool(live)
 
     @settled_write
-    async def delete_by_prefix(self, prefix: str) -> int:
-        where, args = _range(prefix, None, 1)
+    async def _delete_by_prefix(self, prefix: str) -> int:
+        where, args = key_range(prefix, None, 1)
         sql = (
             f"WITH d AS (DELETE FROM {self._sql.sessions} s WHERE {where}"
             f" RETURNING {self._sql.live_s} AS live) SELECT count(*) FILTER (WHERE live) FROM d"
@@ -1152,7 +669,7 @@ class PostgresStore(LeasingStore):
             return int(await conn.fetchval(sql, *args))
 
     @settled_write
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         asyncpg = _import_asyncpg()
@@ -1211,13 +728,13 @@ class PostgresStore(LeasingStore):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         touch = self._touch_on_read and self._sql.touching
         async with self._conn("count", key) as conn:
             count = await conn.fetchval(self._sql.count_touch if touch else self._sql.count, key)
         return 0 if count is None else check_count("PostgreSQL", key, "message_count", count)
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         sql = self._sql
         touch = self._touch_on_read and sql.touching
         async with self._conn("get_metadata", key) as conn:
@@ -1227,7 +744,7 @@ class PostgresStore(LeasingStore):
         return check_metadata("PostgreSQL", key, unpack_any(row[0], key=key))
 
     @settled_write
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         """Merge in two statements that never read messages: the version and metadata, then a
@@ -1257,7 +774,7 @@ class PostgresStore(LeasingStore):
             return unpack_any(pack(metadata), key=key)  # type: ignore[no-any-return]
 
     @settled_write
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         sql = self._sql
         while True:
             async with self._conn("truncate", key) as conn:
@@ -1277,7 +794,7 @@ class PostgresStore(LeasingStore):
             return keep
 
     @settled_write
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         if not count:
             return []
         sql = self._sql
@@ -1297,7 +814,7 @@ class PostgresStore(LeasingStore):
             return removed
 
     async def _list_sessions(self, query: SessionQuery) -> list[SessionInfo]:
-        sql, args = _page_sql(self._sql.sessions, self._sql.live_s, query)
+        sql, args = page_sql(self._sql.sessions, self._sql.live_s, query)
         async with self._conn("list_sessions with prefix", query.prefix) as conn:
             rows = await conn.fetch(sql, *args)
         return [
@@ -1319,28 +836,25 @@ class PostgresStore(LeasingStore):
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 
     @settled_write
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
         Leases live in ``<table_name>_leases`` with a server-clock expiry, so every process
         using the table sees the same leases; the pipeline uses them to run one turn of a
         session at a time across processes.
         """
-        self._check_open()
         async with self._conn("take the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
 
     @settled_write
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
-        self._check_open()
         async with self._conn("renew the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_renew, key, owner, float(ttl)))
 
     @settled_write
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
-        self._check_open()
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
 
@@ -1380,10 +894,13 @@ class _Op:
         store = self._store
         if self._ensure_ready and not store._ready:
             await store._start()
+        opening = False
         try:
             pool = store._pool
             if pool is None:
+                opening = True
                 pool = await store._get_pool()
+                opening = False
             timeout = store._acquire_timeout
             if timeout is None or _has_free_connection(pool):
                 # A connection is free, so nothing to wait for (a reconnect is bounded by
@@ -1398,7 +915,7 @@ class _Op:
                 self._conn = await pool.acquire(timeout=timeout)
             self._pool = pool
         except BaseException as exc:
-            self._translate(exc, acquiring=True)
+            self._translate(exc, acquiring=True, opening=opening)
         return self._conn
 
     async def __aexit__(
@@ -1420,7 +937,16 @@ class _Op:
         await _release_shielded(pool, conn)
         self._translate(exc)
 
-    def _translate(self, exc: BaseException, *, acquiring: bool = False) -> NoReturn:
+    def _translate(
+        self, exc: BaseException, *, acquiring: bool = False, opening: bool = False
+    ) -> NoReturn:
+        """Raise the promptstate error for ``exc`` (chained): the one place where asyncpg,
+        socket and pool errors of this store become promptstate errors.
+
+        ``acquiring``: while waiting for a pool connection; ``opening``: while building the
+        store's own pool from its DSN (a bad DSN or option is then a ValidationError, and the
+        DSN's password is blanked out of every message, whatever the driver put in it).
+        """
         if isinstance(exc, (PromptStateError, asyncio.CancelledError)) or not isinstance(
             exc, Exception
         ):
@@ -1428,9 +954,14 @@ class _Op:
         store = self._store
         if _is_undefined_table(exc):
             store._ready = False
-        if acquiring and isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
-            store._unavailable_timeout(self._describe(), exc)
-        _reraise(exc, self._describe())
+        what = "opening the connection pool" if opening else self._describe()
+        try:
+            _raise_for(exc, what, acquiring=acquiring, opening=opening, store=store)
+        except PromptStateError as error:
+            password = _password(store._dsn) if opening else None
+            if password and password in str(error):
+                raise type(error)(str(error).replace(password, "***")) from exc
+            raise
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -1583,12 +1114,21 @@ _UNAVAILABLE_NAMES = (
 )
 
 
-def _reraise(exc: BaseException, what: str) -> NoReturn:
-    """Raise the promptstate error for a driver or socket error (``exc`` chained)."""
-    if not isinstance(exc, Exception):
-        raise exc
+def _raise_for(
+    exc: Exception, what: str, *, acquiring: bool, opening: bool, store: PostgresStore
+) -> NoReturn:
+    """The mapping behind :meth:`_Op._translate` (``exc`` chained to what it raises)."""
     asyncpg = _import_asyncpg()
     name = type(exc).__name__
+    waited = acquiring and not opening  # the pool's queue, not a connection attempt
+    if waited and isinstance(exc, asyncio.TimeoutError) and not _from_asyncpg(exc):
+        raise StoreUnavailableError(
+            f"no PostgreSQL connection became free within {store._acquire_timeout} s ({what})"
+        ) from exc
+    if opening and isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
+        raise ValidationError(
+            f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
         raise StoreUnavailableError(
             f"PostgreSQL is unreachable or did not answer in time ({what}): "
@@ -1625,30 +1165,11 @@ def _reraise(exc: BaseException, what: str) -> NoReturn:
     raise exc
 
 
-def _reraise_opening(exc: BaseException, dsn: str) -> NoReturn:
-    """Translate an error from building the pool; a bad DSN or option is a ValidationError.
-
-    The DSN's password is blanked out of the message, whatever the driver put in it.
-    """
+def _password(dsn: str) -> str | None:
     try:
-        password = urlsplit(dsn).password
+        return urlsplit(dsn).password
     except ValueError:
-        password = None
-
-    def scrub(text: str) -> str:
-        return text.replace(password, "***") if password else text
-
-    asyncpg = _import_asyncpg()
-    if isinstance(exc, (ValueError, TypeError, asyncpg.ClientConfigurationError)):
-        raise ValidationError(
-            scrub(f"the PostgreSQL DSN or a pool option is invalid: {type(exc).__name__}: {exc}")
-        ) from exc
-    try:
-        _reraise(exc, "opening the connection pool")
-    except PromptStateError as error:
-        if password and password in str(error):
-            raise type(error)(scrub(str(error))) from exc
-        raise
+        return None
 
 
 def _safe(exc: BaseException) -> str:

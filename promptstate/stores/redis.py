@@ -43,7 +43,6 @@ import promptstate.stores._redis_scripts as scripts
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
-    LeaseLostError,
     NotFoundError,
     StoreAuthError,
     StoreUnavailableError,
@@ -51,7 +50,7 @@ from promptstate.exceptions import (
 )
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery, normalize_ttl
+from promptstate.stores.base import LeasingStore, SessionQuery, normalize_ttl
 from promptstate.stores.integrity import (
     check_metadata,
     checked_info,
@@ -59,6 +58,7 @@ from promptstate.stores.integrity import (
     corrupt,
     timestamp_from_us,
 )
+from promptstate.stores.turns import TURN_ID_KEY, turn_refusal
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State
 
@@ -606,7 +606,7 @@ class RedisStore(LeasingStore):
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         with self._errors("reading key", key):
             found = await self._eval(scripts.GET, self._keys(key), (self._read_ttl(),))
         if not found:
@@ -616,7 +616,7 @@ class RedisStore(LeasingStore):
     def _read_ttl(self) -> bytes:
         return self._ttl_ms if self._touch_on_read and self._ttl is not None else b"0"
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         if last == 0:
             return []
         h, m = self._keys(session_id)
@@ -629,7 +629,7 @@ class RedisStore(LeasingStore):
                 items = await self._cmd("LRANGE", m, 0 if last is None else -last, -1)
         return unpack_messages(items, key=session_id) if items else []
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         keys = list(keys)
         if not keys:
             return []
@@ -710,7 +710,7 @@ class RedisStore(LeasingStore):
                 logger.debug("pruning the listing index failed", exc_info=True)
         return result
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         # The version written is the stored one + 1, known only inside the script: prepare
         # with a placeholder and put the real one in afterwards.
         stored = self._prepare(key, state, 0)
@@ -751,7 +751,7 @@ class RedisStore(LeasingStore):
         stored.version = int(version)
         return stored
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             with self._errors("counting messages of key", session_id):
                 return int(await self._cmd("LLEN", self._keys(session_id)[1]))
@@ -765,7 +765,7 @@ class RedisStore(LeasingStore):
         )
         return int(count)
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
         messages: Sequence[Message],
@@ -805,14 +805,17 @@ class RedisStore(LeasingStore):
         status, count = await self._write(
             "appending a turn to key", session_id, script, keys, member, args, updated=now
         )
-        if status == -2:
-            raise LeaseLostError(
-                f"the lease on session {session_id!r} is not held by this turn: nothing stored"
+        if status < 0:
+            # The script refused the turn by the rules of promptstate.stores.turns (-2: the
+            # lease is not held, -1: not the expected count): raise that module's error.
+            error = turn_refusal(
+                session_id,
+                int(count),
+                expected_count=expected_count,
+                lease_held=status != -2 if release_lease is not None else None,
             )
-        if status == -1:
-            raise ConflictError(
-                f"session {session_id!r} holds {count} messages, expected {expected_count}"
-            )
+            if error is not None:
+                raise error
         if status == 0 and self._wait_replicas and turn_id is not None:
             # The turn was stored already (a retry): WAIT after a script that wrote nothing
             # would count the acknowledgements of this connection's older writes, so write
@@ -821,7 +824,7 @@ class RedisStore(LeasingStore):
                 await self._eval_write("appending a turn to key", session_id, _MARK, keys[:1], [])
         return int(count)
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
         now = _now_us()
@@ -829,7 +832,7 @@ class RedisStore(LeasingStore):
         args.extend(pack(m) for m in counted)
         await self._write("saving key", session_id, scripts.SAVE, keys, member, args, updated=now)
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         keys, member = self._write_keys(key)
         with self._errors("deleting key", key):
             existed = await self._eval_write("deleting key", key, scripts.DELETE, keys, [member])
@@ -839,17 +842,17 @@ class RedisStore(LeasingStore):
                 )
         return bool(existed)
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         if self._cluster:
             # Source and target live in different slots: read the source in one atomic step,
             # then write the target guarded by its version (0 = must not exist).
-            state = await self.get(source)
+            state = await self._get(source)
             if at is not None:
                 del state.messages[at:]
             try:
-                return await self.set(target, state, expected_version=None if overwrite else 0)
+                return await self._set(target, state, expected_version=None if overwrite else 0)
             except ConflictError as exc:
                 raise ConflictError(f"fork target {target!r} exists already") from exc
         keys = [*self._keys(source), *self._keys(target)]
@@ -874,14 +877,14 @@ class RedisStore(LeasingStore):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         with self._errors("counting messages of key", key):
             if self._touch_on_read and self._ttl is not None:
                 _, _, count = await self._eval(scripts.META_TOUCH, self._keys(key), (self._ttl_ms,))
                 return int(count)
             return int(await self._cmd("LLEN", self._keys(key)[1]))
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         with self._errors("reading the metadata of key", key):
             if self._touch_on_read and self._ttl is not None:
                 version, raw, _ = await self._eval(
@@ -897,7 +900,7 @@ class RedisStore(LeasingStore):
     def _metadata(key: str, raw: bytes | None) -> dict[str, Any]:
         return check_metadata("Redis", key, unpack_any(raw, key=key) if raw else {})
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         """One script that rewrites only the header's metadata map, pair by pair, whatever the
@@ -919,7 +922,7 @@ class RedisStore(LeasingStore):
         )
         return self._metadata(key, raw)
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         keys, member = self._write_keys(key)
         now = _now_us()
         args: list[Any] = [self._ttl_ms, now, member, keep]
@@ -932,7 +935,7 @@ class RedisStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         if not count:
             return []
         keys, member = self._write_keys(key)
@@ -1075,7 +1078,7 @@ class RedisStore(LeasingStore):
                     break
                 start = b"(" + batch[-1]
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         async for shard, batch in self._index_members(prefix):
 
             def build(pipe: Any, batch: list[bytes] = batch) -> None:
@@ -1091,7 +1094,7 @@ class RedisStore(LeasingStore):
                 if exists:
                     yield member.decode()
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         async for shard, batch in self._index_members(prefix):
             keys = [m.decode() for m in batch]
             states = await self.get_many(keys)
@@ -1102,7 +1105,7 @@ class RedisStore(LeasingStore):
                 if state is not None:
                     yield state
 
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         deleted = 0
         while True:
             batches = [b async for b in _first_batches(self._index_members(prefix))]
@@ -1180,18 +1183,17 @@ class RedisStore(LeasingStore):
         # In the session's slot, apart from its state keys (listing never sees it).
         return self._pkey + b"{" + _tag(key).encode() + b"}:l"
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired (``SET NX PX``).
 
         Leases keep pipelines in different processes from interleaving turns on one session;
         Redis expires a lease whose holder died.
         """
-        self._check_open()
         with self._errors("taking the turn lease on key", key):
             done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
         return bool(done)
 
-    async def acquire_and_load(
+    async def _acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """Take the turn lease on ``key`` and read the newest ``last`` messages, in one script.
@@ -1208,16 +1210,14 @@ class RedisStore(LeasingStore):
             return None
         return unpack_messages(items, key=key) if items else []
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""
-        self._check_open()
         with self._errors("renewing the turn lease on key", key):
             done = await self._eval(scripts.LEASE_RENEW, (self._lease_key(key),), (owner, _ms(ttl)))
         return bool(done)
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it (compare-and-delete)."""
-        self._check_open()
         with self._errors("releasing the turn lease on key", key):
             done = await self._eval(scripts.LEASE_RELEASE, (self._lease_key(key),), (owner,))
         return bool(done)

@@ -19,26 +19,11 @@ messages), ``load(last=n)`` reads ``n`` rows by a range of the primary key, pref
 a range ``key >= prefix AND key < successor(prefix)`` on the primary key, and ``fork`` is
 ``INSERT ... SELECT`` inside one transaction.
 
-Threads and connections: ``sqlite3`` blocks, so every call runs in a worker thread
-(``anyio.to_thread.run_sync``). Each store keeps a small pool of connections opened with
-``check_same_thread=False``; a connection is checked out by exactly one worker thread for one
-trip and returned after it, so no connection is ever used by two threads at once (that
-serialization is what makes ``check_same_thread=False`` safe, and a pool avoids one
-connection per anyio worker thread, which nobody could close).
-
-Calls are queued in two lanes, reads and writes. A caller that finds its lane with a free slot
-(``max_readers`` for reads, one for writes) takes every call queued in the lane and runs them
-in one trip to a worker thread; the others wait for their answers. Under load this turns many
-thread hops into one, and writes get *group commit*: the queued writes share one ``BEGIN
-IMMEDIATE`` transaction, each inside its own savepoint (a failing write rolls back to its
-savepoint and leaves the others alone), and every caller is answered after the ``COMMIT``.
-Writes of one store therefore never contend with each other for SQLite's write lock; other
-processes sharing the file are kept apart by SQLite's locking and the busy timeout. WAL mode
-lets reads proceed beside a writer.
-
-Cancellation: a call still in the queue can be cancelled (it never ran). Once taken, the
-worker thread is never abandoned (as with ``abandon_on_cancel=False``): the caller waits,
-shielded, until its transaction committed or rolled back. A write is all or nothing.
+Threads and connections: ``sqlite3`` blocks, so every call runs in a worker thread, queued
+in a read lane and a write lane, with group commit for writes; a call that has started runs to
+its end even when its caller is cancelled. That machinery is
+:mod:`promptstate.stores._sqlite_executor`; this module holds the schema, the SQL and the
+store's methods, each a function of one connection run inside one transaction.
 """
 
 from __future__ import annotations
@@ -48,12 +33,11 @@ import logging
 import math
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -61,15 +45,14 @@ import anyio.to_thread
 from promptstate.exceptions import (
     ConflictError,
     CorruptStateError,
-    LeaseLostError,
     NotFoundError,
     PromptStateError,
     StoreUnavailableError,
     ValidationError,
 )
 from promptstate.serialization import pack, unpack_any, unpack_message, unpack_messages
-from promptstate.settle import settled
-from promptstate.stores.base import TURN_ID_KEY, LeasingStore, SessionQuery
+from promptstate.stores._sqlite_executor import Mode, SQLiteExecutor
+from promptstate.stores.base import LeasingStore, SessionQuery
 from promptstate.stores.integrity import (
     check_count,
     check_metadata,
@@ -77,6 +60,7 @@ from promptstate.stores.integrity import (
     checked_state,
     timestamp_from_us,
 )
+from promptstate.stores.turns import decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State
 
@@ -85,7 +69,6 @@ __all__ = ["SQLiteStore"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_Mode = Literal["read", "write", "single"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -96,8 +79,6 @@ _ALL = 1 << 62
 _PAGE = 200
 #: A page of ``list_by_prefix`` ends once its states hold this many messages.
 _PAGE_MESSAGES = 5_000
-#: At most this many queued writes share one transaction (group commit).
-_GROUP = 64
 #: Expired sessions removed per opportunistic purge (keeps a write's extra work bounded).
 _PURGE_BATCH = 256
 
@@ -308,100 +289,6 @@ def _page_sql(query: SessionQuery) -> tuple[str, list[Any]]:
     return sql, params
 
 
-class _Pool:
-    """Connections to one file, each used by one thread at a time (see the module docs)."""
-
-    def __init__(self, path: str, busy_timeout: float, synchronous: str) -> None:
-        self.path = path
-        self._busy_timeout = busy_timeout
-        self._synchronous = synchronous
-        self._idle: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def acquire(self) -> sqlite3.Connection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        if os.path.isdir(self.path):
-            raise StoreUnavailableError(
-                f"SQLite database path {self.path!r} is a directory, not a database file"
-            )
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,  # autocommit: transactions are explicit BEGIN/COMMIT
-            check_same_thread=False,  # safe: one thread at a time, see the module docs
-            cached_statements=64,
-        )
-        try:
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def release(self, conn: sqlite3.Connection, *, broken: bool = False) -> None:
-        with self._lock:
-            if not broken and not self._closed:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-class _Job:
-    """One queued call: what to run and, once run, its outcome."""
-
-    __slots__ = (
-        "done_in_thread",
-        "error",
-        "event",
-        "finished",
-        "fn",
-        "mode",
-        "result",
-        "started",
-        "taken",
-    )
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], mode: _Mode) -> None:
-        self.fn = fn
-        self.mode = mode
-        self.event = anyio.Event()
-        self.taken = False  # a flusher has it: it runs (or ran) in a worker thread
-        self.started = False  # the worker thread has begun the batch it is in
-        self.done_in_thread = False
-        self.finished = False  # its outcome is available to the caller
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class _Lane:
-    """The queued calls of one kind (reads or writes) and how many flushers run them."""
-
-    __slots__ = ("flushers", "limit", "pending")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.flushers = 0
-        self.pending: list[_Job] = []
-
-
-class _BrokenConnection(Exception):
-    """A transaction could not even be rolled back: drop the connection."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
 class SQLiteStore(LeasingStore):
     """Conversations in one SQLite file: persistent, no server, safe across processes.
 
@@ -466,11 +353,15 @@ class SQLiteStore(LeasingStore):
             raise ValidationError(f"max_readers must be an int >= 1, got {max_readers!r}")
         self._path = str(Path(text).expanduser())
         self._busy_timeout = float(busy_timeout)
-        self._pool = _Pool(self._path, self._busy_timeout, sync)
-        self._reads = _Lane(max_readers)
-        self._writes = _Lane(1)
-        self._ready = False
-        self._setup_lock = threading.Lock()
+        self._executor = SQLiteExecutor(
+            self._path,
+            self._busy_timeout,
+            sync,
+            max_readers,
+            prepare=self._setup_sync,
+            after_writes=self._maybe_purge,
+        )
+        self._pool = self._executor.pool  # the executor's connections (tests reach in)
         self._next_purge = 0.0
 
     def __repr__(self) -> str:
@@ -525,7 +416,7 @@ class SQLiteStore(LeasingStore):
         """Close the store's connections. Idempotent."""
         if not self._closed:
             await super().aclose()
-            await anyio.to_thread.run_sync(self._pool.close)
+            await anyio.to_thread.run_sync(self._executor.close)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> str:
         """Switch the file to WAL mode (persistent, so usually it already is).
@@ -550,243 +441,65 @@ class SQLiteStore(LeasingStore):
         return mode
 
     def _setup_sync(self, conn: sqlite3.Connection) -> None:
-        with self._setup_lock:
-            if self._ready:
-                return
-            mode = self._enable_wal(conn)
-            if str(mode).lower() != "wal":
-                logger.warning(
-                    "SQLite file %s could not use WAL mode (it is in %s mode); readers will "
-                    "wait for writers",
-                    self._path,
-                    mode,
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS promptstate_migrations ("
-                    "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
-                    "applied_at INTEGER NOT NULL)"
-                )
-                applied = {
-                    row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")
-                }
-                newer = [v for v in applied if v > SCHEMA_VERSION]
-                if newer:
-                    raise StoreUnavailableError(
-                        f"SQLite database {self._path!r} has schema version {max(newer)}, "
-                        f"newer than this release's {SCHEMA_VERSION}; upgrade promptstate"
-                    )
-                for version, description, statements in _MIGRATIONS:
-                    if version in applied:
-                        continue
-                    logger.info(
-                        "applying SQLite migration %d (%s) to %s", version, description, self._path
-                    )
-                    for statement in statements:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO promptstate_migrations VALUES (?, ?, ?)",
-                        (version, description, _now_us()),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._ready = True
-
-    # -- running calls in worker threads --------------------------------------------------
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: _Mode, what: str) -> _T:
-        """Run ``fn`` in a worker thread; translate sqlite3 and OS errors at this boundary.
-
-        Calls are queued per lane (reads, writes). A caller that finds a free flusher slot
-        takes every queued call of its lane and runs them one after another, each in its own
-        transaction, in one trip to a worker thread; the others wait for their result. Under
-        load that turns many thread hops into one. A call still in the queue can be
-        cancelled (it never ran); once taken, its caller waits, shielded, until it committed
-        or rolled back, exactly like ``anyio.to_thread.run_sync`` without abandoning.
-        """
-        lane = self._writes if mode == "write" else self._reads
-        job = _Job(fn, mode)
-        lane.pending.append(job)
+        """Create the schema (the executor runs this once, on its first connection)."""
+        mode = self._enable_wal(conn)
+        if str(mode).lower() != "wal":
+            logger.warning(
+                "SQLite file %s could not use WAL mode (it is in %s mode); readers will "
+                "wait for writers",
+                self._path,
+                mode,
+            )
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            while not job.finished:
-                if not job.taken and lane.flushers < lane.limit:
-                    await self._flush(lane)
-                else:
-                    await job.event.wait()
-                    if not job.finished:
-                        job.event = anyio.Event()
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS promptstate_migrations ("
+                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                "applied_at INTEGER NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM promptstate_migrations")}
+            newer = [v for v in applied if v > SCHEMA_VERSION]
+            if newer:
+                raise StoreUnavailableError(
+                    f"SQLite database {self._path!r} has schema version {max(newer)}, "
+                    f"newer than this release's {SCHEMA_VERSION}; upgrade promptstate"
+                )
+            for version, description, statements in _MIGRATIONS:
+                if version in applied:
+                    continue
+                logger.info(
+                    "applying SQLite migration %d (%s) to %s", version, description, self._path
+                )
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO promptstate_migrations VALUES (?, ?, ?)",
+                    (version, description, _now_us()),
+                )
+            conn.execute("COMMIT")
         except BaseException:
-            with anyio.CancelScope(shield=True):  # it is running: let it finish whole
-                while job.taken and not job.finished:
-                    await job.event.wait()
-                    if not job.finished:
-                        job.event = anyio.Event()
-            if not job.finished:  # it never ran: nothing to undo
-                if job in lane.pending:
-                    lane.pending.remove(job)
-                self._wake(lane)  # hand on a takeover this job may have been given
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        error = job.error
-        if error is None:
-            return job.result  # type: ignore[no-any-return]
-        if isinstance(error, PromptStateError):
-            raise error
-        if isinstance(error, sqlite3.Error):
+
+    # -- running calls in worker threads (stores/_sqlite_executor.py) ----------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], mode: Mode, what: str) -> _T:
+        """Run ``fn`` in a worker thread; translate sqlite3 and OS errors at this boundary."""
+        try:
+            return await self._executor.run(fn, mode)
+        except PromptStateError:
+            raise
+        except sqlite3.Error as error:
             raise self._translate(error, what) from error
-        if isinstance(error, OverflowError):
+        except OverflowError as error:
             raise ValidationError(
                 f"a number is out of SQLite's 64-bit integer range ({what}): {error}"
             ) from error
-        if isinstance(error, OSError):
+        except OSError as error:
             raise StoreUnavailableError(
                 f"SQLite database {self._path!r} cannot be opened ({what}): {error}"
             ) from error
-        raise error
-
-    async def _flush(self, lane: _Lane) -> None:
-        lane.flushers += 1
-        batch = list(lane.pending)
-        lane.pending.clear()
-        for job in batch:
-            job.taken = True
-        try:
-            # settled(): a plain task.cancel() passes anyio's shield around the thread hop, and
-            # a batch the worker thread had started then committed after its callers had been
-            # told "cancelled" (found by the conformance suite's cancellation section). The
-            # hop now runs to its end before a cancellation leaves this call.
-            await settled(anyio.to_thread.run_sync(self._run_batch, batch))
-        finally:
-            lane.flushers -= 1
-            # Cancelled before the worker thread started: nothing ran, so requeue the calls
-            # (this flusher's own call is then dropped by its caller, which is cancelled).
-            unstarted = [job for job in batch if not job.started]
-            for job in unstarted:
-                job.taken = False
-                job.event.set()  # its caller looks again: flush it, or drop it if cancelled
-            lane.pending[:0] = unstarted
-            for job in batch:
-                if not job.started:
-                    continue
-                if not job.done_in_thread and job.error is None:
-                    job.error = StoreUnavailableError(
-                        f"SQLite call on {self._path!r} was interrupted"
-                    )
-                job.finished = True
-                job.event.set()
-            self._wake(lane)
-
-    @staticmethod
-    def _wake(lane: _Lane) -> None:
-        """Let the first queued caller of ``lane`` take over flushing, if a slot is free."""
-        if lane.pending and lane.flushers < lane.limit:
-            lane.pending[0].event.set()
-
-    def _run_batch(self, batch: list[_Job]) -> None:
-        """Run queued calls on one pooled connection (in a worker thread)."""
-        for job in batch:
-            job.started = True
-        conn: sqlite3.Connection | None = None
-        try:
-            for index, job in enumerate(batch):
-                try:
-                    if conn is None:
-                        if not self._ready:
-                            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-                        conn = self._pool.acquire()
-                    if not self._ready:
-                        self._setup_sync(conn)
-                except Exception as exc:  # no connection or no schema: the rest fail alike
-                    for other in batch[index:]:
-                        other.error = exc
-                    break
-                if job.mode == "write":  # a lane holds one kind: all of them are writes
-                    conn = self._run_writes(conn, batch)
-                    if conn is not None and self._ttl is not None:
-                        self._maybe_purge(conn)
-                    break
-                try:
-                    job.result = self._transact(conn, job.fn, job.mode)
-                except _BrokenConnection as exc:
-                    job.error = exc.original
-                    self._pool.release(conn, broken=True)
-                    conn = None
-                except Exception as exc:
-                    job.error = exc
-            # Only now is every outcome recorded; anything escaping above (a BaseException)
-            # leaves the calls unmarked, and the flusher reports them as interrupted.
-            for job in batch:
-                job.done_in_thread = True
-        finally:
-            if conn is not None:
-                self._pool.release(conn)
-
-    def _run_writes(self, conn: sqlite3.Connection, batch: list[_Job]) -> sqlite3.Connection | None:
-        """Group commit: queued writes share one transaction, each in its own savepoint.
-
-        A write that fails rolls back to its savepoint and leaves the others alone. Its
-        caller, like every caller of the group, gets its answer only after the COMMIT; if the
-        COMMIT fails (or SQLite abandons the transaction), every write of the group fails and
-        none is stored. Returns the connection, or ``None`` when it had to be dropped.
-        """
-        for start in range(0, len(batch), _GROUP):
-            group = batch[start : start + _GROUP]
-            done: list[_Job] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for job in group:
-                    conn.execute("SAVEPOINT promptstate_call")
-                    try:
-                        job.result = job.fn(conn)
-                    except Exception as exc:
-                        job.error = exc
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK TO promptstate_call")
-                            conn.execute("RELEASE promptstate_call")
-                        else:  # SQLite rolled the whole transaction back (disk full, I/O)
-                            for other in done:
-                                other.error = exc
-                            done = []
-                            conn.execute("BEGIN IMMEDIATE")
-                        continue
-                    conn.execute("RELEASE promptstate_call")
-                    done.append(job)
-                conn.execute("COMMIT")
-            except Exception as exc:
-                for job in group:
-                    if job.error is None or job in done:
-                        job.error = exc
-                try:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._pool.release(conn, broken=True)
-                    for job in batch[start + _GROUP :]:
-                        job.error = exc
-                    return None
-        return conn
-
-    @staticmethod
-    def _transact(
-        conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], mode: _Mode
-    ) -> Any:
-        if mode == "single":  # one statement: its own implicit transaction
-            return fn(conn)
-        conn.execute("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except Exception as exc:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                raise _BrokenConnection(exc) from exc
-            raise
-        return result
 
     def _translate(self, exc: sqlite3.Error, what: str) -> PromptStateError:
         text = str(exc)
@@ -824,7 +537,8 @@ class SQLiteStore(LeasingStore):
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
         """After a write, now and then, delete one batch of expired sessions (own txn)."""
-        assert self._ttl is not None
+        if self._ttl is None:
+            return
         clock = time.monotonic()
         if clock < self._next_purge:
             return
@@ -902,7 +616,7 @@ class SQLiteStore(LeasingStore):
 
     # -- the store interface --------------------------------------------------------------
 
-    async def get(self, key: str) -> State:
+    async def _get(self, key: str) -> State:
         def work(conn: sqlite3.Connection) -> State | None:
             now = _now_us()
             if self._touching:
@@ -914,7 +628,7 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return state
 
-    async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
+    async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         if isinstance(state.total_cost, float) and math.isnan(state.total_cost):
             raise ValidationError(f"total_cost of key {key!r} is NaN; SQLite cannot store it")
         stored = self._prepare(key, state, 0)
@@ -955,7 +669,7 @@ class SQLiteStore(LeasingStore):
         await self._run(work, "write", f"set {key!r}")
         return stored
 
-    async def delete(self, key: str) -> bool:
+    async def _delete(self, key: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             row = conn.execute(_SQL_HEAD, (key,)).fetchone()
             if row is None:
@@ -966,7 +680,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"delete {key!r}")
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+    async def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         where, args = _prefix_range(prefix, "key")
         sql = (
             f"SELECT key FROM promptstate_sessions WHERE {where} AND key > ? AND {_LIVE} "
@@ -987,7 +701,7 @@ class SQLiteStore(LeasingStore):
                 return
             after = page[-1]
 
-    async def load(self, session_id: str, *, last: int | None = None) -> list[Message]:
+    async def _load(self, session_id: str, *, last: int | None = None) -> list[Message]:
         if last == 0 and not self._touching:
             return []
 
@@ -1000,10 +714,10 @@ class SQLiteStore(LeasingStore):
             args = (session_id, _ALL if last is None else min(last, _ALL), session_id, now)
             return unpack_messages([r[0] for r in conn.execute(_SQL_LOAD, args)], key=session_id)
 
-        mode: _Mode = "write" if self._touching else "single"
+        mode: Mode = "write" if self._touching else "single"
         return await self._run(work, mode, f"load {session_id!r}")
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def _append(self, session_id: str, messages: Sequence[Message]) -> int:
         if not messages:
             row = await self._run(
                 lambda conn: conn.execute(_SQL_COUNT, (session_id, _now_us())).fetchone(),
@@ -1021,7 +735,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"append to {session_id!r}")
 
-    async def append_turn(
+    async def _append_turn(
         self,
         session_id: str,
         messages: Sequence[Message],
@@ -1049,24 +763,23 @@ class SQLiteStore(LeasingStore):
             )
             head = self._head_sync(conn, session_id, now)
             count = 0 if head is None else head[1]
+            start = None
             if turn_id is not None and size and count >= size:
-                # A retried turn: the session already ends with it (one row read by index).
+                # Where a retried turn would start: one row read by the primary key.
                 row = conn.execute(_SQL_MESSAGE_AT, (session_id, count - size)).fetchone()
                 if row is not None:
-                    first = unpack_message(row[0], key=session_id)
-                    if first.metadata.get(TURN_ID_KEY) == turn_id:
-                        return count
-            if release_lease is not None and not held:
-                raise LeaseLostError(
-                    f"the lease on session {session_id!r} is not held by this turn: nothing stored"
-                )
-            if expected_count is not None and expected_count != count:
-                raise ConflictError(
-                    f"session {session_id!r} holds {count} messages, expected {expected_count}"
-                )
-            if not size:
-                return count
-            return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+                    start = unpack_message(row[0], key=session_id)
+            if decide_turn(
+                session_id,
+                count=count,
+                size=size,
+                start=start,
+                turn_id=turn_id,
+                expected_count=expected_count,
+                lease_held=None if release_lease is None else held,
+            ):
+                return self._append_sync(conn, session_id, head, encoded, tokens, cost, now)
+            return count
 
         return await self._run(work, "write", f"append a turn to {session_id!r}")
 
@@ -1094,7 +807,7 @@ class SQLiteStore(LeasingStore):
         )
         return total
 
-    async def save(self, session_id: str, messages: Sequence[Message]) -> None:
+    async def _save(self, session_id: str, messages: Sequence[Message]) -> None:
         counted, tokens = self._count_new(messages)
         encoded = [pack(m) for m in counted]
 
@@ -1113,7 +826,7 @@ class SQLiteStore(LeasingStore):
 
         await self._run(work, "write", f"save {session_id!r}")
 
-    async def fork(
+    async def _fork(
         self, source: str, target: str, *, overwrite: bool = False, at: int | None = None
     ) -> State:
         def work(conn: sqlite3.Connection) -> State:
@@ -1146,7 +859,7 @@ class SQLiteStore(LeasingStore):
 
     # -- session facts, listing, branching ------------------------------------------------
 
-    async def count(self, key: str) -> int:
+    async def _count(self, key: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
             now = _now_us()
             if self._touching:
@@ -1156,7 +869,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write" if self._touching else "single", f"count {key!r}")
 
-    async def get_metadata(self, key: str) -> dict[str, Any]:
+    async def _get_metadata(self, key: str) -> dict[str, Any]:
         def work(conn: sqlite3.Connection) -> tuple[object] | None:
             now = _now_us()
             if self._touching:
@@ -1164,13 +877,13 @@ class SQLiteStore(LeasingStore):
             row: tuple[object] | None = conn.execute(_SQL_METADATA, (key, now)).fetchone()
             return row
 
-        mode: _Mode = "write" if self._touching else "single"
+        mode: Mode = "write" if self._touching else "single"
         data = await self._run(work, mode, f"get metadata of {key!r}")
         if data is None:
             raise NotFoundError(f"no conversation state under key {key!r}")
         return check_metadata("SQLite", key, unpack_any(data[0], key=key))
 
-    async def merge_metadata(
+    async def _merge_metadata(
         self, key: str, updates: Mapping[str, Any], *, remove: Iterable[str] = ()
     ) -> dict[str, Any]:
         drop = list(remove)
@@ -1194,7 +907,7 @@ class SQLiteStore(LeasingStore):
         merged = await self._run(work, "write", f"merge metadata of {key!r}")
         return unpack_any(pack(merged), key=key)  # type: ignore[no-any-return]
 
-    async def truncate(self, key: str, keep: int) -> int:
+    async def _truncate(self, key: str, keep: int) -> int:
         def work(conn: sqlite3.Connection) -> int | None:
             now = _now_us()
             head = self._head_sync(conn, key, now)
@@ -1214,7 +927,7 @@ class SQLiteStore(LeasingStore):
             raise NotFoundError(f"no conversation state under key {key!r}")
         return count
 
-    async def pop_messages(self, key: str, count: int = 1) -> list[Message]:
+    async def _pop_messages(self, key: str, count: int = 1) -> list[Message]:
         if not count:
             return []
 
@@ -1266,7 +979,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "read", f"list sessions with prefix {query.prefix!r}")
 
-    async def list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
+    async def _list_by_prefix(self, prefix: str) -> AsyncIterator[State]:
         where, args = _prefix_range(prefix, "key")
         sql = (
             f"SELECT {_SESSION_COLUMNS}, key FROM promptstate_sessions "
@@ -1300,7 +1013,7 @@ class SQLiteStore(LeasingStore):
             for state in states:
                 yield state
 
-    async def delete_by_prefix(self, prefix: str) -> int:
+    async def _delete_by_prefix(self, prefix: str) -> int:
         where, args = _prefix_range(prefix, "key")
         where_messages, _ = _prefix_range(prefix, "session_key")
 
@@ -1315,7 +1028,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"delete prefix {prefix!r}")
 
-    async def get_many(self, keys: Iterable[str]) -> list[State | None]:
+    async def _get_many(self, keys: Iterable[str]) -> list[State | None]:
         wanted = list(keys)
         if not wanted:
             return []
@@ -1333,13 +1046,12 @@ class SQLiteStore(LeasingStore):
 
     # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
         Leases live in ``promptstate_leases`` (wall-clock expiry, so every process sharing
         the file agrees); they keep pipelines in different processes from interleaving turns.
         """
-        self._check_open()
 
         def work(conn: sqlite3.Connection) -> bool:
             now = _now_us()
@@ -1348,7 +1060,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"take the lease on {key!r}")
 
-    async def acquire_and_load(
+    async def _acquire_and_load(
         self, key: str, owner: str, ttl: float, *, last: int | None
     ) -> list[Message] | None:
         """Take the turn lease on ``key`` and read the newest ``last`` messages, in one
@@ -1368,7 +1080,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"take the lease on {key!r}")
 
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -1378,7 +1090,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write", f"renew the lease on {key!r}")
 
-    async def release_lease(self, key: str, owner: str) -> bool:
+    async def _release_lease(self, key: str, owner: str) -> bool:
         """Delete the lease on ``key`` if ``owner`` holds it."""
 
         def work(conn: sqlite3.Connection) -> bool:

@@ -32,6 +32,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.stores.base import MAX_KEY_LENGTH, LeasingStore, Store
+from promptstate.stores.turns import turn_refusal
 from promptstate.types import (
     AudioPart,
     FilePart,
@@ -1603,12 +1604,68 @@ class StoreConformance:
             assert (q.content[1:], q.role, a.role) == (a.content[1:], "user", "assistant")
         assert state.total_cost == 10.0
 
+    async def test_append_turn_refusals_read_the_same_on_every_store(self, store: Store) -> None:
+        """The rules and messages are promptstate.stores.turns', whatever does the I/O."""
+        turn = [Message("user", "q"), Message("assistant", "a")]
+        assert await store.append_turn("m", turn, turn_id="t1") == 2
+        with pytest.raises(ConflictError) as conflict:
+            await store.append_turn("m", turn, turn_id="t2", expected_count=5)
+        assert str(conflict.value) == str(turn_refusal("m", 2, expected_count=5))
+        # A stored turn goes first: its retry is no conflict.
+        assert await store.append_turn("m", turn, turn_id="t1", expected_count=5) == 2
+        if not isinstance(store, LeasingStore):
+            return
+        # The lease goes before the count, and a refused turn stores nothing.
+        with pytest.raises(LeaseLostError) as lost:
+            await store.append_turn(
+                "m", turn, turn_id="t2", expected_count=5, release_lease="nobody"
+            )
+        assert str(lost.value) == str(turn_refusal("m", 2, expected_count=5, lease_held=False))
+        assert await store.count("m") == 2
+        assert await store.acquire_lease("m", "me", 5.0)
+        assert await store.append_turn("m", turn, turn_id="t3", release_lease="me") == 4
+        assert await store.acquire_lease("m", "other", 5.0), "the write kept the lease"
+        # A retry of a stored turn is answered whoever holds the lease now, and leaves it be.
+        assert await store.append_turn("m", turn, turn_id="t3", release_lease="me") == 4
+        assert not await store.acquire_lease("m", "third", 5.0), "another owner's lease went"
+        assert await store.release_lease("m", "other")
+
     # -- leases (stores that declare them: promptstate.LeasingStore) -------------------------
 
     def _leasing(self, store: Store) -> LeasingStore:
         if not isinstance(store, LeasingStore):
             pytest.skip(f"{type(store).__name__} has no cross-process leases")
         return store
+
+    async def test_lease_calls_are_checked_before_any_io(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        if not isinstance(store, LeasingStore):
+            await store.aclose()
+            pytest.skip(f"{type(store).__name__} has no cross-process leases")
+        bad: list[tuple[type[Exception], Callable[[], Awaitable[object]]]] = [
+            (InvalidKeyError, lambda: store.acquire_lease("", "me", 5.0)),
+            (InvalidKeyError, lambda: store.renew_lease("a\x00b", "me", 5.0)),
+            (InvalidKeyError, lambda: store.release_lease(7, "me")),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.acquire_lease("k", "", 5.0)),
+            (ValidationError, lambda: store.acquire_lease("k", None, 5.0)),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.release_lease("k", b"me")),  # type: ignore[arg-type]
+            (ValidationError, lambda: store.acquire_lease("k", "me", float("nan"))),
+            (ValidationError, lambda: store.renew_lease("k", "me", 0)),
+            (ValidationError, lambda: store.acquire_and_load("k", "me", -1.0, last=None)),
+        ]
+        for error, call in bad:
+            with pytest.raises(error):
+                await call()
+        assert await store.acquire_lease("k", "me", 5.0), "a refused call took the lease"
+        await store.aclose()
+        for call in (
+            lambda: store.acquire_lease("k", "other", 5.0),
+            lambda: store.renew_lease("k", "me", 5.0),
+            lambda: store.release_lease("k", "me"),
+            lambda: store.acquire_and_load("k", "me", 5.0, last=None),
+        ):
+            with pytest.raises(ClosedError):
+                await call()
 
     async def test_leases_exclude_renew_release_and_expire(self, store: Store) -> None:
         lease = self._leasing(store)
@@ -1819,9 +1876,7 @@ class StoreConformance:
         if isinstance(store, LeasingStore):
             pytest.skip(f"{type(store).__name__} has leases")
         with pytest.raises(ValidationError, match="no leases"):
-            await store.append_turn(  # type: ignore[call-arg]
-                "conv", _turn("q", "a"), release_lease="me"
-            )
+            await store.append_turn("conv", _turn("q", "a"), release_lease="me")
         assert await store.load("conv") == []
 
     async def test_cancelled_lease_calls_are_settled(self, store: Store) -> None:

@@ -27,8 +27,9 @@ from promptstate import (
     open_store,
 )
 from promptstate.locks import SupportsLease
+from promptstate.stores._postgres_sql import page_sql
 from promptstate.stores.base import SessionQuery
-from promptstate.stores.postgres import MIGRATIONS, _page_sql
+from promptstate.stores.postgres import MIGRATIONS
 from tests.servers import PostgresProcess, drop_postgres_tables, free_port
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -221,9 +222,9 @@ async def test_prefix_listing_is_served_by_the_primary_key(
 ) -> None:
     async with PostgresStore.from_dsn(postgres_dsn, table_name=table) as store:
         await store.append("a%_\\b:1", msgs("m", 1))
-        from promptstate.stores.postgres import _range
+        from promptstate.stores._postgres_sql import key_range
 
-        where, args = _range("a%_\\", None, 1)
+        where, args = key_range("a%_\\", None, 1)
         await pg.execute("SET enable_seqscan = off")
         plan = "\n".join(
             row[0]
@@ -683,7 +684,7 @@ async def test_migration_3_indexes_a_0_1_table(postgres_dsn: str, table: str, pg
         "ucrt_idx": SessionQuery(user_id="u1", order="created_desc"),
     }
     for suffix, query in cases.items():
-        sql, args = _page_sql(f'"{table}"', "(s.expires_at IS NULL OR s.expires_at > now())", query)
+        sql, args = page_sql(f'"{table}"', "(s.expires_at IS NULL OR s.expires_at > now())", query)
         plan = "\n".join(r[0] for r in await pg.fetch("EXPLAIN " + sql, *args))
         assert f"{table}_{suffix}" in plan, plan
         assert "Sort" not in plan, plan
