@@ -120,3 +120,19 @@ def test_store_url_errors_hide_the_password() -> None:
         open_store("redis://:hunter2@localhost:6379/0?ttl=soon")
     assert "hunter2" not in str(info.value)
     assert "redis://:***@localhost:6379/0?ttl=soon" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_postgres_opening_error_hides_the_password_also_percent_decoded() -> None:
+    pytest.importorskip("asyncpg")
+    from promptstate import PostgresStore
+
+    # asyncpg echoes a bad option's value decoded; here the value is the password itself.
+    dsn = "postgresql://me:p%40ss-word@127.0.0.1:1/db?target_session_attrs=p%40ss-word"
+    store = PostgresStore.from_dsn(dsn)
+    with pytest.raises(ValidationError, match="target_session_attrs") as info:
+        await store.count("k")
+    await store.aclose()
+    assert "p@ss-word" not in str(info.value)
+    assert "p%40ss-word" not in str(info.value)
+    assert "'***'" in str(info.value)

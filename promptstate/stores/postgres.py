@@ -56,6 +56,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.redaction import redact as _redact
+from promptstate.redaction import scrub, url_secrets
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores._postgres_migrations import MIGRATIONS, apply_migrations
@@ -958,9 +959,10 @@ class _Op:
         try:
             _raise_for(exc, what, acquiring=acquiring, opening=opening, store=store)
         except PromptStateError as error:
-            password = _password(store._dsn) if opening else None
-            if password and password in str(error):
-                raise type(error)(str(error).replace(password, "***")) from exc
+            if opening:
+                text = scrub(str(error), *url_secrets(store._dsn))
+                if text != str(error):
+                    raise type(error)(text) from exc
             raise
 
 
@@ -1163,13 +1165,6 @@ def _raise_for(
     if _from_asyncpg(exc):
         raise StoreUnavailableError(f"PostgreSQL driver error ({what}): {name}: {exc}") from exc
     raise exc
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        return urlsplit(dsn).password
-    except ValueError:
-        return None
 
 
 def _safe(exc: BaseException) -> str:
