@@ -1140,7 +1140,7 @@ class LeasingStore(Store):
 
         Returns ``None`` (nothing read) when another owner holds the lease. The default is
         :meth:`acquire_lease` then :meth:`load` (two round trips; the lease is given back if
-        the read fails); Redis and SQLite do both in one atomic step.
+        the read fails); Redis, SQLite and PostgreSQL do both in one atomic step.
         """
         self._check_open()
         _check_lease_args(key, owner, ttl)

@@ -883,7 +883,7 @@ class PostgresStore(LeasingStore):
             for key, user_id, version, tokens, cost, metadata, created, updated, count in rows
         ]
 
-    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+    # -- turn leases (promptstate.LeasingStore) ------------------------------------------------
 
     @settled_write
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
