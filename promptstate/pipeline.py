@@ -43,7 +43,7 @@ from promptstate.stages.check_reply import with_check_reply
 from promptstate.stages.context import CallNext, ExecutionContext, Middleware
 from promptstate.stages.sliding_window import SlidingWindow
 from promptstate.stages.token_budget import TokenBudget
-from promptstate.stages.tool_loop import ToolLoop, with_tool_loop
+from promptstate.stages.tool_loop import with_tool_loop
 from promptstate.stages.truncate import TruncationStrategy
 from promptstate.stores.base import TURN_ID_KEY, Store, validate_key
 from promptstate.stores.memory import MemoryStore
@@ -134,18 +134,16 @@ def default_stages(
 def _saves_once(stages: Sequence[Middleware]) -> bool:
     """Whether the save stage runs at most once per turn, so it may release the turn's lease.
 
-    True when every stage before the first :class:`SaveState` is one of the bundled stages
-    that run the rest of the chain once (a :class:`~promptstate.tools.ToolLoop` runs it once
-    per round, but its rounds that ask for tools are not the last, and the save stage keeps
-    the lease for those). A stage of your own there might call ``call_next`` again, so then
-    the lease is kept until the turn ends (one more round trip, as before).
+    True when every stage before the first :class:`SaveState` declares ``single_pass``: it
+    runs the rest of the chain once per turn (a :class:`~promptstate.tools.ToolLoop` runs it
+    once per round, but its rounds that ask for tools are not the last, and the save stage
+    keeps the lease for those). A stage that does not declare it might call ``call_next``
+    again, so then the lease is kept until the turn ends (one more round trip).
     """
     for stage in stages:
         if isinstance(stage, SaveState):
             return True
-        if not isinstance(
-            stage, (LoadState, TruncationStrategy, CallProvider, CheckReply, ToolLoop)
-        ):
+        if getattr(stage, "single_pass", False) is not True:
             return False
     return False
 

@@ -427,3 +427,35 @@ async def test_two_round_trip_turns_on_a_redis_cluster(stores: StoreMaker) -> No
                 )
             assert await store.release_lease(session, "other")
             assert len(await store.load(session)) == 4
+
+
+class _Logger:
+    """A stage of your own in front of the chain."""
+
+    def __init__(self, *, single_pass: bool | None) -> None:
+        if single_pass is not None:
+            self.single_pass = single_pass
+        self.seen = 0
+
+    async def __call__(self, ctx: Any, call_next: Any) -> None:
+        self.seen += 1
+        await call_next(ctx)
+
+
+@pytest.mark.parametrize(("declared", "trips"), [(True, 2), (None, 3), (False, 3)])
+async def test_a_stage_that_declares_single_pass_keeps_the_turn_at_two_round_trips(
+    loading_store: Store, declared: bool | None, trips: int
+) -> None:
+    store: Any = loading_store
+    await store.append("conv", _turn("q1", "a1"))
+    logger = _Logger(single_pass=declared)
+    # After the load stage, so the lease still brings the first window.
+    stages = [LoadState(), logger, TokenBudget(500), CallProvider(), SaveState()]
+    async with Pipeline(MockProvider(["a2", "a3"]), store=store, middleware=stages) as pipe:
+        await pipe.execute("conv", "user", "warm up")
+        counter = _count_round_trips(store)
+        await pipe.execute("conv", "user", "q3")
+    assert len(counter.calls) == trips, counter.calls
+    assert logger.seen == 2
+    assert [m.content for m in await store.load("conv")][-2:] == ["q3", "a3"]
+    assert await store.acquire_lease("conv", "next", 30.0), "the lease was released"

@@ -31,6 +31,9 @@ class CallProvider:
 
     __slots__ = ()
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def __repr__(self) -> str:
         return "CallProvider()"
 

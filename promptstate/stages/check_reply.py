@@ -32,6 +32,9 @@ class CheckReply:
 
     __slots__ = ()
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def __repr__(self) -> str:
         return "CheckReply()"
 

@@ -44,7 +44,15 @@ CallNext = Callable[["ExecutionContext"], Awaitable[None]]
 
 
 class Middleware(Protocol):
-    """A pipeline stage: do some work, then ``await call_next(ctx)`` (or don't, to stop)."""
+    """A pipeline stage: do some work, then ``await call_next(ctx)`` (or don't, to stop).
+
+    A stage may declare ``single_pass = True`` (a class attribute) when it runs the rest of
+    the chain at most once per turn, or again only after an answer that asks for tools (as
+    :class:`~promptstate.stages.ToolLoop` does). When every stage before the save declares
+    it, the save also releases the turn's lease in its own write: a turn on a leasing store
+    costs two round trips instead of three. Every bundled stage declares it; a stage that
+    does not is taken to possibly call ``call_next`` again.
+    """
 
     async def __call__(self, ctx: ExecutionContext, call_next: CallNext) -> None: ...
 

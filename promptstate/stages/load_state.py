@@ -33,6 +33,9 @@ class LoadState:
 
     __slots__ = ("last",)
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def __init__(self, *, last: int | None = None) -> None:
         if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
             raise ValidationError(f"last must be None or an int >= 0, got {last!r}")

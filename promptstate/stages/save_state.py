@@ -51,6 +51,9 @@ class SaveState:
 
     __slots__ = ("retries", "timeout")
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def __init__(self, *, retries: int = 2, timeout: float | None = None) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValidationError(f"retries must be an int >= 0, got {retries!r}")

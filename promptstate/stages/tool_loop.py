@@ -45,6 +45,9 @@ class ToolLoop:
 
     __slots__ = ("max_rounds", "tools")
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def __init__(
         self, tools: Iterable[Tool | Callable[..., Any] | ToolSpec], *, max_rounds: int = 8
     ) -> None:

@@ -46,6 +46,9 @@ class TruncationStrategy:
     #: The per-turn limits (``"max_tokens"``, ``"max_messages"``) this strategy applies.
     turn_limits: frozenset[str] = frozenset()
 
+    #: Runs the rest of the chain once per turn (see :class:`~promptstate.stages.Middleware`).
+    single_pass = True
+
     def for_turn(self, max_tokens: int | None, max_messages: int | None) -> TruncationStrategy:
         """This strategy with a turn's limits (``None``: keep its own); ``self`` by default."""
         return self
