@@ -276,9 +276,9 @@ _users = 0
 def redis_cluster_url() -> Iterator[str]:
     """The ``redis+cluster://`` URL of a three-node cluster started once for the test session.
 
-    Test modules import this fixture; pytest then holds one session-scoped fixture per
-    importing module, so the cluster itself is shared through a module-level reference count
-    and stopped when the last of them is torn down.
+    tests/conftest.py imports this fixture, so every test can ask for it. A module that
+    imports it too gets a session-scoped fixture of its own; the cluster itself is shared
+    through a module-level reference count and stopped when the last of them is torn down.
     """
     global _shared, _users
     try:

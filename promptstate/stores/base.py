@@ -13,8 +13,17 @@ A custom store implements four protected methods: :meth:`Store._get`, :meth:`Sto
 :meth:`Store._delete` and :meth:`Store._list_keys`. Every other protected method has a
 working default built on those four, which a backend overrides where it can do better (the
 bundled backends override all of them). So no bad input reaches a backend and no I/O is done
-for it, whatever a subclass overrides. The rule that decides a turn's append (turn stored
-already, lease held, expected count) is :mod:`promptstate.stores.turns`.
+for it, whatever a subclass overrides.
+
+A store written the 0.1 way, implementing the public names ``get``, ``set``, ``delete`` and
+``list_keys`` instead (the form the API reference documents), still works: each protected
+method's default calls the public one, so every other method of the base class checks its
+arguments and then reaches that code. Only a direct call of such a store's own ``get`` runs
+unchecked (call :func:`validate_key` in it). A store that implements neither form of one of
+the four cannot be constructed (``TypeError``, as for an abstract method).
+
+The rule that decides a turn's append (turn stored already, lease held, expected count) is
+:mod:`promptstate.stores.turns`.
 """
 
 from __future__ import annotations
@@ -423,6 +432,12 @@ def _check_merge_args(updates: object, remove: object) -> tuple[dict[str, Any], 
     return new, tuple(drop)
 
 
+_Self = TypeVar("_Self", bound="Store")
+
+#: The methods every store implements, public name and protected name (either will do).
+_REQUIRED = (("get", "_get"), ("set", "_set"), ("delete", "_delete"), ("list_keys", "_list_keys"))
+
+
 class Store(AsyncResource, ABC):
     """The base class of every store.
 
@@ -447,6 +462,24 @@ class Store(AsyncResource, ABC):
     #: The OpenTelemetry ``db.system`` of the store (``memory``, ``sqlite``, ``redis``,
     #: ``postgresql``); a wrapper reports its inner store's. Custom stores may set their own.
     db_system: str = "other"
+
+    def __new__(cls: type[_Self], *args: Any, **kwargs: Any) -> _Self:
+        # The four required methods, in either form: a store that has neither form of one
+        # would call itself for ever, so it is refused here, like an abstract class.
+        missing = [
+            private
+            for public, private in _REQUIRED
+            if getattr(cls, private) is getattr(Store, private)
+            and getattr(cls, public) is getattr(Store, public)
+        ]
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise TypeError(
+                f"Can't instantiate abstract class {cls.__name__} without an implementation "
+                f"for abstract methods {names} (or the public methods of the same names "
+                "without the underscore)"
+            )
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -789,25 +822,27 @@ class Store(AsyncResource, ABC):
             validate_key(key)
         return await self._get_many(items)
 
-    # -- what a backend implements: the four abstract methods ------------------------------
-    # Called by the public methods above with checked arguments, on an open store.
+    # -- what a backend implements: the four required methods -----------------------------
+    # Called by the public methods above with checked arguments, on an open store. Each
+    # default calls the public method of the same name, for a store that implements that
+    # instead (the 0.1 form); a store must implement one of the two (checked in __new__).
 
-    @abstractmethod
     async def _get(self, key: str) -> State:
         """The stored state; :class:`~promptstate.exceptions.NotFoundError` when absent."""
+        return await self.get(key)
 
-    @abstractmethod
     async def _set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
         """Store ``state`` (see :meth:`set`): use ``self._prepare(key, state, version)`` to make
         what is stored, and honour ``expected_version`` atomically."""
+        return await self.set(key, state, expected_version=expected_version)
 
-    @abstractmethod
     async def _delete(self, key: str) -> bool:
         """Delete the state; ``True`` when something was deleted."""
+        return await self.delete(key)
 
-    @abstractmethod
     def _list_keys(self, prefix: str) -> AsyncIterator[str]:
         """Every key that starts with ``prefix`` (literally), in no set order."""
+        return self.list_keys(prefix)
 
     # -- defaults built on the four above; backends override them for speed ---------------
 

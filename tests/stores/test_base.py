@@ -13,6 +13,7 @@ import pytest
 from promptstate.stores.base import LeasingStore, Store
 from promptstate.stores.cached import CachedStore, _LeasingCachedStore
 from promptstate.stores.memory import MemoryStore
+from promptstate.types import State
 
 #: The public methods whose checks live in the base class, each with its protected partner.
 CHECKED = [
@@ -79,15 +80,27 @@ def test_every_checked_method_has_a_protected_partner() -> None:
         protected = inspect.signature(getattr(LeasingStore, f"_{name}")).parameters
         assert list(public) == list(protected), name
     assert LeasingStore.__abstractmethods__ == {
-        "_get",
-        "_set",
-        "_delete",
-        "_list_keys",
         "_acquire_lease",
         "_renew_lease",
         "_release_lease",
     }
 
 
-def test_the_abstract_methods_are_the_four_protected_ones() -> None:
-    assert Store.__abstractmethods__ == {"_get", "_set", "_delete", "_list_keys"}
+def test_a_store_must_implement_each_of_the_four_in_one_form() -> None:
+    # The four required methods may be implemented protected (_get, the 0.2 form) or public
+    # (get, the 0.1 form the API reference documents); a store with neither form of one of
+    # them is refused like an abstract class, naming what it lacks.
+    with pytest.raises(TypeError, match="'_get', '_set', '_delete', '_list_keys'"):
+        Store()
+
+    class HalfStore(Store):
+        async def _get(self, key: str) -> State:
+            raise NotImplementedError
+
+        async def set(
+            self, key: str, state: State, *, expected_version: int | None = None
+        ) -> State:
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match=r"HalfStore .*'_delete', '_list_keys'"):
+        HalfStore()

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from promptstate import ConflictError, Message, NotFoundError, State, decode_state, encode_state
+from promptstate import (
+    ConflictError,
+    Message,
+    NotFoundError,
+    State,
+    ValidationError,
+    decode_state,
+    encode_state,
+)
 from promptstate.stores.base import Store
 from promptstate.testing import StoreConformance
 
@@ -108,24 +116,59 @@ async def test_validation_applies_to_custom_overrides() -> None:
 
 
 class OldStyleStore(Store):
-    """A store written for 0.1: it implements the public names, not the protected ones."""
+    """A store written for 0.1, the form the API reference documents: it implements the public
+    names ``get``, ``set``, ``delete`` and ``list_keys``, not the protected ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, bytes] = {}
+        self.seen: list[str] = []
 
     async def get(self, key: str) -> State:
-        raise NotFoundError(key)
+        self.seen.append(key)
+        if key not in self.data:
+            raise NotFoundError(f"no state under key {key!r}")
+        return decode_state(self.data[key], key=key)
 
     async def set(self, key: str, state: State, *, expected_version: int | None = None) -> State:
-        return state
+        self.seen.append(key)
+        current = decode_state(self.data[key]).version if key in self.data else 0
+        if expected_version is not None and expected_version != current:
+            raise ConflictError(f"version conflict on key {key!r}")
+        stored = self._prepare(key, state, current + 1)
+        self.data[key] = encode_state(stored)
+        return stored
 
     async def delete(self, key: str) -> bool:
-        return False
+        return self.data.pop(key, None) is not None
 
     async def list_keys(self, prefix: str) -> AsyncIterator[str]:
-        for key in ():
-            yield key
+        for key in list(self.data):
+            if key.startswith(prefix):
+                yield key
 
 
-def test_a_store_written_for_0_1_is_refused_at_construction() -> None:
-    """Since 0.2 the abstract methods are _get, _set, _delete, _list_keys (CHANGELOG): a
-    0.1 store cannot be made, rather than run with its checks silently gone."""
-    with pytest.raises(TypeError, match="_get"):
-        OldStyleStore()  # type: ignore[abstract]
+async def test_a_store_written_for_0_1_still_works_and_its_other_methods_check() -> None:
+    """The 0.1 form (public names) is what API.md documents: it keeps working. Every method
+    it does not implement comes from the base class, which checks before reaching its code."""
+    from promptstate import InvalidKeyError, MockProvider, Pipeline
+
+    store = OldStyleStore()
+    assert await store.append("k", [Message("user", "hi")]) == 1
+    assert [m.content for m in await store.load("k")] == ["hi"]
+    assert await store.count("k") == 1
+    assert [key async for key in store.list_keys("")] == ["k"]
+    async with Pipeline(MockProvider(["hello"]), store=store) as pipe:
+        result = await pipe.execute("k", "user", "again")
+    assert result.response.content == "hello"
+    assert [m.content for m in await store.load("k")] == ["hi", "again", "hello"]
+    seen = list(store.seen)
+    for bad in ("", "a\x00b", "x" * 600):
+        with pytest.raises(InvalidKeyError):
+            await store.append(bad, [Message("user", "x")])
+        with pytest.raises(InvalidKeyError):
+            await store.load(bad)
+    with pytest.raises(ValidationError):
+        await store.append("k", ["not a message"])  # type: ignore[list-item]
+    assert store.seen == seen, "no bad input reached the store's own code"
+    assert await store.delete("k")

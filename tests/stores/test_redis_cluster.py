@@ -20,9 +20,6 @@ from promptstate import Message, State, StoreUnavailableError, open_store
 from promptstate.stores.redis import RedisStore
 from promptstate.testing import StoreFactory
 from promptstate.testing._backends import StoreMaker
-from tests.redis_cluster import redis_cluster_url
-
-__all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
 pytestmark = [
     pytest.mark.anyio,

@@ -19,9 +19,6 @@ from redis.asyncio import RedisCluster
 
 from promptstate import Message, StoreUnavailableError
 from promptstate.stores.redis import RedisStore
-from tests.redis_cluster import redis_cluster_url
-
-__all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
 pytestmark = [
     pytest.mark.anyio,

@@ -20,10 +20,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from promptstate import Message, NotFoundError, StoreUnavailableError
 from promptstate.stores.redis import RedisStore
-from tests.redis_cluster import redis_cluster_url
 from tests.servers import RedisProcess
-
-__all__ = ["redis_cluster_url"]
 
 pytestmark = [
     pytest.mark.anyio,

@@ -31,9 +31,6 @@ from promptstate import (
     encode_state,
 )
 from promptstate.stores.base import Store
-from tests.redis_cluster import redis_cluster_url
-
-__all__ = ["redis_cluster_url"]  # the fixture, imported so that pytest finds it
 
 pytestmark = pytest.mark.anyio
 
