@@ -167,3 +167,27 @@ def test_parts_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1,000 ")]
     assert len(rows) == 1
     assert rows[0].endswith("x |")
+
+
+def test_peer_targets_give_the_spread_across_slices() -> None:
+    def rec(scenario: str, store: str, kind: str, tps: float, slices: list[float]) -> Any:
+        return runner.Record(
+            scenario=scenario,
+            store=store,
+            history=1000,
+            concurrency=64,
+            turns_per_s=tps,
+            backend="redis",
+            kind=kind,
+            extra={"slices": slices},
+        )
+
+    ours = rec("turns", "promptstate RedisStore", "promptstate", 300.0, [1.0, 1.5])
+    peer = rec("peers", "openai-agents 0.24.0 RedisSession", "peer", 100.0, [3.0, 3.0])
+    runner.add_ratios([ours, peer])
+    found = {title: (holds, detail) for title, holds, detail in report.targets([ours, peer], {})}
+    holds, detail = found[
+        "history 1,000, 64 sessions: at least 3x the turns/s of openai-agents RedisSession"
+    ]
+    assert holds is True
+    assert detail.startswith("3.0x (2.0-3.0x per slice)")

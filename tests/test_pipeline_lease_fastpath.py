@@ -49,7 +49,7 @@ async def leased_store(request: pytest.FixtureRequest, stores: StoreMaker) -> St
     return await stores.open(request.param)
 
 
-@pytest.fixture(params=params("sqlite", "redis"))
+@pytest.fixture(params=params("sqlite", "redis", "postgres"))
 async def loading_store(request: pytest.FixtureRequest, stores: StoreMaker) -> Store:
     """A store of each backend that takes the lease and reads in one round trip."""
     return await stores.open(request.param)
@@ -60,10 +60,10 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
     from promptstate.stores.redis import RedisStore
     from promptstate.stores.sqlite import SQLiteStore
 
-    # Declared in the type: the three server-backed stores are LeasingStores (each with its
-    # own _append_turn that releases the lease in the write; Redis and SQLite also take the
-    # lease and read in one step, PostgreSQL keeps the default acquire-then-load because one
-    # statement would read with a snapshot older than the lease it waited for). The public
+    # Declared in the type: the three server-backed stores are LeasingStores, each with its
+    # own _append_turn that releases the lease in the write and its own _acquire_and_load
+    # that takes the lease and reads in one step (PostgreSQL's refuses the lease when its
+    # snapshot is older than the lease row it would take: see its docstring). The public
     # methods are the base class's (they check, then call these).
     for cls in (RedisStore, SQLiteStore, PostgresStore):
         assert issubclass(cls, LeasingStore), cls
@@ -71,7 +71,7 @@ def test_capabilities_of_the_bundled_stores(tmp_path: Path) -> None:
         assert cls.append_turn is LeasingStore.append_turn, cls
     assert "_acquire_and_load" in RedisStore.__dict__
     assert "_acquire_and_load" in SQLiteStore.__dict__
-    assert "_acquire_and_load" not in PostgresStore.__dict__
+    assert "_acquire_and_load" in PostgresStore.__dict__
     assert not supports_lease(MemoryStore())
     assert supports_lease(LeasingMemoryStore())
 
@@ -162,10 +162,50 @@ class _Counter:
         self.calls: list[str] = []
 
 
+class _CountingConnection:
+    """An asyncpg connection whose statements are counted (each is one round trip once
+    prepared: the warm-up turn prepares them)."""
+
+    def __init__(self, conn: Any, counter: _Counter) -> None:
+        self._conn = conn
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._conn, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
+            return found
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self._counter.calls.append(f"{name}: {str(args[0])[:40]}")
+            return await found(*args, **kwargs)
+
+        return counted
+
+
+class _CountingOp:
+    def __init__(self, op: Any, counter: _Counter) -> None:
+        self._op = op
+        self._counter = counter
+
+    async def __aenter__(self) -> _CountingConnection:
+        return _CountingConnection(await self._op.__aenter__(), self._counter)
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._op.__aexit__(*exc_info)
+
+
 def _count_round_trips(store: Any) -> _Counter:
-    """Count the store's round trips: Redis commands, or SQLite trips to a worker thread."""
+    """Count the store's round trips: Redis commands, PostgreSQL statements, or SQLite trips
+    to a worker thread."""
     counter = _Counter()
-    if type(store).__name__ == "RedisStore":
+    if type(store).__name__ == "PostgresStore":
+        original_conn = store._conn
+
+        def conn(*args: Any, **kwargs: Any) -> _CountingOp:
+            return _CountingOp(original_conn(*args, **kwargs), counter)
+
+        store._conn = conn
+    elif type(store).__name__ == "RedisStore":
         client = store._client
         original = client.execute_command
 

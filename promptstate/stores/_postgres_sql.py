@@ -304,7 +304,15 @@ class SQL:
             f"UPDATE {lease} SET expires_at = {until}"
             " WHERE key = $1 AND owner = $2 AND expires_at > now() RETURNING true"
         )
-        self.lease_release = f"DELETE FROM {lease} WHERE key = $1 AND owner = $2 RETURNING true"
+        # Releasing marks the lease row free (no owner, expired now) instead of deleting it,
+        # so that every acquire and every release changes the row: acquire_and_load reads in
+        # the same statement as it takes the lease, and takes it only when the row is still
+        # the one its snapshot saw (see PostgresStore.acquire_and_load). Released rows go with
+        # lease_purge, an hour later.
+        self.lease_release = (
+            f"UPDATE {lease} SET owner = '', expires_at = now()"
+            " WHERE key = $1 AND owner = $2 RETURNING true"
+        )
         self.lease_purge = f"DELETE FROM {lease} WHERE expires_at <= now() - interval '1 hour'"
         # append_turn with release_lease: the probe also says whether owner $3 holds the live
         # lease; the write deletes the lease in the same statement, only when it wrote.
@@ -317,16 +325,96 @@ class SQL:
             f" AS start FROM {t} s WHERE s.key = $1 AND {live_s}) AS p ON true"
         )
 
+        release_if_up = (
+            f"rel AS (UPDATE {lease} l SET owner = '', expires_at = now() FROM up"
+            " WHERE l.key = $1 AND l.owner = {owner})"
+        )
+
         def releasing(sql: str, owner: str) -> str:
             tail = " SELECT message_count FROM up"
             assert sql.endswith(tail)
-            return (
-                f"{sql[: -len(tail)]}, rel AS (DELETE FROM {lease} l USING up"
-                f" WHERE l.key = $1 AND l.owner = {owner}){tail}"
-            )
+            return f"{sql[: -len(tail)]}, {release_if_up.format(owner=owner)}{tail}"
 
         self.turn_cas_release = releasing(self.turn_cas, "$8")
         self.turn_new_release = releasing(self.turn_new, "$7")
+
+        # append_turn(release_lease=) in one statement when it can: turn_probe_lease's probe
+        # and, when the lease is held, the probed version still stored, the turn's id not at
+        # the position where it would start and the count as expected, turn_cas_release's
+        # write. Otherwise it writes nothing and the probe's values decide, as before.
+        # $1 key, $2 messages, $3 how many, $4 their tokens, $5 now, $6 cost, $7 owner,
+        # $8 the turn id as it is encoded in a message's metadata (NULL: none),
+        # $9 the expected count (-1: any) -> the new count (NULL: not written), and the
+        # probe: count, version, the message at the turn's start, whether the lease is held
+        def turn_fast(marker: str, expected: str, owner: str | None) -> str:
+            probe = (
+                "WITH p AS (SELECT s.message_count, s.version, (SELECT m.data FROM"
+                f" {m} m WHERE m.session_key = s.key AND s.message_count >= $3::bigint"
+                " AND m.seq = s.last_seq - $3::bigint + 1) AS start"
+                f" FROM {t} s WHERE s.key = $1 AND {live_s}),"
+            )
+            if owner is not None:
+                probe += (
+                    f" h AS (SELECT EXISTS(SELECT 1 FROM {lease} l WHERE l.key = $1"
+                    f" AND l.owner = {owner} AND l.expires_at > now()) AS held),"
+                )
+            write = (
+                f" up AS (UPDATE {t} s SET version = s.version + 1,"
+                " token_count = s.token_count + $4::bigint,"
+                " total_cost = s.total_cost + $6::float8,"
+                " message_count = s.message_count + $3::bigint,"
+                f" last_seq = s.last_seq + $3::bigint, updated_at = $5::timestamptz,"
+                f" expires_at = {exp} FROM p{', h' if owner else ''}"
+                f" WHERE s.key = $1 AND {live_s} AND s.version = p.version"
+                f"{' AND h.held' if owner else ''}"
+                f" AND ({expected}::bigint < 0 OR p.message_count = {expected}::bigint)"
+                f" AND ({marker}::bytea IS NULL OR p.start IS NULL"
+                f" OR position({marker}::bytea IN p.start) = 0) {returning}), {gc}, {ins}"
+            )
+            if owner is None:
+                return (
+                    f"{probe}{write} SELECT (SELECT message_count FROM up), p.message_count,"
+                    " p.version, p.start FROM (SELECT 1) AS one LEFT JOIN p ON true"
+                )
+            return (
+                f"{probe}{write}, {release_if_up.format(owner=owner)}"
+                " SELECT (SELECT message_count FROM up), p.message_count, p.version, p.start,"
+                " h.held FROM h LEFT JOIN p ON true"
+            )
+
+        self.turn_release_fast = turn_fast("$8", "$9", "$7")
+        # The same without a lease (append_turn with a turn id or an expected count):
+        # $7 the turn id as encoded (NULL: none), $8 the expected count (-1: any)
+        # -> the new count (NULL: not written), count, version, the message at the start.
+        self.turn_fast = turn_fast("$7", "$8", None)
+        # acquire_and_load: take the lease and read the window in one statement. ``seen`` is
+        # the lease row as this statement's snapshot has it; the lease is taken only if that
+        # snapshot shows no live lease and the row is still the one it shows (the update's
+        # WHERE sees the latest row): a turn that took and released the lease after the
+        # snapshot changed the row, and its messages would be missing from the read, so the
+        # lease is then reported busy and the caller tries again with a new snapshot.
+        # $1 key, $2 owner, $3 ttl, [$4 last] -> taken, the messages (newest first with $4)
+        took = (
+            f"WITH seen AS (SELECT l.owner, l.expires_at FROM {lease} l WHERE l.key = $1),"
+            f" took AS (INSERT INTO {lease} AS l (key, owner, expires_at)"
+            f" SELECT $1, $2, {until}"
+            " WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.expires_at > now())"
+            " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
+            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() AND EXISTS"
+            " (SELECT 1 FROM seen WHERE seen.owner = l.owner"
+            " AND seen.expires_at = l.expires_at) RETURNING true)"
+            " SELECT EXISTS (SELECT 1 FROM took), ARRAY(SELECT m.data FROM"
+            f" {m} m WHERE EXISTS (SELECT 1 FROM took) AND m.session_key = $1"
+            f" AND m.seq > {bound} ORDER BY m.seq"
+        )
+        # The statement's own commit does not wait for the WAL flush (set_config(..., true)
+        # lasts until the end of this statement's transaction). Safe for a lease: the turn's
+        # save commits synchronously later, which flushes everything before it, this too; if
+        # the server crashes first, the lease may be gone after the restart, and the save then
+        # finds it not held and stores nothing (LeaseLostError).
+        fast_commit = ", set_config('synchronous_commit', 'off', true)"
+        self.lease_acquire_load_all = f"{took}){fast_commit}"
+        self.lease_acquire_load_last = f"{took} DESC LIMIT $4){fast_commit}"
         self.sessions, self.messages_table, self.exp = t, m, exp
         self.head, self.msgs, self.live_s = head, msgs, live_s
 

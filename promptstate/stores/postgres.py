@@ -56,13 +56,14 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.redaction import redact as _redact
+from promptstate.redaction import scrub, url_secrets
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores._postgres_migrations import MIGRATIONS, apply_migrations
 from promptstate.stores._postgres_sql import PURGE_BATCH, SQL, Names, key_range, page_sql
 from promptstate.stores.base import LeasingStore, SessionQuery
 from promptstate.stores.integrity import check_count, check_metadata, checked_info, checked_state
-from promptstate.stores.turns import decide_turn
+from promptstate.stores.turns import TURN_ID_KEY, decide_turn
 from promptstate.tokens import TokenCounter
 from promptstate.types import Message, SessionInfo, State, utcnow
 
@@ -498,13 +499,17 @@ class PostgresStore(LeasingStore):
         """Append one turn and add ``cost``, in one statement; see :meth:`Store.append_turn`.
 
         Without ``turn_id`` and ``expected_count`` this is one round trip, like
-        :meth:`append`. With them it is two: a read of the count, the version and the one
-        message where a retried turn would start, then an append conditional on the version
-        (repeated if another writer came in between). Neither grows with the history.
+        :meth:`append`. With them it is one statement that reads the count, the version and
+        the one message where a retried turn would start, and appends when the turn is not
+        there and the count is as expected; when it did not write, those decide (a retried
+        turn, a conflict), and another writer that came in between makes it look again.
+        Neither grows with the history.
 
-        With ``release_lease`` the first read also checks that this owner holds the live
-        turn lease (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless
-        the turn is stored already), and the append deletes the lease in the same statement.
+        With ``release_lease`` the read also checks that this owner holds the live turn lease
+        (else :class:`~promptstate.exceptions.LeaseLostError`, nothing written, unless the turn
+        is stored already), and the append releases the lease in the same statement: one
+        round trip whenever the lease is held, no other writer came in and the turn is not
+        stored already.
         """
         sql = self._sql
         if release_lease is not None:
@@ -527,10 +532,32 @@ class PostgresStore(LeasingStore):
             )
             return int(count)
         _, encoded, tokens = self._encode(messages, session_id)
+        # The first try probes and, when nothing stands in the way, writes in one statement
+        # (turn_fast); anything else is decided on its probe as before.
+        fast = bool(encoded)
         while True:
             async with self._conn("append_turn to", session_id) as conn:
-                row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
-                count, version, start = (0, 0, None) if row is None else row
+                if fast:
+                    fast = False
+                    new_count, count, version, start = await conn.fetchrow(
+                        sql.turn_fast,
+                        session_id,
+                        encoded,
+                        len(encoded),
+                        tokens,
+                        utcnow(),
+                        cost,
+                        None if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
+                        -1 if expected_count is None else expected_count,
+                    )
+                    if new_count is not None:
+                        if self._maybe_purge_due():
+                            await self._opportunistic_purge(conn)
+                        return int(new_count)
+                    count, version = count or 0, version or 0
+                else:
+                    row = await conn.fetchrow(sql.turn_probe, session_id, len(encoded))
+                    count, version, start = (0, 0, None) if row is None else row
                 if not decide_turn(
                     session_id,
                     count=count,
@@ -569,10 +596,33 @@ class PostgresStore(LeasingStore):
     ) -> int:
         sql = self._sql
         _, encoded, tokens = self._encode(messages, session_id)
+        # The first try probes and, when nothing stands in the way, writes and releases in one
+        # statement (turn_release_fast); anything else is decided on its probe as before.
+        fast = bool(encoded)
         while True:
             async with self._conn("append_turn to", session_id) as conn:
-                row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
-                count, version, start, held = row
+                if fast:
+                    fast = False
+                    new_count, *probe = await conn.fetchrow(
+                        sql.turn_release_fast,
+                        session_id,
+                        encoded,
+                        len(encoded),
+                        tokens,
+                        utcnow(),
+                        cost,
+                        owner,
+                        None if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
+                        -1 if expected_count is None else expected_count,
+                    )
+                    if new_count is not None:
+                        if self._maybe_purge_due():
+                            await self._opportunistic_purge(conn)
+                        return int(new_count)
+                    count, version, start, held = probe
+                else:
+                    row = await conn.fetchrow(sql.turn_probe_lease, session_id, len(encoded), owner)
+                    count, version, start, held = row
                 count, version = count or 0, version or 0
                 if not decide_turn(
                     session_id,
@@ -847,6 +897,40 @@ class PostgresStore(LeasingStore):
             return bool(await conn.fetchval(self._sql.lease_acquire, key, owner, float(ttl)))
 
     @settled_write
+    async def _acquire_and_load(
+        self, key: str, owner: str, ttl: float, *, last: int | None
+    ) -> list[Message] | None:
+        """Take the turn lease on ``key`` and read the newest ``last`` messages, in one
+        statement (one round trip, where :meth:`acquire_lease` and :meth:`load` take two).
+
+        A statement reads with the snapshot it started with, while taking the lease sees
+        the newest lease row: a turn that took, wrote and released the lease after that
+        snapshot would be missing from the read. So the lease is taken only when its row is
+        still the one the snapshot shows (releasing marks the row instead of deleting it, so
+        every turn changes it); otherwise the lease is reported busy (``None``) and the turn
+        tries again after its backoff, with a new snapshot. With ``touch_on_read`` it is the
+        two steps (a touch would lock the session row after the lease row, the reverse of
+        a releasing append's order). The statement commits without waiting for the WAL flush:
+        the turn's save, a synchronous commit, flushes it, and a lease lost in a crash before
+        that makes the save store nothing.
+        """
+        sql = self._sql
+        if self._touch_on_read and sql.touching:
+            return await super()._acquire_and_load(key, owner, ttl, last=last)
+        async with self._conn("take the lease on", key) as conn:
+            if last is None:
+                taken, data, _ = await conn.fetchrow(
+                    sql.lease_acquire_load_all, key, owner, float(ttl)
+                )
+            else:
+                taken, data, _ = await conn.fetchrow(
+                    sql.lease_acquire_load_last, key, owner, float(ttl), last
+                )
+        if not taken:
+            return None
+        return unpack_messages(data if last is None else data[::-1], key=key)
+
+    @settled_write
     async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s live lease on ``key``; False when it expired or was taken."""
         async with self._conn("renew the lease on", key) as conn:
@@ -854,7 +938,8 @@ class PostgresStore(LeasingStore):
 
     @settled_write
     async def _release_lease(self, key: str, owner: str) -> bool:
-        """Drop ``owner``'s lease on ``key``; False when ``owner`` did not hold it."""
+        """Give ``owner``'s lease on ``key`` back (the row is marked free, not deleted);
+        False when ``owner`` did not hold it."""
         async with self._conn("release the lease on", key) as conn:
             return bool(await conn.fetchval(self._sql.lease_release, key, owner))
 
@@ -958,9 +1043,10 @@ class _Op:
         try:
             _raise_for(exc, what, acquiring=acquiring, opening=opening, store=store)
         except PromptStateError as error:
-            password = _password(store._dsn) if opening else None
-            if password and password in str(error):
-                raise type(error)(str(error).replace(password, "***")) from exc
+            if opening:
+                text = scrub(str(error), *url_secrets(store._dsn))
+                if text != str(error):
+                    raise type(error)(text) from exc
             raise
 
 
@@ -1163,13 +1249,6 @@ def _raise_for(
     if _from_asyncpg(exc):
         raise StoreUnavailableError(f"PostgreSQL driver error ({what}): {name}: {exc}") from exc
     raise exc
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        return urlsplit(dsn).password
-    except ValueError:
-        return None
 
 
 def _safe(exc: BaseException) -> str:

@@ -1872,6 +1872,30 @@ class StoreConformance:
         with pytest.raises(ValidationError):
             await lease.append_turn("fresh", _turn("q", "a"), release_lease=5)  # type: ignore[arg-type]
 
+    async def test_append_turn_with_the_lease_recognises_a_turn_stored_already(
+        self, store: Store
+    ) -> None:
+        # The holder saves a turn whose id is already where the turn would start (stored by
+        # an earlier attempt): nothing is written twice, and the lease is released all the same.
+        lease = self._leasing(store)
+        assert await lease.acquire_lease("conv", "first", 30.0)
+        assert (
+            await lease.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="first")
+            == 2
+        )
+        assert await lease.acquire_lease("conv", "second", 30.0)
+        assert (
+            await lease.append_turn("conv", _turn("q", "a"), turn_id="t", release_lease="second")
+            == 2
+        )
+        assert [m.content for m in await store.load("conv")] == ["q", "a"]
+        assert await lease.acquire_lease("conv", "third", 30.0)
+        # Another turn id: written.
+        assert (
+            await lease.append_turn("conv", _turn("q", "a"), turn_id="u", release_lease="third")
+            == 4
+        )
+
     async def test_append_turn_release_lease_needs_a_leasing_store(self, store: Store) -> None:
         if isinstance(store, LeasingStore):
             pytest.skip(f"{type(store).__name__} has leases")

@@ -548,6 +548,64 @@ async def test_leases_are_shared_by_stores_on_one_table(postgres_dsn: str, table
         assert await one.acquire_lease("other", "owner-1", 5) is True  # per session
 
 
+async def test_acquire_and_load_never_takes_the_lease_over_an_older_snapshot(
+    postgres_dsn: str, table: str, pg: Any
+) -> None:
+    """acquire_and_load reads in the statement that takes the lease, so its read sees the
+    snapshot the statement started with. Here another process's turn takes the free lease,
+    appends and releases, and commits while that statement waits for the lease row: the
+    lease must then be refused (the turn retries with a new snapshot), not taken over a read
+    that misses the other turn's message."""
+    app = f"ps-race-{uuid.uuid4().hex[:12]}"
+    async with PostgresStore.from_dsn(
+        postgres_dsn, table_name=table, application_name=app
+    ) as store:
+        await store.append("s", msgs("old", 2))
+        first = await store.acquire_and_load("s", "a", 30.0, last=5)
+        assert [m.content for m in first or []] == ["old0", "old1"]
+        assert await store.acquire_and_load("s", "b", 30.0, last=5) is None  # a holds it
+        assert await store.release_lease("s", "a") is True
+        other = await asyncpg.connect(postgres_dsn)
+        try:
+            async with other.transaction():
+                took = await other.fetchval(
+                    f"UPDATE \"{table}_leases\" SET owner = 'c',"
+                    " expires_at = now() + interval '30 seconds'"
+                    " WHERE key = 's' AND expires_at <= now() RETURNING true"
+                )
+                assert took
+                seq = await other.fetchval(
+                    f'UPDATE "{table}" SET version = version + 1,'
+                    " message_count = message_count + 1, last_seq = last_seq + 1"
+                    " WHERE key = 's' RETURNING last_seq"
+                )
+                await other.execute(
+                    f'INSERT INTO "{table}_messages" (session_key, seq, data) VALUES ($1, $2, $3)',
+                    "s",
+                    seq,
+                    msgspec.msgpack.encode(Message("user", "c's turn")),
+                )
+                await other.execute(
+                    f"UPDATE \"{table}_leases\" SET owner = '', expires_at = now()"
+                    " WHERE key = 's' AND owner = 'c'"
+                )
+                attempt = asyncio.ensure_future(store.acquire_and_load("s", "b", 30.0, last=5))
+
+                async def waiting() -> bool:
+                    return bool(await _backends(pg, app, waiting=True))
+
+                await wait_for(waiting, "acquire_and_load to wait for the lease row")
+            assert await attempt is None, "took the lease over a snapshot older than the lease"
+        finally:
+            await other.close()
+        again = await store.acquire_and_load("s", "b", 30.0, last=5)
+        assert [m.content for m in again or []] == ["old0", "old1", "c's turn"]
+        assert await store.acquire_and_load("s", "d", 30.0, last=5) is None  # b holds it
+        # Its asynchronous commit was for that statement only, not for the pool's connection.
+        for _ in range(4):
+            assert await store._pool.fetchval("SHOW synchronous_commit") == "on"
+
+
 def test_import_promptstate_does_not_import_asyncpg() -> None:
     code = "import sys, promptstate; promptstate.PostgresStore; print('asyncpg' in sys.modules)"
     out = subprocess.run(
