@@ -16,21 +16,25 @@ session while a turn runs:
 Stores without leases (:class:`~promptstate.MemoryStore`) get only the in-process lock, which is
 all they need: their data lives in one process.
 
-A backend implements the lease with these exact methods (``key`` is the session id, already
-validated; the backend keeps leases in its own namespace, apart from the states)::
+A store declares leases by subclassing :class:`~promptstate.stores.base.LeasingStore`. Its
+public ``acquire_lease``, ``renew_lease`` and ``release_lease`` check their arguments and
+call the protected methods a backend implements (``key`` is the session id; the backend keeps
+leases in its own namespace, apart from the states)::
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool
+    async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool
         # take the lease if nobody holds it (or it expired); True when taken
-    async def renew_lease(self, key: str, owner: str, ttl: float) -> bool
+    async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool
         # push the expiry to now + ttl if `owner` still holds it; False when lost
-    async def release_lease(self, key: str, owner: str) -> bool
+    async def _release_lease(self, key: str, owner: str) -> bool
         # delete it if `owner` holds it; True when something was released
 
 ``ttl`` is in seconds (a float; Redis rounds it up to whole milliseconds for ``SET NX PX``).
+:class:`SupportsLease` describes the public methods for type hints; it is not how a store
+declares leases.
 
-A store declares leases by subclassing :class:`~promptstate.stores.base.LeasingStore`, which
-also has the two methods that let a turn cost two round trips instead of four (acquire, load,
-save, release) where a backend implements them in one atomic step each:
+A :class:`~promptstate.stores.base.LeasingStore` also has the two methods that let a turn
+cost two round trips instead of four (acquire, load, save, release), which Redis, SQLite and
+PostgreSQL implement in one atomic step each:
 
 * ``acquire_and_load(key, owner, ttl, *, last)`` takes the lease and, only when it was taken,
   reads the newest ``last`` messages (``None`` when another owner holds the lease). The turn
@@ -90,7 +94,12 @@ def new_id() -> str:
 
 @runtime_checkable
 class SupportsLease(Protocol):
-    """A store that can hold a per-session lease shared by all processes using it."""
+    """The public lease methods of a store, for type hints.
+
+    A store declares leases by subclassing :class:`~promptstate.stores.base.LeasingStore`
+    (the pipeline asks ``isinstance(store, LeasingStore)``, nothing else); every
+    ``LeasingStore`` satisfies this protocol.
+    """
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the lease on ``key`` for ``owner`` for ``ttl`` seconds, if it is free or expired.

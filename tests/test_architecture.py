@@ -148,7 +148,13 @@ def test_stores_and_providers_sit_below_the_stages_and_apart() -> None:
     assert _upward(graph, ("promptstate.providers",), (*above, "promptstate.stores")) == []
     # Stores and providers do I/O; turns (locks: the runner, leases) sit above them.
     assert _upward(graph, ("promptstate.stores", "promptstate.providers"), TURNS) == []
-    low = ("promptstate._window", "promptstate._tools", "promptstate.tokens", "promptstate.types")
+    low = (
+        "promptstate._window",
+        "promptstate._tools",
+        "promptstate.redaction",
+        "promptstate.tokens",
+        "promptstate.types",
+    )
     assert _upward(graph, low, ("promptstate.stores", "promptstate.providers", *above)) == []
 
 

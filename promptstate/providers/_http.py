@@ -6,9 +6,10 @@ retries 408/409/429, 5xx, timeouts and connection errors with exponential backof
 honouring ``Retry-After``. Every ``httpx`` error is translated into
 :class:`~promptstate.exceptions.ProviderError` here, at the boundary.
 
-The API key is kept in a :class:`Secret` and attached to each request by an :class:`httpx.Auth`
-flow, so it is never in the client's default headers, a repr, a log line or an error message
-(error texts are scrubbed of it too, in case a server echoes it back).
+The API key is kept in a :class:`~promptstate.redaction.Secret` and attached to each request
+by an :class:`httpx.Auth` flow, so it is never in the client's default headers, a repr, a log
+line or an error message (error texts are scrubbed of it and of the base URL's password too,
+in case a server echoes them back; :mod:`promptstate.redaction`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -32,10 +32,11 @@ import msgspec
 from promptstate.exceptions import ClosedError, PromptStateError, ProviderError, ValidationError
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import Price, PriceTable, cost_of, lookup_price
+from promptstate.redaction import Secret, redact, scrub, url_secrets
 from promptstate.tokens import HeuristicTokenCounter, count_tokens
 from promptstate.types import Message, Usage
 
-__all__ = ["HTTPProvider", "Request", "SSEEvent", "Secret", "iter_sse", "parse_retry_after"]
+__all__ = ["HTTPProvider", "Request", "SSEEvent", "iter_sse", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +51,6 @@ _ESTIMATOR = HeuristicTokenCounter()
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
-
-
-class Secret:
-    """A string that does not show itself: ``repr`` and ``str`` print ``'***'``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself (for the one place that must send it)."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        raise TypeError("a Secret cannot be pickled")
 
 
 def read_key(value: str | None, env: str) -> str | None:
@@ -156,15 +133,6 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             data.append(value)
         elif field == "event":
             event = value
-
-
-def _hide_password(url: str) -> str:
-    """``url`` with the password of a ``user:password@`` part replaced by ``***``."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return "<unparsable URL>"
-    return url if password is None else url.replace(f":{password}@", ":***@", 1)
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -380,7 +348,7 @@ class HTTPProvider:
     # -- lifecycle -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        base_url = _hide_password(self.base_url)
+        base_url = redact(self.base_url)
         return f"{type(self).__name__}(model={self.model!r}, base_url={base_url!r})"
 
     async def __aenter__(self: _P) -> _P:
@@ -443,10 +411,8 @@ class HTTPProvider:
     # -- errors -----------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        secret = self._secret.reveal() if self._secret else ""
-        if secret and secret in text:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` without the API key or the base URL's password, should a server echo them."""
+        return scrub(text, self._secret, *url_secrets(self.base_url))
 
     def _error(
         self, what: str, *, status_code: int | None = None, retryable: bool = False

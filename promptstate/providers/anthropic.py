@@ -19,10 +19,11 @@ import msgspec
 
 from promptstate._tools import Tool, pair_tool_messages
 from promptstate.exceptions import ProviderError, ValidationError
-from promptstate.providers._http import HTTPProvider, Request, Secret, read_key
+from promptstate.providers._http import HTTPProvider, Request, read_key
 from promptstate.providers._parts import b64, parse_data_url, unsupported
 from promptstate.providers.base import Chunk, Completion
 from promptstate.providers.pricing import ANTHROPIC_PRICES, Price
+from promptstate.redaction import Secret
 from promptstate.types import (
     FilePart,
     ImagePart,

@@ -14,7 +14,6 @@ from promptstate.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
-from promptstate.stores.base import Store
 from promptstate.tokens import with_tokens
 from promptstate.types import Message
 
@@ -86,16 +85,9 @@ class SaveState:
         if ctx.lease is not None:
             await ctx.lease.ensure(margin=ctx.lease.ttl / 2)
         store = ctx.store
-        kind = type(store)
-        if (
-            self.timeout is None
-            and kind.append_turn is Store.append_turn
-            and getattr(kind._append_turn, "__promptstate_atomic_in_loop__", False)
-        ):
-            # The store's append_turn never yields to the event loop (MemoryStore's: the
-            # public method checks, then its _append_turn runs without awaiting), and no
-            # subclass wraps the public method: nothing can cancel it half-way, so the shield
-            # (a few microseconds) is not needed.
+        if self.timeout is None and store.append_turn_never_suspends:
+            # The store's append_turn never yields to the event loop (MemoryStore's own): nothing
+            # can cancel it half-way, so the shield (a few microseconds) is not needed.
             ctx.message_count = await store.append_turn(
                 ctx.session_id, messages, cost=ctx.cost, turn_id=ctx.turn_id
             )

@@ -21,7 +21,7 @@ class ForwardedLeases:
     _inner: Any
 
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the inner store's lease on ``key`` (see :class:`~promptstate.SupportsLease`)."""
+        """Take the inner store's lease on ``key`` (see :class:`~promptstate.LeasingStore`)."""
         return bool(await self._inner.acquire_lease(key, owner, ttl))
 
     async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:

@@ -509,6 +509,16 @@ class Store(AsyncResource, ABC):
         """The counter the store uses for ``State.token_count``."""
         return self._counter
 
+    @property
+    def append_turn_never_suspends(self) -> bool:
+        """Whether :meth:`append_turn` completes without yielding to the event loop, so nothing
+        can cancel it half-way and the pipeline's save needs no cancellation shield around it.
+
+        ``False`` unless a store says otherwise for its own code (MemoryStore does, and not for
+        a subclass that overrides ``append_turn`` or ``_append_turn``).
+        """
+        return False
+
     async def exists(self) -> bool:
         """Whether the store's database is there, checked without creating anything.
 
@@ -1130,7 +1140,7 @@ class LeasingStore(Store):
 
         Returns ``None`` (nothing read) when another owner holds the lease. The default is
         :meth:`acquire_lease` then :meth:`load` (two round trips; the lease is given back if
-        the read fails); Redis and SQLite do both in one atomic step.
+        the read fails); Redis, SQLite and PostgreSQL do both in one atomic step.
         """
         self._check_open()
         _check_lease_args(key, owner, ttl)

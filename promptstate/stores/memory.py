@@ -313,8 +313,14 @@ class MemoryStore(Store):
             return self._add(session_id, messages, cost)
         return count
 
-    # It never suspends, so it cannot be interrupted half-way: no shield needed around it.
-    _append_turn.__promptstate_atomic_in_loop__ = True  # type: ignore[attr-defined]
+    @property
+    def append_turn_never_suspends(self) -> bool:
+        """True: :meth:`append_turn` runs without awaiting (see
+        :attr:`Store.append_turn_never_suspends`), unless a subclass overrides it."""
+        kind = type(self)
+        return (
+            kind._append_turn is MemoryStore._append_turn and kind.append_turn is Store.append_turn
+        )
 
     def _add(self, session_id: str, messages: Sequence[Message], cost: float) -> int:
         entry = self._lookup(session_id, read=False)

@@ -56,6 +56,7 @@ from promptstate.exceptions import (
     ValidationError,
 )
 from promptstate.redaction import redact as _redact
+from promptstate.redaction import scrub, url_secrets
 from promptstate.serialization import pack, unpack_any, unpack_messages
 from promptstate.settle import settled_write
 from promptstate.stores._postgres_migrations import MIGRATIONS, apply_migrations
@@ -882,7 +883,7 @@ class PostgresStore(LeasingStore):
             for key, user_id, version, tokens, cost, metadata, created, updated, count in rows
         ]
 
-    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+    # -- turn leases (promptstate.LeasingStore) ------------------------------------------------
 
     @settled_write
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
@@ -1042,9 +1043,10 @@ class _Op:
         try:
             _raise_for(exc, what, acquiring=acquiring, opening=opening, store=store)
         except PromptStateError as error:
-            password = _password(store._dsn) if opening else None
-            if password and password in str(error):
-                raise type(error)(str(error).replace(password, "***")) from exc
+            if opening:
+                text = scrub(str(error), *url_secrets(store._dsn))
+                if text != str(error):
+                    raise type(error)(text) from exc
             raise
 
 
@@ -1247,13 +1249,6 @@ def _raise_for(
     if _from_asyncpg(exc):
         raise StoreUnavailableError(f"PostgreSQL driver error ({what}): {name}: {exc}") from exc
     raise exc
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        return urlsplit(dsn).password
-    except ValueError:
-        return None
 
 
 def _safe(exc: BaseException) -> str:

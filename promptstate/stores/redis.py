@@ -1177,7 +1177,7 @@ class RedisStore(LeasingStore):
         if full:
             self._next_prune = 0.0
 
-    # -- turn leases (promptstate.locks.SupportsLease) ----------------------------------------
+    # -- turn leases (promptstate.LeasingStore) ----------------------------------------------------
 
     def _lease_key(self, key: str) -> bytes:
         # In the session's slot, apart from its state keys (listing never sees it).

@@ -1044,7 +1044,7 @@ class SQLiteStore(LeasingStore):
 
         return await self._run(work, "write" if self._touching else "read", "get_many")
 
-    # -- turn leases (promptstate.locks.SupportsLease) ------------------------------------
+    # -- turn leases (promptstate.LeasingStore) ------------------------------------------------
 
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the turn lease on ``key`` for ``owner`` if it is free or expired.

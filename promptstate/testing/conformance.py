@@ -1906,9 +1906,10 @@ class StoreConformance:
     async def test_cancelled_lease_calls_are_settled(self, store: Store) -> None:
         lease = self._leasing(store)
         rng = random.Random(14)
-        # The atomic form (a backend's own append_turn): the turn is stored exactly when the
+        # The atomic form (a backend's own _append_turn): the turn is stored exactly when the
         # lease is released. The base class's default appends, then releases.
-        atomic = type(store).append_turn is not LeasingStore.append_turn
+        atomic = type(store)._append_turn is not LeasingStore._append_turn
+        stored_turns = 0
         for style in self._styles():
             key, hits = f"cancel-lease-{style}", 0
             for trial in range(self.cancellation_trials):
@@ -1943,6 +1944,7 @@ class StoreConformance:
                 held = await lease.renew_lease(key, owner, 30.0)
                 await anyio.sleep(0.005)
                 assert await lease.renew_lease(key, owner, 30.0) == held
+                stored_turns += stored
                 if not stored:
                     assert held, "a turn that was not stored gave the lease away"
                 elif atomic:
@@ -1957,3 +1959,4 @@ class StoreConformance:
             assert all(a.split("/")[0] == b.split("/")[0] for a, b in pairs), pairs
             if style == "task":
                 assert hits, "no task.cancel() hit an acquire_and_load"
+        assert stored_turns, "no turn was stored: the checks of a stored turn never ran"

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from promptstate import ProviderError
-from promptstate.providers._http import Secret, SSEEvent, iter_sse, parse_retry_after
+from promptstate.providers._http import SSEEvent, iter_sse, parse_retry_after
+from promptstate.redaction import Secret
 
 pytestmark = pytest.mark.anyio
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from promptstate import MemoryStore, Message, State, ValidationError
@@ -98,3 +100,27 @@ async def test_indexes_follow_every_write_eviction_and_expiry() -> None:
             native = await store._list_sessions(query)
             reference = await Store._list_sessions(store, query)
             assert native == reference
+
+
+async def test_append_turn_never_suspends_only_for_memorystores_own_code() -> None:
+    # The pipeline's save skips its cancellation shield when this is True: a subclass whose
+    # append_turn may suspend must not inherit it.
+    import anyio
+
+    class Sleepy(MemoryStore):
+        async def _append_turn(self, *args: Any, **kwargs: Any) -> int:
+            await anyio.lowlevel.checkpoint()
+            return await super()._append_turn(*args, **kwargs)
+
+    class Counting(MemoryStore):
+        async def append_turn(self, *args: Any, **kwargs: Any) -> int:
+            await anyio.lowlevel.checkpoint()
+            return await super().append_turn(*args, **kwargs)
+
+    class Plain(MemoryStore):
+        pass
+
+    assert MemoryStore().append_turn_never_suspends
+    assert Plain().append_turn_never_suspends
+    assert not Sleepy().append_turn_never_suspends
+    assert not Counting().append_turn_never_suspends

@@ -160,3 +160,50 @@ def test_store_options_given_to_from_dsn_say_where_they_go() -> None:
     with pytest.raises(ValidationError, match=r"store option.*pass table_name=") as info:
         PostgresStore.from_dsn("postgresql://u:hunter2@127.0.0.1:1/db?table_name=t")
     assert "hunter2" not in str(info.value)
+
+
+# -- the scheme table is the one source ---------------------------------------------------------
+
+
+def _redis_schemes() -> set[str]:
+    from promptstate.stores.url import SCHEMES
+
+    return {name for name, row in SCHEMES.items() if row.options is SCHEMES["redis"].options}
+
+
+def test_redis_from_url_takes_exactly_the_redis_rows_of_the_scheme_table() -> None:
+    # RedisStore.from_url keeps its own list (stores/redis.py cannot import url.py, which
+    # imports it); this keeps the two from drifting apart.
+    from promptstate.stores import redis
+    from promptstate.stores.url import SCHEMES
+
+    assert set(redis._SCHEMES) == _redis_schemes()
+    assert {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"} <= set(SCHEMES)
+
+
+def test_the_docs_options_table_is_the_scheme_table() -> None:
+    import re
+    from pathlib import Path
+
+    from promptstate.stores.url import COMMON_OPTIONS, SCHEMES
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "stores.md").read_text("utf-8")
+    section = page.split("## `open_store(url)` and the options a URL carries", 1)[1]
+    rows = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("| `")]
+    documented: dict[str, set[str]] = {}
+    for row in rows:
+        names, schemes = row.split("|")[1:3]
+        if schemes.strip() == "all":
+            taken = set(SCHEMES)
+        elif schemes.strip() == "the Redis schemes":
+            taken = _redis_schemes()
+        else:
+            taken = set(re.findall(r"`([^`]+)`", schemes))
+        for name in re.findall(r"`([^`]+)`", names):
+            assert name not in documented, f"{name} is documented twice"
+            documented[name] = taken
+    actual = {name: set(SCHEMES) for name in COMMON_OPTIONS}
+    for scheme, row in SCHEMES.items():
+        for name in row.options:
+            actual.setdefault(name, set()).add(scheme)
+    assert documented == actual
