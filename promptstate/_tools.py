@@ -1,32 +1,9 @@
-"""Tools a model may call: JSON schemas from Python functions, and running the calls.
+"""Tool definitions and running tool calls: the code behind :mod:`promptstate.tools`.
 
-Any plain or async function is a tool. Its JSON schema is derived from its signature and type
-hints by msgspec (so ``int``, ``str | None``, ``Literal[...]``, ``list[...]``, msgspec Structs,
-dataclasses, ``TypedDict`` and ``Annotated[..., msgspec.Meta(description=...)]`` all work), its
-description from the docstring's first paragraph and each parameter's description from the
-docstring's ``Args:`` section::
-
-    async def get_weather(city: str, unit: Literal["C", "F"] = "C") -> dict[str, float]:
-        \"\"\"The current weather in a city.
-
-        Args:
-            city: The city's name.
-            unit: Temperature unit.
-        \"\"\"
-
-    weather = Tool.from_function(get_weather)
-    weather.parameters   # {"type": "object", "properties": {...}, "required": ["city"]}
-
-Pass a schema yourself with ``Tool.from_function(fn, parameters={...})`` or ``@tool(...)``.
-
-:func:`run_tool_calls` runs the calls a model asked for (concurrently when there are several)
-and returns one ``tool`` message per call, in order. A tool that raises, gets arguments that do
-not match its schema, times out or does not exist answers with an error message for the model
-(``metadata["is_error"]`` is true); it never raises. Plain functions run in a worker thread so
-they do not block the event loop.
-
-The public entry point is :mod:`promptstate.tools`, which re-exports these names with the
-:class:`~promptstate.stages.tool_loop.ToolLoop` stage.
+:mod:`promptstate.tools` is the public entry point and documents these names (how a function
+becomes a tool, how calls run and fail); it re-exports them with the
+:class:`~promptstate.stages.tool_loop.ToolLoop` stage. They live here, below the stages, so
+that providers and stages can use them without importing a stage.
 """
 
 from __future__ import annotations

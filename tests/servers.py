@@ -28,6 +28,9 @@ from typing import NoReturn
 
 import pytest
 
+# Re-exported for the tests that drop their own tables; the one copy lives in the name table.
+from promptstate.testing._backends import drop_postgres_tables as drop_postgres_tables
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -168,20 +171,6 @@ def postgres_answers(dsn: str) -> bool:
     # In a thread of its own, so that it works when an event loop is running here too.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result()
-
-
-async def drop_postgres_tables(dsn: str, table: str) -> None:
-    """Drop the tables a PostgresStore with ``table_name=table`` created."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            f'DROP TABLE IF EXISTS "{table}_messages", "{table}", '
-            f'"{table}_migrations", "{table}_leases"'
-        )
-    finally:
-        await conn.close()
 
 
 def _pg_bin(name: str) -> str | None:
