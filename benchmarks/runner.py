@@ -311,23 +311,31 @@ async def measure_cell(
 ) -> tuple[list[float], float, float]:
     """Run turns from ``concurrency`` tasks for ``seconds`` (at most ``max_turns``).
 
-    Turn ``t`` goes to session ``ids[t % len(ids)]``, so with at least as many sessions as
-    tasks, no two tasks work on one session at a time. Before the timed part, when ``warmup``
+    Task ``k`` works only on its own sessions, ``ids[k::concurrency]`` in turn (so there must
+    be at least as many sessions as tasks): no two tasks ever work on one session at a time,
+    which would make a store that serializes a session's turns (the pipeline's turn lock)
+    wait where one that does not just interleaves them. Before the timed part, when ``warmup``
     is given, the same tasks run untimed turns for that long (at least one each: that opens
     the connections the cell will use). Returns (per-turn seconds, wall time, process CPU
     time), the times over the timed part only.
     """
-    pool = len(ids)
+    if len(ids) < concurrency:
+        raise ValueError(f"{concurrency} tasks need at least as many sessions, got {len(ids)}")
     perf = time.perf_counter
     latencies: list[float] = []
+    own = [ids[k::concurrency] for k in range(concurrency)]
+    turns_of = [0] * concurrency
 
     warm = [0]
 
-    async def worker(until: float, timed: bool) -> None:
+    async def worker(k: int, until: float, timed: bool) -> None:
+        mine = own[k]
         while True:
             t = next(cursor)
+            session = mine[turns_of[k] % len(mine)]
+            turns_of[k] += 1
             start = perf()
-            await contender.turn(ids[t % pool], t)
+            await contender.turn(session, t)
             if timed:
                 latencies.append(perf() - start)
                 if len(latencies) >= max_turns:
@@ -341,11 +349,11 @@ async def measure_cell(
 
     if warmup > 0:
         warm_until = perf() + warmup
-        await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(k, warm_until, False) for k in range(concurrency)))
     deadline = perf() + seconds
     cpu = time.process_time()
     start = perf()
-    await asyncio.gather(*(worker(deadline, True) for _ in range(concurrency)))
+    await asyncio.gather(*(worker(k, deadline, True) for k in range(concurrency)))
     wall = perf() - start
     return latencies, wall, time.process_time() - cpu
 
