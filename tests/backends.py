@@ -75,7 +75,9 @@ _SPECS: dict[str, Backend] = {
     "memory-leased": Backend(ttl_seconds=0.3),
 }
 
-#: The twelve stores the conformance suite runs on.
+#: The stores the conformance suite runs on: every bundled one, and the two test stores that
+#: keep the base classes' defaults (``custom``: a ``Store``; ``memory-leased``: a
+#: ``LeasingStore``).
 CONFORMANCE = [
     "memory",
     "sqlite",
@@ -89,6 +91,7 @@ CONFORMANCE = [
     "encrypted-redis",
     "encrypted-postgres",
     "custom",
+    "memory-leased",
 ]
 
 #: The conformance stores that are ``LeasingStore``s (cross-process turn leases).
@@ -101,6 +104,7 @@ LEASING = [
     "encrypted-sqlite",
     "encrypted-redis",
     "encrypted-postgres",
+    "memory-leased",
 ]
 
 

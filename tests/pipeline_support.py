@@ -35,8 +35,9 @@ class LeaseTable:
 
 
 class LeasingMemoryStore(LeasingStore, MemoryStore):
-    """A MemoryStore with leases (a ``LeasingStore``: its ``append_turn`` appends, then
-    releases the lease; its ``acquire_and_load`` takes the lease, then reads).
+    """A MemoryStore with leases that keeps the ``LeasingStore`` defaults: its ``append_turn``
+    renews the lease (the check), appends, then releases it; its ``acquire_and_load`` takes
+    the lease, then reads.
 
     Give several of them the same ``table`` and ``share_with`` to get separate store objects
     (separate in-process lock tables, like separate processes) over one data set, which only

@@ -48,7 +48,7 @@ from promptstate.exceptions import (
     NotFoundError,
     ValidationError,
 )
-from promptstate.stores.turns import TURN_ID_KEY, decide_turn, turn_stored
+from promptstate.stores.turns import TURN_ID_KEY, decide_turn, lease_lost, turn_stored
 from promptstate.tokens import HeuristicTokenCounter, TokenCounter, with_tokens
 from promptstate.types import (
     SESSION_ORDERS,
@@ -67,6 +67,7 @@ __all__ = [
     "LeasingStore",
     "SessionQuery",
     "TURN_ID_KEY",
+    "WRITE_HOLD",
     "Store",
     "normalize_ttl",
     "validate_key",
@@ -1174,9 +1175,30 @@ class LeasingStore(Store):
 
         A backend overrides this with one atomic step that writes only while ``owner`` holds
         the lease (else :class:`~promptstate.exceptions.LeaseLostError`, unless the turn is
-        stored already) and deletes the lease with the write. The default appends, then
-        releases (two steps).
+        stored already) and deletes the lease with the write. The default composes the lease
+        methods around :meth:`Store._append_turn`, in three steps: it renews the lease for
+        :data:`WRITE_HOLD` seconds (the check that ``owner`` holds it, and time to write while
+        it does), writes, and releases. A lease that is not held stores nothing; an
+        ``expected_count`` conflict leaves the lease with its holder (renewed). Unlike one
+        atomic step, the lease could still run out if the write took longer than
+        :data:`WRITE_HOLD`.
         """
+        if release_lease is None:
+            return await super()._append_turn(
+                session_id,
+                messages,
+                cost=cost,
+                turn_id=turn_id,
+                expected_count=expected_count,
+                release_lease=None,
+            )
+        if not await self._renew_lease(session_id, release_lease, WRITE_HOLD):
+            size = len(messages)
+            if turn_id is not None and size:
+                tail = await self._load(session_id, last=size)
+                if turn_stored(tail[0] if len(tail) == size else None, turn_id):
+                    return await self._append(session_id, [])  # stored already: its count
+            raise lease_lost(session_id)
         count = await super()._append_turn(
             session_id,
             messages,
@@ -1185,9 +1207,13 @@ class LeasingStore(Store):
             expected_count=expected_count,
             release_lease=None,
         )
-        if release_lease is not None:
-            await self._release_lease(session_id, release_lease)
+        await self._release_lease(session_id, release_lease)
         return count
+
+
+#: Seconds :meth:`LeasingStore._append_turn`'s default renews a turn's lease for before it
+#: writes: the write must end within them (a bundled store writes and releases atomically).
+WRITE_HOLD = 30.0
 
 
 _S = TypeVar("_S", bound=Store)

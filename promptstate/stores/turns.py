@@ -23,7 +23,7 @@ from __future__ import annotations
 from promptstate.exceptions import ConflictError, LeaseLostError
 from promptstate.types import Message
 
-__all__ = ["TURN_ID_KEY", "decide_turn", "turn_refusal", "turn_stored"]
+__all__ = ["TURN_ID_KEY", "decide_turn", "lease_lost", "turn_refusal", "turn_stored"]
 
 #: The ``Message.metadata`` key under which :meth:`Store.append_turn` records a turn's id (on
 #: the first message of the turn), so a retried append can tell it was already applied.
@@ -37,6 +37,13 @@ def turn_stored(start: Message | None, turn_id: str | None) -> bool:
     fewer messages than the turn (or the caller did not read it because ``turn_id`` is None).
     """
     return turn_id is not None and start is not None and start.metadata.get(TURN_ID_KEY) == turn_id
+
+
+def lease_lost(session_id: str) -> LeaseLostError:
+    """The error that refuses a turn whose lease is not held (rule 2)."""
+    return LeaseLostError(
+        f"the lease on session {session_id!r} is not held by this turn: nothing stored"
+    )
 
 
 def turn_refusal(
@@ -57,9 +64,7 @@ def turn_refusal(
         differs from ``count``, else ``None``.
     """
     if lease_held is False:
-        return LeaseLostError(
-            f"the lease on session {session_id!r} is not held by this turn: nothing stored"
-        )
+        return lease_lost(session_id)
     if expected_count is not None and expected_count != count:
         return ConflictError(
             f"session {session_id!r} holds {count} messages, expected {expected_count}"

@@ -39,6 +39,34 @@ class KeepsTheLease(LeasingMemoryStore):
         )
 
 
+class WritesWithoutTheLease(LeasingMemoryStore):
+    """Bug: appends the turn, then releases the lease, never checking who holds it (what the
+    base class's default did before 0.2)."""
+
+    async def _append_turn(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        cost: float,
+        turn_id: str | None,
+        expected_count: int | None,
+        release_lease: str | None,
+    ) -> int:
+        count = await LeasingStore._append_turn(
+            self,
+            session_id,
+            messages,
+            cost=cost,
+            turn_id=turn_id,
+            expected_count=expected_count,
+            release_lease=None,
+        )
+        if release_lease is not None:
+            await self._release_lease(session_id, release_lease)
+        return count
+
+
 class ReadsWithoutTheLease(LeasingMemoryStore):
     """Bug: reads the history even when another owner holds the lease."""
 
@@ -62,18 +90,17 @@ async def test_the_suite_catches_a_read_without_the_lease() -> None:
 
 
 async def test_the_suite_catches_a_turn_written_without_the_lease() -> None:
-    # The base class's append_turn(release_lease=) appends, then releases: it never checks
-    # the lease, so a LeasingStore that keeps it is caught (docs/conformance.md says so).
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         await StoreConformance().test_append_turn_with_no_or_an_expired_lease_stores_nothing(
-            LeasingMemoryStore()
+            WritesWithoutTheLease()
         )
 
 
 async def test_a_correct_leasing_store_passes_what_it_can() -> None:
-    # The in-process leasing store with the base class's defaults passes the sections that do
-    # not need an atomic turn write (so the catches above are for the bugs, not the setup).
+    # The in-process leasing store with the base class's defaults passes (so the catches
+    # above are for the bugs, not the setup); the whole suite runs on it as "memory-leased".
     suite = StoreConformance()
     await suite.test_leases_exclude_renew_release_and_expire(LeasingMemoryStore())
     await suite.test_acquire_and_load_reads_only_with_the_lease(LeasingMemoryStore())
     await suite.test_cancelled_lease_calls_are_settled(LeasingMemoryStore())
+    await suite.test_append_turn_with_no_or_an_expired_lease_stores_nothing(LeasingMemoryStore())
