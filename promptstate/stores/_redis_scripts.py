@@ -34,7 +34,6 @@ import hashlib
 __all__ = [
     "APPEND",
     "APPEND_TURN",
-    "APPEND_TURN_RELEASE",
     "DELETE",
     "DELETE_MANY",
     "FORK",
@@ -239,13 +238,15 @@ local function expire(ttl, a, b)
     redis.call('PEXPIRE', b, ttl)
   end
 end
-local function index(member, ttl)
-  if #KEYS > 2 then
-    redis.call('ZADD', KEYS[3], 0, member)
+-- Enter a new session in the index, when its keys are given (from KEYS[ix], 3 by default).
+local function index(member, ttl, ix)
+  ix = ix or 3
+  if #KEYS > ix - 1 then
+    redis.call('ZADD', KEYS[ix], 0, member)
     if ttl ~= '0' then
       local t = redis.call('TIME')
       local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ttl)
-      redis.call('ZADD', KEYS[4], at, member)
+      redis.call('ZADD', KEYS[ix + 1], at, member)
     end
   end
 end
@@ -317,80 +318,41 @@ return n
 """
 )
 
-#: Append one pipeline turn. ARGV: ttl, now_us, tokens, member, cost, turn id pattern ('' none),
-#: expected count ('-1' none), messages... Returns {1, new count} when written,
-#: {0, count} when the turn is stored already (or there is nothing to write), {-1, count}
-#: when the session does not hold the expected count.
+#: Append one pipeline turn, by the rules of :mod:`promptstate.stores.turns`, and with a
+#: lease owner also release that owner's lease in the same step. KEYS: h, m, lease[, idx, exp].
+#: ARGV: ttl, now_us, tokens, member, cost, turn id pattern ('' none), expected count ('-1'
+#: none), lease owner ('' when the call releases no lease), messages... Returns {1, new count}
+#: when written (the lease released), {0, count} when the turn is stored already or there is
+#: nothing to write (the lease released if still held), {-1, count} when the session does not
+#: hold the expected count, {-2, count} when the owner does not hold the lease and the turn is
+#: not stored (nothing written).
 APPEND_TURN = Script(
     _HELPERS
     + """
-local h, m = KEYS[1], KEYS[2]
+local h, m, lease, owner = KEYS[1], KEYS[2], KEYS[3], ARGV[8]
 local head = redis.call('HMGET', h, 'v', 't', 'c')
 local v, t, c = head[1], head[2], head[3]
 if v and not (tonumber(v) and tonumber(t or '0') and tonumber(c or '0')) then
   return redis.error_reply('WRONGTYPE the session header holds a count that is not a number')
 end
-local count = redis.call('LLEN', m)
-local k = #ARGV - 7
-if ARGV[6] ~= '' and k > 0 and count >= k then
-  -- ARGV[6] is the MessagePack of "turn_id" followed by that of the id, as it appears in
-  -- the metadata of the turn's first message (cmsgpack can't decode msgspec's timestamps).
-  if string.find(redis.call('LINDEX', m, count - k), ARGV[6], 1, true) then
-    return {0, count}
-  end
-end
-if ARGV[7] ~= '-1' and tonumber(ARGV[7]) ~= count then return {-1, count} end
-if k == 0 then return {0, count} end
-local n = push(m, 8)
-local cost = string.format('%.17g', tonumber(c or '0') + tonumber(ARGV[5]))
-if v then
-  redis.call('HSET', h, 'v', string.format('%d', tonumber(v) + 1),
-    't', string.format('%d', tonumber(t or '0') + tonumber(ARGV[3])), 'c', cost,
-    'ua', ARGV[2])
-else
-  redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'c', cost, 'ca', ARGV[2], 'ua', ARGV[2])
-  index(ARGV[4], ARGV[1])
-end
-expire(ARGV[1], h, m)
-sync(3, h, ARGV[4])
-return {1, n}
-"""
-)
-
-#: Append one pipeline turn while holding its lease, and release the lease in the same step.
-#: KEYS: h, m, lease[, idx, exp]. ARGV: as APPEND_TURN, then the lease owner (ARGV[8]), then
-#: the messages. Returns {1, new count} when written (lease released), {0, count} when the
-#: turn is stored already or there is nothing to write (lease released if still held),
-#: {-1, count} when the session does not hold the expected count, {-2, count} when ``owner``
-#: does not hold the lease and the turn is not stored (nothing written).
-APPEND_TURN_RELEASE = Script(
-    _INDEX
-    + """
-local h, m, lease = KEYS[1], KEYS[2], KEYS[3]
-local head = redis.call('HMGET', h, 'v', 't', 'c')
-local v, t, c = head[1], head[2], head[3]
-if v and not (tonumber(v) and tonumber(t or '0') and tonumber(c or '0')) then
-  return redis.error_reply('WRONGTYPE the session header holds a count that is not a number')
-end
-local held = redis.call('GET', lease) == ARGV[8]
+local held = owner ~= '' and redis.call('GET', lease) == owner
 local count = redis.call('LLEN', m)
 local k = #ARGV - 8
 if ARGV[6] ~= '' and k > 0 and count >= k then
+  -- ARGV[6] is the MessagePack of "turn_id" followed by that of the id, as it appears in
+  -- the metadata of the turn's first message (cmsgpack can't decode msgspec's timestamps).
   if string.find(redis.call('LINDEX', m, count - k), ARGV[6], 1, true) then
     if held then redis.call('DEL', lease) end
     return {0, count}
   end
 end
-if not held then return {-2, count} end
+if owner ~= '' and not held then return {-2, count} end
 if ARGV[7] ~= '-1' and tonumber(ARGV[7]) ~= count then return {-1, count} end
 if k == 0 then
-  redis.call('DEL', lease)
+  if held then redis.call('DEL', lease) end
   return {0, count}
 end
-local n = 0
-for i = 9, #ARGV, 4000 do
-  n = redis.call('RPUSH', m, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
-end
+local n = push(m, 9)
 local cost = string.format('%.17g', tonumber(c or '0') + tonumber(ARGV[5]))
 if v then
   redis.call('HSET', h, 'v', string.format('%d', tonumber(v) + 1),
@@ -398,23 +360,10 @@ if v then
     'ua', ARGV[2])
 else
   redis.call('HSET', h, 'v', 1, 't', ARGV[3], 'c', cost, 'ca', ARGV[2], 'ua', ARGV[2])
-  if #KEYS > 3 then
-    redis.call('ZADD', KEYS[4], 0, ARGV[4])
-    if ARGV[1] ~= '0' then
-      local tm = redis.call('TIME')
-      local at = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000) + tonumber(ARGV[1])
-      redis.call('ZADD', KEYS[5], at, ARGV[4])
-    end
-  end
+  index(ARGV[4], ARGV[1], 4)
 end
-if ARGV[1] == '0' then
-  redis.call('PERSIST', h)
-  redis.call('PERSIST', m)
-else
-  redis.call('PEXPIRE', h, ARGV[1])
-  redis.call('PEXPIRE', m, ARGV[1])
-end
-redis.call('DEL', lease)
+expire(ARGV[1], h, m)
+if held then redis.call('DEL', lease) end
 sync(4, h, ARGV[4])
 return {1, n}
 """

@@ -785,10 +785,7 @@ class RedisStore(LeasingStore):
         """
         counted, tokens = self._count_new(messages)
         keys, member = self._write_keys(session_id)
-        script = scripts.APPEND_TURN
-        if release_lease is not None:
-            script = scripts.APPEND_TURN_RELEASE
-            keys.insert(2, self._lease_key(session_id))
+        keys.insert(2, self._lease_key(session_id))
         now = _now_us()
         args: list[Any] = [
             self._ttl_ms,
@@ -798,12 +795,17 @@ class RedisStore(LeasingStore):
             repr(float(cost)),
             b"" if turn_id is None else pack(TURN_ID_KEY) + pack(turn_id),
             -1 if expected_count is None else expected_count,
+            "" if release_lease is None else release_lease,
         ]
-        if release_lease is not None:
-            args.append(release_lease)
         args.extend(pack(m) for m in counted)
         status, count = await self._write(
-            "appending a turn to key", session_id, script, keys, member, args, updated=now
+            "appending a turn to key",
+            session_id,
+            scripts.APPEND_TURN,
+            keys,
+            member,
+            args,
+            updated=now,
         )
         if status < 0:
             # The script refused the turn by the rules of promptstate.stores.turns (-2: the
