@@ -62,10 +62,10 @@ from promptstate.validators import Guardrails, ValidatorFunction, ValidatorRegis
 from promptstate.validators import Validator as PromptValidator
 
 __all__ = [
-    "METADATA_KEY",
     "Conversation",
     "ConversationConfig",
     "ConversationManager",
+    "METADATA_KEY",
     "PromptPack",
     "PromptTemplate",
     "PromptTool",

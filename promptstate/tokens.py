@@ -34,9 +34,9 @@ from promptstate.types import (
 __all__ = [
     "AUDIO_TOKENS_PER_SECOND",
     "FILE_TOKENS",
+    "HeuristicTokenCounter",
     "IMAGE_TOKENS",
     "PDF_PAGE_TOKENS",
-    "HeuristicTokenCounter",
     "TiktokenCounter",
     "TokenCounter",
     "count_tokens",

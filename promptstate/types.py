@@ -13,14 +13,14 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "ROLES",
-    "SESSION_ORDERS",
     "AudioPart",
     "FilePart",
     "ImagePart",
     "Message",
     "Part",
+    "ROLES",
     "ReasoningPart",
+    "SESSION_ORDERS",
     "SessionInfo",
     "SessionPage",
     "State",

@@ -53,8 +53,8 @@ from promptstate.types import Message
 
 __all__ = [
     "BUILTIN_VALIDATORS",
-    "VIOLATIONS_KEY",
     "Guardrails",
+    "VIOLATIONS_KEY",
     "Validator",
     "ValidatorFunction",
     "ValidatorRegistry",

@@ -9,6 +9,21 @@ def test_all_is_sorted() -> None:
     assert promptstate.__all__ == sorted(promptstate.__all__)
 
 
+def test_every_modules_all_is_sorted() -> None:
+    # Plainly sorted(), as ruff's RUF022 (off in pyproject.toml) would not have it.
+    import importlib
+    import pkgutil
+
+    unsorted = []
+    for info in pkgutil.walk_packages(promptstate.__path__, "promptstate."):
+        if info.name.endswith("__main__"):
+            continue  # runs the command line
+        names = getattr(importlib.import_module(info.name), "__all__", None)
+        if names is not None and list(names) != sorted(names):
+            unsorted.append(info.name)
+    assert unsorted == []
+
+
 def test_all_is_importable() -> None:
     for name in promptstate.__all__:
         assert getattr(promptstate, name) is not None, name

@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from promptstate.providers.base import Provider
 
 __all__ = [
-    "STATE_KEY",
     "ManagerDep",
     "PipelineDep",
     "ResourcesDep",
+    "STATE_KEY",
     "StoreDep",
     "get_manager",
     "get_pipeline",

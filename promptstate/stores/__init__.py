@@ -14,9 +14,9 @@ from promptstate.stores.sqlite import SQLiteStore
 from promptstate.stores.url import open_store
 
 __all__ = [
-    "MAX_KEY_LENGTH",
     "CachedStore",
     "LeasingStore",
+    "MAX_KEY_LENGTH",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",

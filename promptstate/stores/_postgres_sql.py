@@ -16,7 +16,13 @@ from typing import Any
 from promptstate.exceptions import ValidationError
 from promptstate.stores.base import SessionQuery
 
-__all__ = ["PURGE_BATCH", "SQL", "Names", "key_range", "page_sql"]
+__all__ = [
+    "Names",
+    "PURGE_BATCH",
+    "SQL",
+    "key_range",
+    "page_sql",
+]
 
 #: Expired sessions deleted per purge statement.
 PURGE_BATCH = 1000

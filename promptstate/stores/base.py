@@ -61,14 +61,14 @@ from promptstate.types import (
 )
 
 __all__ = [
+    "LeasingStore",
     "MAX_KEY_LENGTH",
     "MAX_PAGE_SIZE",
     "MAX_TTL",
-    "LeasingStore",
     "SessionQuery",
+    "Store",
     "TURN_ID_KEY",
     "WRITE_HOLD",
-    "Store",
     "normalize_ttl",
     "validate_key",
     "validate_prefix",

@@ -78,7 +78,7 @@ class Scheme:
     opener: Callable[[str, dict[str, Any]], Store]
     options: Mapping[str, _Parser]
     passthrough: bool
-    #: What the options' table in the docs says the scheme is for.
+    #: What the scheme opens, as the error for an unknown scheme lists it.
     summary: str
 
 
@@ -140,8 +140,8 @@ _POSTGRES_OPTIONS: Mapping[str, _Parser] = {
     "max_size": _integer,
     "acquire_timeout": _seconds,
 }
-_REDIS = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis; `rediss` is TLS")
-_REDIS_CLUSTER = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis Cluster (any node will do)")
+_REDIS = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis, TLS with rediss")
+_REDIS_CLUSTER = Scheme(_open_redis, _REDIS_OPTIONS, True, "Redis Cluster, from any node")
 _POSTGRES = Scheme(_open_postgres, _POSTGRES_OPTIONS, True, "PostgreSQL, through asyncpg")
 
 #: Every scheme :func:`open_store` knows.
@@ -190,7 +190,10 @@ def open_store(url: str, *, ttl: timedelta | float | None = None, **options: Any
         )
     scheme = SCHEMES.get(name)
     if scheme is None:
-        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        kinds: dict[str, list[str]] = {}
+        for known_name, row in SCHEMES.items():
+            kinds.setdefault(row.summary, []).append(f"{known_name}://")
+        known = "; ".join(f"{' '.join(names)} ({what})" for what, names in kinds.items())
         raise ValidationError(f"unknown store URL scheme {name + '://'!r}; known: {known}")
     rest, from_url = _split_options(url, scheme)
     from_url.update(options)

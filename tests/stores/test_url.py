@@ -181,6 +181,18 @@ def test_redis_from_url_takes_exactly_the_redis_rows_of_the_scheme_table() -> No
     assert {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"} <= set(SCHEMES)
 
 
+def test_an_unknown_scheme_lists_every_known_one_with_what_it_opens() -> None:
+    from promptstate import open_store
+    from promptstate.stores.url import SCHEMES
+
+    with pytest.raises(ValidationError, match="unknown store URL scheme 'nope://'") as info:
+        open_store("nope://x")
+    told = str(info.value)
+    for name, row in SCHEMES.items():
+        assert f"{name}://" in told
+        assert f"({row.summary})" in told
+
+
 def test_the_docs_options_table_is_the_scheme_table() -> None:
     import re
     from pathlib import Path
