@@ -278,20 +278,23 @@ class TurnLease:
         store = self._store
         while True:
             started = time.monotonic()
-            # Settled: a cancellation (an anyio scope's or a plain task.cancel()) never leaves
-            # a lease taken on the server but unknown here.
-            if load is None:
-                taken = await settled(
-                    store.acquire_lease(self.key, self.owner, self.ttl), undo=self._undo_taken
-                )
-            else:
-                found = await settled(
-                    store.acquire_and_load(self.key, self.owner, self.ttl, last=load[0]),
-                    undo=self._undo_taken,
-                )
-                taken = found is not None
-                if found is not None:
-                    self.prefetch = (load[0], found)
+            # A store's acquire is settled when it returns, even cancelled (the conformance
+            # suite checks it): the lease is then this owner's or nobody's, and stays so. So a
+            # failed or cancelled attempt is undone by a release, and a turn pays no task
+            # around every acquire.
+            try:
+                if load is None:
+                    taken = await store.acquire_lease(self.key, self.owner, self.ttl)
+                else:
+                    found = await store.acquire_and_load(
+                        self.key, self.owner, self.ttl, last=load[0]
+                    )
+                    taken = found is not None
+                    if found is not None:
+                        self.prefetch = (load[0], found)
+            except BaseException:
+                await self.release()
+                raise
             if taken:
                 self._renewed_at = started
                 self.held = True
@@ -356,11 +359,6 @@ class TurnLease:
                     return
             except Exception:  # a failed renewal is retried; ensure() catches a real loss
                 logger.warning("could not renew the lease on session %r", self.key, exc_info=True)
-
-    async def _undo_taken(self, taken: object) -> None:
-        """Give back a lease taken by an acquire whose caller was cancelled meanwhile."""
-        if taken is not None and taken is not False:
-            await self._store.release_lease(self.key, self.owner)
 
     async def release(self) -> None:
         """Release the lease (settled even if the caller is cancelled, bounded in time)."""

@@ -43,6 +43,8 @@ __all__ = [
     "INDEX_PRUNE_CHECKED",
     "INDEX_SYNC",
     "INFO",
+    "LEASE_ABANDON",
+    "LEASE_ACQUIRE",
     "LEASE_ACQUIRE_LOAD",
     "LEASE_RELEASE",
     "LEASE_RENEW",
@@ -369,11 +371,24 @@ return {1, n}
 """
 )
 
-#: Take a lease and read the newest messages in one step. KEYS: lease, h, m.
+#: Take a lease unless this attempt was abandoned (its fence key exists, see LEASE_ABANDON).
+#: KEYS: lease, fence.
+#: ARGV: owner, lease ms. Returns 1 when taken.
+LEASE_ACQUIRE = Script(
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+)
+
+#: Take a lease and read the newest messages in one step. KEYS: lease, h, m, fence.
 #: ARGV: owner, lease ms, how many ('-1' all), ttl to slide ('0' none).
-#: Returns nil when another owner holds the lease (nothing read), else the messages.
+#: Returns nil when another owner holds the lease, or this attempt was abandoned (nothing
+#: read), else the messages.
 LEASE_ACQUIRE_LOAD = Script(
     """
+if redis.call('EXISTS', KEYS[4]) == 1 then return false end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 if ARGV[4] ~= '0' then
   if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
@@ -383,6 +398,18 @@ end
 if ARGV[3] == '0' then return {} end
 if ARGV[3] == '-1' then return redis.call('LRANGE', KEYS[3], 0, -1) end
 return redis.call('LRANGE', KEYS[3], -tonumber(ARGV[3]), -1)
+"""
+)
+
+#: After an acquire attempt by ``owner`` failed or was cancelled, with its script perhaps
+#: still on the way to the server: give the lease back if ``owner`` holds it, and write the
+#: attempt's fence key for ARGV[2] ms so that its script, arriving later, takes nothing.
+#: KEYS: lease, fence. ARGV: owner, fence ms. Returns 1.
+LEASE_ABANDON = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[2])
+return 1
 """
 )
 

@@ -31,6 +31,7 @@ import collections
 import inspect
 import logging
 import math
+import os
 import re
 import time
 import zlib
@@ -50,6 +51,7 @@ from promptstate.exceptions import (
 )
 from promptstate.redaction import redact as _redact
 from promptstate.serialization import pack, unpack_any, unpack_messages
+from promptstate.settle import settled
 from promptstate.stores.base import LeasingStore, SessionQuery, normalize_ttl
 from promptstate.stores.integrity import (
     check_metadata,
@@ -1185,14 +1187,25 @@ class RedisStore(LeasingStore):
         # In the session's slot, apart from its state keys (listing never sees it).
         return self._pkey + b"{" + _tag(key).encode() + b"}:l"
 
+    def _fence_key(self, key: str) -> bytes:
+        # One acquire attempt's, in the session's slot too: written only if the attempt is
+        # abandoned (and gone after the lease's TTL), so a retry is never fenced off.
+        return self._pkey + b"{" + _tag(key).encode() + b"}:f:" + os.urandom(8).hex().encode()
+
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the turn lease on ``key`` for ``owner`` if it is free or expired (``SET NX PX``).
+        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
 
         Leases keep pipelines in different processes from interleaving turns on one session;
-        Redis expires a lease whose holder died.
+        Redis expires a lease whose holder died. Settled when it returns, cancelled or not
+        (:meth:`_abandon`).
         """
-        with self._errors("taking the turn lease on key", key):
-            done = await self._cmd("SET", self._lease_key(key), owner, "NX", "PX", _ms(ttl))
+        keys = (self._lease_key(key), self._fence_key(key))
+        try:
+            with self._errors("taking the turn lease on key", key):
+                done = await self._eval(scripts.LEASE_ACQUIRE, keys, (owner, _ms(ttl)))
+        except BaseException:
+            await self._abandon(key, owner, keys[1], ttl)
+            raise
         return bool(done)
 
     async def _acquire_and_load(
@@ -1202,15 +1215,37 @@ class RedisStore(LeasingStore):
 
         Returns ``None`` (nothing read) when another owner holds the lease; otherwise what
         ``load(key, last=last)`` returns. One round trip, where ``acquire_lease`` and
-        ``load`` take two.
+        ``load`` take two. Settled when it returns, cancelled or not (:meth:`_abandon`).
         """
         h, m = self._keys(key)
+        keys = (self._lease_key(key), h, m, self._fence_key(key))
         args = (owner, _ms(ttl), -1 if last is None else last, self._read_ttl())
-        with self._errors("taking the turn lease on key", key):
-            items = await self._eval(scripts.LEASE_ACQUIRE_LOAD, (self._lease_key(key), h, m), args)
+        try:
+            with self._errors("taking the turn lease on key", key):
+                items = await self._eval(scripts.LEASE_ACQUIRE_LOAD, keys, args)
+        except BaseException:
+            await self._abandon(key, owner, keys[3], ttl)
+            raise
         if items is None:
             return None
         return unpack_messages(items, key=key) if items else []
+
+    async def _abandon(self, key: str, owner: str, fence: bytes, ttl: float) -> None:
+        """Settle an acquire by ``owner`` that failed or was cancelled: its script may still
+        reach the server (redis-py drops a cancelled call's connection, not what it sent).
+
+        One script gives the lease back if ``owner`` holds it and writes the attempt's
+        ``fence`` key for the lease's TTL, which the acquire scripts check first: if the
+        attempt's script arrives after this one, it takes nothing. The lease is then nobody's
+        and stays so. This costs a round trip only when an acquire fails, instead of a task
+        around every acquire. Awaited to its end even if cancelled again.
+        """
+        keys = (self._lease_key(key), fence)
+        try:
+            with self._errors("giving back the turn lease on key", key):
+                await settled(self._eval(scripts.LEASE_ABANDON, keys, (owner, _ms(ttl))))
+        except Exception:  # the lease expires by itself; the acquire's own error is the news
+            logger.warning("could not settle the lease on session %r", key, exc_info=True)
 
     async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease on ``key`` to ``ttl`` from now; False when it was lost."""

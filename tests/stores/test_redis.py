@@ -27,6 +27,7 @@ from promptstate import (
     ValidationError,
     open_store,
 )
+from promptstate.stores import _redis_scripts as scripts
 from promptstate.stores.redis import RedisStore
 from promptstate.testing import StoreFactory
 from promptstate.testing._backends import StoreMaker
@@ -545,3 +546,46 @@ async def test_merge_metadata_copies_values_it_cannot_decode(make: StoreFactory)
     merged = await store.merge_metadata("m", {"n": 2, "at": when}, remove=["raw"])
     assert merged == {"when": when, "nested": {"t": [when, b"x"]}, "n": 2, "at": when}
     assert await store.get_metadata("m") == merged
+
+
+async def test_an_acquire_that_reaches_redis_after_it_was_abandoned_takes_nothing(
+    make: StoreFactory, raw: Redis
+) -> None:
+    # A cancelled acquire's script may still be on its way when the store settles the
+    # attempt (redis-py drops the connection, not the bytes it sent). Played in that order:
+    # the settling script first, then the late acquire scripts of the same attempt.
+    store = await make()
+    assert isinstance(store, RedisStore)
+    first = Message("user", "a")
+    await store.append("s", [first])
+    lease = store._lease_key("s")
+    h, m = store._keys("s")
+    fence = store._fence_key("s")
+    await store._abandon("s", "owner-1", fence, 5.0)
+    assert 0 < await raw.pttl(fence) <= 5000
+    late = await store._eval(
+        scripts.LEASE_ACQUIRE_LOAD, (lease, h, m, fence), ("owner-1", 5000, 1, 0)
+    )
+    assert late is None
+    assert not await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000))
+    assert await raw.get(lease) is None
+    # Nothing else is fenced off: another owner, and the same owner's next attempt, take it.
+    assert await store.acquire_lease("s", "owner-2", 5.0)
+    assert await store.release_lease("s", "owner-2")
+    found = await store.acquire_and_load("s", "owner-1", 5.0, last=1)
+    assert [m.content for m in found or []] == [first.content]
+    assert await store.release_lease("s", "owner-1")
+
+
+async def test_settling_an_acquire_that_took_the_lease_gives_it_back(
+    make: StoreFactory, raw: Redis
+) -> None:
+    store = await make()
+    assert isinstance(store, RedisStore)
+    assert await store.acquire_lease("s", "owner-1", 5.0)
+    await store._abandon("s", "owner-1", store._fence_key("s"), 5.0)
+    assert await raw.get(store._lease_key("s")) is None
+    # Another owner's lease is never given back by it.
+    assert await store.acquire_lease("s", "owner-2", 5.0)
+    await store._abandon("s", "owner-1", store._fence_key("s"), 5.0)
+    assert await raw.get(store._lease_key("s")) == b"owner-2"
