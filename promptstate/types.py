@@ -49,7 +49,7 @@ def _as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-class ToolCall(msgspec.Struct, frozen=True):
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
     """A call the model asked for: which tool, with what arguments.
 
     Attributes:
@@ -69,7 +69,7 @@ def _validation_error(text: str) -> Exception:
     return ValidationError(text)
 
 
-class TextPart(msgspec.Struct, frozen=True, tag="text"):
+class TextPart(msgspec.Struct, frozen=True, tag="text", gc=False):
     """A piece of text among a message's parts.
 
     Attributes:
@@ -79,7 +79,7 @@ class TextPart(msgspec.Struct, frozen=True, tag="text"):
     text: str
 
 
-class ImagePart(msgspec.Struct, frozen=True, tag="image", omit_defaults=True):
+class ImagePart(msgspec.Struct, frozen=True, tag="image", omit_defaults=True, gc=False):
     """An image, by URL or by its bytes (exactly one of the two).
 
     Attributes:
@@ -101,7 +101,7 @@ class ImagePart(msgspec.Struct, frozen=True, tag="image", omit_defaults=True):
             raise _validation_error("ImagePart with data needs a media_type, e.g. 'image/png'")
 
 
-class AudioPart(msgspec.Struct, frozen=True, tag="audio", omit_defaults=True):
+class AudioPart(msgspec.Struct, frozen=True, tag="audio", omit_defaults=True, gc=False):
     """A piece of audio.
 
     Attributes:
@@ -115,7 +115,7 @@ class AudioPart(msgspec.Struct, frozen=True, tag="audio", omit_defaults=True):
     transcript: str | None = None
 
 
-class FilePart(msgspec.Struct, frozen=True, tag="file", omit_defaults=True):
+class FilePart(msgspec.Struct, frozen=True, tag="file", omit_defaults=True, gc=False):
     """A document or other file, by URL or by its bytes (exactly one of the two).
 
     Attributes:
@@ -135,7 +135,7 @@ class FilePart(msgspec.Struct, frozen=True, tag="file", omit_defaults=True):
             raise _validation_error("FilePart needs exactly one of url and data")
 
 
-class ReasoningPart(msgspec.Struct, frozen=True, tag="reasoning", omit_defaults=True):
+class ReasoningPart(msgspec.Struct, frozen=True, tag="reasoning", omit_defaults=True, gc=False):
     """A model's reasoning, kept so that it can be shown or sent back verbatim.
 
     Attributes:
@@ -158,13 +158,13 @@ Part = TextPart | ImagePart | AudioPart | FilePart | ReasoningPart
 _PART_TYPES = (TextPart, ImagePart, AudioPart, FilePart, ReasoningPart)
 
 
-class _MessageHead(msgspec.Struct, frozen=True, omit_defaults=True):
+class _MessageHead(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     # role and content are the only positional fields: Message("user", "hi") works.
     role: str
     content: str = ""
 
 
-class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
+class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One message of a conversation.
 
     ``Message("user", "hi")`` works: ``role`` and ``content`` may be given positionally, every
@@ -177,12 +177,18 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
         tool_calls: On an assistant message, the tools the model asked to call.
         tool_call_id: On a ``tool`` message, the id of the call it answers.
         timestamp: When the message was created (UTC); set to now when omitted.
-        metadata: Free-form JSON-compatible data of your own.
+        metadata: Free-form JSON-compatible data of your own (plain dicts, lists, strings,
+            numbers, booleans, None: what a store can keep).
         tokens: The message's token count as the storing store or pipeline counted it, kept so
             that nothing is counted twice. ``None`` until counted.
         parts: Images, audio, files, reasoning and further text, in order after ``content``
             (see :class:`TextPart`, :class:`ImagePart`, :class:`AudioPart`,
             :class:`FilePart`, :class:`ReasoningPart`).
+
+    Messages, their parts and tool calls are not tracked by Python's cycle collector
+    (msgspec's ``gc=False``): a worker holding the windows of many sessions pays no
+    collector passes over them. The one rule that follows: a message must never be reachable
+    from its own ``metadata`` (JSON data never is), or it is never freed.
     """
 
     name: str | None = None
@@ -234,7 +240,7 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True):
         return "\n".join(pieces)
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, gc=False):
     """Tokens a provider call consumed.
 
     Attributes:
@@ -277,7 +283,8 @@ class State(msgspec.Struct, kw_only=True):
         messages: The messages, oldest first.
         token_count: Tokens of ``messages`` by the store's token counter.
         total_cost: Accumulated provider cost in USD.
-        metadata: Free-form JSON-compatible data of your own.
+        metadata: Free-form JSON-compatible data of your own (plain dicts, lists, strings,
+            numbers, booleans, None: what a store can keep).
         created_at: When the conversation was first stored (UTC).
         updated_at: When it was last written (UTC); set by the store.
         version: Bumped by the store on every write; 0 means never stored.

@@ -94,3 +94,36 @@ def test_timestamps_are_aware_utc_whatever_was_given() -> None:
     assert msgspec.msgpack.decode(stored, type=Message).timestamp == expected
     old = [Message("user", "old", timestamp=naive), Message("user", "new")]
     assert [m.content for m in TimeWindow(3600).apply(old, HeuristicTokenCounter())] == ["new"]
+
+
+def test_messages_and_what_they_hold_are_not_tracked_by_the_cycle_collector() -> None:
+    # A worker holds the windows of many turns at once: tracked messages made every
+    # collector pass walk them (in the pipeline benchmark at 64 sessions, most of what the
+    # pipeline added over the bare store). gc=False is safe for them: no field can lead
+    # back to the message but its JSON metadata.
+    import gc
+
+    from promptstate import AudioPart, FilePart, ImagePart, ReasoningPart, TextPart, ToolCall
+    from promptstate.providers import Chunk, Completion
+    from promptstate.serialization import pack, unpack_messages
+    from promptstate.types import Usage
+
+    parts = (
+        TextPart("t"),
+        ImagePart(url="https://example.com/i.png"),
+        AudioPart(b"RIFF", "audio/wav"),
+        FilePart(data=b"%PDF", media_type="application/pdf"),
+        ReasoningPart(text="r"),
+    )
+    message = Message(
+        "assistant",
+        "x",
+        tool_calls=(ToolCall("c1", "f", "{}"),),
+        metadata={"nested": {"list": [1, "a"]}},
+        parts=parts,
+    )
+    built = [message, *parts, message.tool_calls[0], Usage(1, 2)]
+    built += [Completion(message=message), Chunk(text="t", message=message)]
+    decoded = unpack_messages([pack(message)], key="k")
+    assert [type(o).__name__ for o in [*built, *decoded] if gc.is_tracked(o)] == []
+    assert decoded == [message]

@@ -17,7 +17,7 @@ from promptstate.types import Message, ToolCall, Usage
 __all__ = ["Chunk", "Completion", "Provider"]
 
 
-class Completion(msgspec.Struct, frozen=True, kw_only=True):
+class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A provider's whole answer to one request.
 
     Attributes:
@@ -35,7 +35,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
 
 
-class Chunk(msgspec.Struct, frozen=True, kw_only=True):
+class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A piece of a streamed answer.
 
     Every chunk but the last carries new ``text``. The last one (``done`` is true) carries the
