@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -100,8 +100,10 @@ def _build_chain(stages: Sequence[Middleware]) -> CallNext:
 
 
 def _bind(stage: Middleware, call_next: CallNext) -> CallNext:
-    async def call(ctx: ExecutionContext) -> None:
-        await stage(ctx, call_next)
+    # Returns the stage's own awaitable: no wrapper coroutine per stage and turn (each one
+    # was a frame to run and an object for the cycle collector while the turn is in flight).
+    def call(ctx: ExecutionContext) -> Awaitable[None]:
+        return stage(ctx, call_next)
 
     return call
 
