@@ -169,6 +169,19 @@ def test_parts_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0].endswith("x |")
 
 
+def test_gc_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = pytest.importorskip("benchmarks.bench_gc")
+    bench.main(["--sessions", "4", "--history", "60", "--rounds", "2", "--seconds", "0.05"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    turns = [line.split(" | ")[:2] for line in rows[1:]]
+    assert turns == [
+        ["| default", "store"],
+        ["| default", "pipeline"],
+        ["| gc.freeze()", "store"],
+        ["| gc.freeze()", "pipeline"],
+    ]
+
+
 def test_peer_targets_give_the_spread_across_slices() -> None:
     def rec(scenario: str, store: str, kind: str, tps: float, slices: list[float]) -> Any:
         return runner.Record(
