@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _servers
 from benchmarks._timing import machine
 from benchmarks.bench_turns import pipeline_budget
 from benchmarks.workload import (
@@ -45,12 +46,11 @@ from promptstate import MockProvider, Pipeline, open_store
 Turn = Callable[[str, int], Awaitable[None]]
 
 
-def _url(backend: str, folder: str) -> tuple[str, dict[str, Any]]:
-    tag = uuid.uuid4().hex[:8]
+def _url(backend: str, folder: str, tag: str) -> tuple[str, dict[str, Any]]:
     if backend == "redis":
         return redis_url(), {"prefix": f"bench-gc-{tag}:"}
-    if backend == "postgres":
-        return postgres_dsn(), {"table_name": f"bench_gc_{tag}"}
+    if backend == "postgres":  # in a schema of its own, dropped at the end
+        return postgres_dsn(), {"table_name": f"bench_gc_{tag}.sessions"}
     if backend == "sqlite":
         return f"sqlite:///{Path(folder) / 'gc.db'}", {}
     return "memory://", {}
@@ -99,48 +99,58 @@ async def _slice(ids: list[str], turn: Turn, seconds: float, got: dict[str, Any]
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="bench_gc_") as folder:
-        url, options = _url(args.backend, folder)
-        store = open_store(url, **options)
-        async with store:
-            ids = [f"s{i}" for i in range(args.sessions)]
-            history = history_messages(args.history)
-            for session in ids:
-                await store.append(session, history)
-            pipe = Pipeline(
-                MockProvider(lambda seen: assistant_text(len(seen))),
-                store=store,
-                max_tokens=pipeline_budget(),
-            )
+        url, options = _url(args.backend, folder, tag)
+        if args.backend == "postgres":
+            await _servers.create_schema(url, f"bench_gc_{tag}")
+        try:
+            return await _measure(args, open_store(url, **options))
+        finally:
+            if args.backend == "postgres":
+                await _servers.drop_schemas(url, f"bench_gc_{tag}")
 
-            async def bare(session: str, i: int) -> None:
-                await store.load(session, last=WINDOW)
-                await store.append(session, turn_messages(i))
 
-            async def piped(session: str, i: int) -> None:
-                await pipe.execute(session, "user", user_text(i))
+async def _measure(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
+    async with store:
+        ids = [f"s{i}" for i in range(args.sessions)]
+        history = history_messages(args.history)
+        for session in ids:
+            await store.append(session, history)
+        pipe = Pipeline(
+            MockProvider(lambda seen: assistant_text(len(seen))),
+            store=store,
+            max_tokens=pipeline_budget(),
+        )
 
-            rows = []
-            try:
-                async with pipe:
-                    for mode in ("default", "gc.freeze()"):
-                        if mode == "gc.freeze()":
-                            gc.collect()
-                            gc.freeze()
-                        got: dict[str, dict[str, Any]] = {
-                            name: {"cpu": [], "gc": 0.0, "passes": [0, 0, 0], "latencies": []}
-                            for name in ("store", "pipeline")
-                        }
-                        for rnd in range(args.rounds):
-                            order = [("store", bare), ("pipeline", piped)]
-                            for name, turn in order if rnd % 2 == 0 else order[::-1]:
-                                await _slice(ids, turn, args.seconds, got[name])
-                        for name in ("store", "pipeline"):
-                            rows.append({"mode": mode, "turn": name, **_summary(got[name])})
-            finally:
-                gc.unfreeze()
-                await store.delete_by_prefix("")
-        return rows
+        async def bare(session: str, i: int) -> None:
+            await store.load(session, last=WINDOW)
+            await store.append(session, turn_messages(i))
+
+        async def piped(session: str, i: int) -> None:
+            await pipe.execute(session, "user", user_text(i))
+
+        rows = []
+        try:
+            async with pipe:
+                for mode in ("default", "gc.freeze()"):
+                    if mode == "gc.freeze()":
+                        gc.collect()
+                        gc.freeze()
+                    got: dict[str, dict[str, Any]] = {
+                        name: {"cpu": [], "gc": 0.0, "passes": [0, 0, 0], "latencies": []}
+                        for name in ("store", "pipeline")
+                    }
+                    for rnd in range(args.rounds):
+                        order = [("store", bare), ("pipeline", piped)]
+                        for name, turn in order if rnd % 2 == 0 else order[::-1]:
+                            await _slice(ids, turn, args.seconds, got[name])
+                    for name in ("store", "pipeline"):
+                        rows.append({"mode": mode, "turn": name, **_summary(got[name])})
+        finally:
+            gc.unfreeze()
+            await store.delete_by_prefix("")
+    return rows
 
 
 def _summary(got: dict[str, Any]) -> dict[str, float]:

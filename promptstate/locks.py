@@ -280,8 +280,10 @@ class TurnLease:
             started = time.monotonic()
             # A store's acquire is settled when it returns, even cancelled (the conformance
             # suite checks it): the lease is then this owner's or nobody's, and stays so. So a
-            # failed or cancelled attempt is undone by a release, and a turn pays no task
-            # around every acquire.
+            # cancelled attempt is undone by a release, and a turn pays no task around every
+            # acquire. A failed one is not: the store raised before it took anything, or
+            # settled it itself (RedisStore), and a store that is down would only be asked
+            # again.
             try:
                 if load is None:
                     taken = await store.acquire_lease(self.key, self.owner, self.ttl)
@@ -292,8 +294,9 @@ class TurnLease:
                     taken = found is not None
                     if found is not None:
                         self.prefetch = (load[0], found)
-            except BaseException:
-                await self.release()
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # cancelled (task.cancel() or a scope's)
+                    await self.release()
                 raise
             if taken:
                 self._renewed_at = started

@@ -186,9 +186,9 @@ class Message(_MessageHead, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
             :class:`FilePart`, :class:`ReasoningPart`).
 
     Messages, their parts and tool calls are not tracked by Python's cycle collector
-    (msgspec's ``gc=False``): a worker holding the windows of many sessions pays no
-    collector passes over them. The one rule that follows: a message must never be reachable
-    from its own ``metadata`` (JSON data never is), or it is never freed.
+    (msgspec's ``gc=False``, which subclasses inherit): a worker holding the windows of many
+    sessions pays no collector passes over them. The one rule that follows: a message must
+    never be reachable from its own ``metadata`` (JSON data never is), or it is never freed.
     """
 
     name: str | None = None

@@ -1197,7 +1197,7 @@ class LeasingStore(Store):
             if turn_id is not None and size:
                 tail = await self._load(session_id, last=size)
                 if turn_stored(tail[0] if len(tail) == size else None, turn_id):
-                    return await self._append(session_id, [])  # stored already: its count
+                    return await self._count(session_id)  # stored already: its count
             raise lease_lost(session_id)
         count = await super()._append_turn(
             session_id,

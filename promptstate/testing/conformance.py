@@ -1921,24 +1921,30 @@ class StoreConformance:
         lease = self._leasing(store)
         rng = random.Random(14)
         # The atomic form (a backend's own _append_turn): the turn is stored exactly when the
-        # lease is released. The base class's default appends, then releases.
+        # lease is released. The base class's default renews, appends, then releases.
         atomic = type(store)._append_turn is not LeasingStore._append_turn
         stored_turns = 0
         for style in self._styles():
-            key, hits = f"cancel-lease-{style}", 0
+            key, hits = f"cancel-lease-{style}", {"acquire_and_load": 0, "acquire_lease": 0}
             for trial in range(self.cancellation_trials):
                 owner = f"{style}-{trial}"
                 count = len(await store.load(key))
-                cancelled = await self._cancel_at_random(
-                    rng, style, partial(lease.acquire_and_load, key, owner, 30.0, last=4)
+                # Both ways of taking the lease, in turn.
+                acquire = (
+                    partial(lease.acquire_and_load, key, owner, 30.0, last=4)
+                    if trial % 2 == 0
+                    else partial(lease.acquire_lease, key, owner, 30.0)
                 )
+                cancelled = await self._cancel_at_random(rng, style, acquire)
                 # Settled: the lease is this owner's or nobody's, and stays so.
                 held = await lease.renew_lease(key, owner, 30.0)
                 await anyio.sleep(0.005)
                 assert await lease.renew_lease(key, owner, 30.0) == held
-                hits += cancelled
+                hits[acquire.func.__name__] += cancelled
                 if not held:
-                    assert cancelled, "acquire_and_load returned without taking a free lease"
+                    assert cancelled, (
+                        f"{acquire.func.__name__} returned without taking a free lease"
+                    )
                     assert await lease.acquire_lease(key, owner, 30.0), "the lease is not free"
                 await self._cancel_at_random(
                     rng,
@@ -1972,5 +1978,5 @@ class StoreConformance:
             pairs = [contents[i : i + 2] for i in range(0, len(contents), 2)]
             assert all(a.split("/")[0] == b.split("/")[0] for a, b in pairs), pairs
             if style == "task":
-                assert hits, "no task.cancel() hit an acquire_and_load"
+                assert all(hits.values()), f"task.cancel() missed a way to acquire: {hits}"
         assert stored_turns, "no turn was stored: the checks of a stored turn never ran"
