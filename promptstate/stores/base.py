@@ -1183,16 +1183,9 @@ class LeasingStore(Store):
         atomic step, the lease could still run out if the write took longer than
         :data:`WRITE_HOLD`.
         """
-        if release_lease is None:
-            return await super()._append_turn(
-                session_id,
-                messages,
-                cost=cost,
-                turn_id=turn_id,
-                expected_count=expected_count,
-                release_lease=None,
-            )
-        if not await self._renew_lease(session_id, release_lease, WRITE_HOLD):
+        if release_lease is not None and not await self._renew_lease(
+            session_id, release_lease, WRITE_HOLD
+        ):
             size = len(messages)
             if turn_id is not None and size:
                 tail = await self._load(session_id, last=size)
@@ -1207,7 +1200,8 @@ class LeasingStore(Store):
             expected_count=expected_count,
             release_lease=None,
         )
-        await self._release_lease(session_id, release_lease)
+        if release_lease is not None:
+            await self._release_lease(session_id, release_lease)
         return count
 
 

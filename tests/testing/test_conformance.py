@@ -39,9 +39,9 @@ class KeepsTheLease(LeasingMemoryStore):
         )
 
 
-class WritesWithoutTheLease(LeasingMemoryStore):
-    """Bug: appends the turn, then releases the lease, never checking who holds it (what the
-    base class's default did before 0.2)."""
+class WritesWithoutTheLease(KeepsTheLease):
+    """Bug: appends the turn (as KeepsTheLease does), then releases the lease, never checking
+    who holds it (what the base class's default did before 0.2)."""
 
     async def _append_turn(
         self,
@@ -53,14 +53,13 @@ class WritesWithoutTheLease(LeasingMemoryStore):
         expected_count: int | None,
         release_lease: str | None,
     ) -> int:
-        count = await LeasingStore._append_turn(
-            self,
+        count = await super()._append_turn(
             session_id,
             messages,
             cost=cost,
             turn_id=turn_id,
             expected_count=expected_count,
-            release_lease=None,
+            release_lease=release_lease,
         )
         if release_lease is not None:
             await self._release_lease(session_id, release_lease)
