@@ -372,12 +372,17 @@ return {1, n}
 )
 
 #: Take a lease unless this attempt was abandoned (its fence key exists, see LEASE_ABANDON).
-#: KEYS: lease, fence.
-#: ARGV: owner, lease ms. Returns 1 when taken.
+#: A lease this owner holds already is taken again (its TTL set anew): redis-py sends a call
+#: again when its reply was lost, and the second run must not find the lease busy because the
+#: first one took it. KEYS: lease, fence. ARGV: owner, lease ms. Returns 1 when taken.
 LEASE_ACQUIRE = Script(
     """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
 return 0
 """
 )
@@ -385,11 +390,15 @@ return 0
 #: Take a lease and read the newest messages in one step. KEYS: lease, h, m, fence.
 #: ARGV: owner, lease ms, how many ('-1' all), ttl to slide ('0' none).
 #: Returns nil when another owner holds the lease, or this attempt was abandoned (nothing
-#: read), else the messages.
+#: read), else the messages. A lease this owner holds already is taken again, as in
+#: LEASE_ACQUIRE (a call sent again after its reply was lost).
 LEASE_ACQUIRE_LOAD = Script(
     """
 if redis.call('EXISTS', KEYS[4]) == 1 then return false end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 if ARGV[4] ~= '0' then
   if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
   redis.call('PEXPIRE', KEYS[2], ARGV[4])

@@ -577,6 +577,36 @@ async def test_an_acquire_that_reaches_redis_after_it_was_abandoned_takes_nothin
     assert await store.release_lease("s", "owner-1")
 
 
+async def test_an_acquire_sent_again_after_its_reply_was_lost_takes_the_lease(
+    make: StoreFactory, raw: Redis
+) -> None:
+    # redis-py sends a call again when the connection dropped before the reply (its default
+    # Retry). The first run took the lease: the second must succeed, not wait for the lease
+    # it holds to expire. Played in that order, with both scripts of the same attempt.
+    store = await make()
+    assert isinstance(store, RedisStore)
+    first = Message("user", "a")
+    await store.append("s", [first])
+    lease = store._lease_key("s")
+    h, m = store._keys("s")
+    fence = store._fence_key("s")
+    assert await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000)) == 1
+    await raw.pexpire(lease, 1000)
+    assert await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000)) == 1
+    assert 1000 < await raw.pttl(lease) <= 5000, "the second run did not set the TTL anew"
+    again = await store._eval(
+        scripts.LEASE_ACQUIRE_LOAD, (lease, h, m, fence), ("owner-1", 5000, 1, 0)
+    )
+    assert again == await raw.lrange(m, -1, -1)
+    assert await raw.get(lease) == b"owner-1"
+    # Another owner still finds it busy, and an abandoned attempt still takes nothing.
+    assert not await store.acquire_lease("s", "owner-2", 5.0)
+    assert await store.acquire_and_load("s", "owner-2", 5.0, last=1) is None
+    await store._abandon("s", "owner-1", fence, 5.0)
+    assert not await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000))
+    assert await raw.get(lease) is None
+
+
 async def test_settling_an_acquire_that_took_the_lease_gives_it_back(
     make: StoreFactory, raw: Redis
 ) -> None:
