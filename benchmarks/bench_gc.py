@@ -124,8 +124,9 @@ async def _measure(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]
         )
 
         async def bare(session: str, i: int) -> None:
-            await store.load(session, last=WINDOW)
+            window = await store.load(session, last=WINDOW)  # kept until the turn ends
             await store.append(session, turn_messages(i))
+            del window
 
         async def piped(session: str, i: int) -> None:
             await pipe.execute(session, "user", user_text(i))

@@ -115,13 +115,14 @@ class AgentsRedis(Contender):
 
     async def turn(self, session_id: str, i: int) -> None:
         session = self._session(session_id)
-        await session.get_items(limit=WINDOW)
+        window = await session.get_items(limit=WINDOW)  # kept until the turn ends
         await session.add_items(
             [
                 {"role": "user", "content": user_text(i)},
                 {"role": "assistant", "content": assistant_text(i)},
             ]
         )
+        del window
 
     async def reset(self) -> None:
         self._sessions.clear()
@@ -183,13 +184,14 @@ class AgentsSQLAlchemy(Contender):
 
     async def turn(self, session_id: str, i: int) -> None:
         session = self._session(session_id)
-        await session.get_items(limit=WINDOW)
+        window = await session.get_items(limit=WINDOW)  # kept until the turn ends
         await session.add_items(
             [
                 {"role": "user", "content": user_text(i)},
                 {"role": "assistant", "content": assistant_text(i)},
             ]
         )
+        del window
 
     async def reset(self) -> None:
         from sqlalchemy import text
@@ -260,11 +262,12 @@ class LangchainPostgres(Contender):
     async def turn(self, session_id: str, i: int) -> None:
         sid = _uuid(session_id)
         async with self.pool.connection() as conn:  # load; the model call happens in between
-            await self._cls(self.table, sid, async_connection=conn).aget_messages()
+            window = await self._cls(self.table, sid, async_connection=conn).aget_messages()
         async with self.pool.connection() as conn:
             await self._cls(self.table, sid, async_connection=conn).aadd_messages(
                 [self._human(user_text(i)), self._ai(assistant_text(i))]
             )
+        del window
 
     async def reset(self) -> None:
         async with self.pool.connection() as conn:
@@ -408,13 +411,14 @@ class AgentsAdapter(_AdapterTurn):
 
     async def turn(self, session_id: str, i: int) -> None:
         session = self._session(session_id)
-        await session.get_items(limit=WINDOW)
+        window = await session.get_items(limit=WINDOW)  # kept until the turn ends
         await session.add_items(
             [
                 {"role": "user", "content": user_text(i)},
                 {"role": "assistant", "content": assistant_text(i)},
             ]
         )
+        del window
 
     async def reset(self) -> None:
         self._sessions.clear()
@@ -448,8 +452,9 @@ class LangchainAdapter(_AdapterTurn):
     async def turn(self, session_id: str, i: int) -> None:
         # One per request, as a history factory makes them.
         history = self._cls(session_id, self.store, last=self.last)
-        await history.aget_messages()
+        window = await history.aget_messages()  # kept until the turn ends
         await history.aadd_messages([self._human(user_text(i)), self._ai(assistant_text(i))])
+        del window
 
 
 class LangchainWindowAdapter(LangchainAdapter):

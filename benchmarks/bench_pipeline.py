@@ -135,8 +135,10 @@ async def _measure(store: Store, history: int, budget: float) -> tuple[float, fl
     async def bare_turn() -> object:
         window = _WindowSpy.window or history
         user = Message("user", USER_TEXT)
-        await store.load(bare, last=window)
-        return await store.append(bare, [user, Message("assistant", REPLY)])
+        held = await store.load(bare, last=window)  # kept until the turn ends, as a turn does
+        count = await store.append(bare, [user, Message("assistant", REPLY)])
+        del held
+        return count
 
     pipe_time, bare_time, ratio = await _time_pair(
         (turn, bare_turn), (resetter(piped), resetter(bare)), budget

@@ -102,8 +102,9 @@ class StoreTurn(Contender):
             await self.store.append(session_id, messages[i : i + 5000])
 
     async def turn(self, session_id: str, i: int) -> None:
-        await self.store.load(session_id, last=WINDOW)
+        window = await self.store.load(session_id, last=WINDOW)  # kept until the turn ends
         await self.store.append(session_id, turn_messages(i))
+        del window
 
     async def reset(self) -> None:
         await self.store.delete_by_prefix("")
@@ -215,9 +216,10 @@ class RawRedis(Contender):
     async def turn(self, session_id: str, i: int) -> None:
         key = self.prefix + session_id
         raw = await self.client.lrange(key, -WINDOW, -1)
-        [_DEC.decode(b) for b in raw]
+        window = [_DEC.decode(b) for b in raw]  # kept until the turn ends
         user, assistant = turn_messages(i)
         await self.client.rpush(key, _ENC.encode(user), _ENC.encode(assistant))
+        del window
 
     async def reset(self) -> None:
         await _servers.unlink_prefix(self.env.need_redis(), self.prefix)
@@ -266,11 +268,12 @@ class RawPostgres(Contender):
 
     async def turn(self, session_id: str, i: int) -> None:
         rows = await self.pool.fetch(self._select, session_id, WINDOW)
-        [_DEC.decode(r[0]) for r in reversed(rows)]
+        window = [_DEC.decode(r[0]) for r in reversed(rows)]  # kept until the turn ends
         user, assistant = turn_messages(i)
         await self.pool.execute(
             self._insert, session_id, [_ENC.encode(user), _ENC.encode(assistant)]
         )
+        del window
 
     async def reset(self) -> None:
         await self.pool.execute(f"TRUNCATE {self._table}")

@@ -2,8 +2,13 @@
 
 A *turn* is what a chat server does per request: read what the model will see (the newest
 ``WINDOW`` messages where the library can read a window, else the whole history), then append
-a user and an assistant message. Every contender (a promptstate store, the pipeline, a raw
-client doing the minimal commands, a peer library) is a :class:`Contender`: the runner
+a user and an assistant message. What was read stays alive until the append returns, as in a
+turn that sends it to a model: every contender keeps it in a local variable. (A turn that
+dropped it at once would let CPython reuse the freed objects and run its cycle collector far
+less often than any real turn can; ``docs/benchmarks.md`` gives the numbers.)
+
+Every contender (a promptstate store, the pipeline, a raw client doing the minimal commands,
+a peer library) is a :class:`Contender`: the runner
 populates sessions through :meth:`Contender.populate`, times :meth:`Contender.turn`, and calls
 :meth:`Contender.aclose` at the end, on success or failure.
 """
