@@ -14,7 +14,7 @@ import math
 import re
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, Protocol, runtime_checkable
 
@@ -253,7 +253,7 @@ def with_tokens(message: Message, counter: TokenCounter) -> Message:
     return msgspec.structs.replace(message, tokens=tokens)
 
 
-def count_tokens(messages: list[Message], counter: TokenCounter) -> int:
+def count_tokens(messages: Sequence[Message], counter: TokenCounter) -> int:
     """The tokens of ``messages``, using each message's kept count where it has one."""
     return sum(m.tokens if m.tokens is not None else counter.count(m) for m in messages)
 

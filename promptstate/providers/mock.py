@@ -136,7 +136,7 @@ class MockProvider:
         raise ProviderError(f"MockProvider's responder returned {type(reply).__name__}")
 
     def _usage(self, messages: Sequence[Message], reply: Message) -> tuple[Usage, float]:
-        usage = Usage(count_tokens(list(messages), self._counter), self._counter.count(reply))
+        usage = Usage(count_tokens(messages, self._counter), self._counter.count(reply))
         cost = 0.0
         if self._price is not None:
             cost = usage.input_tokens * self._price[0] + usage.output_tokens * self._price[1]
