@@ -376,45 +376,72 @@ class TurnLease:
             logger.warning("could not release the lease on session %r", self.key, exc_info=True)
 
 
-class _TimerKeepAlive:
-    """Renews a turn's lease from a timer: a task exists only once a third of ``ttl`` passed.
+class _Renewals:
+    """Renews the leases of one runner's turns on one asyncio loop, from a single timer.
 
-    Most turns end well before that, so they pay for a timer handle (set and cancelled)
-    instead of a task started, cancelled and awaited. asyncio only (elsewhere
-    :class:`TurnRunner` runs the renewal in a task group from the start).
+    A turn registers its lease (a dict entry) and unregisters it when it ends; one timer for
+    all of them ticks every ``ttl / 9`` while any is registered, and starts a renewal task for
+    each lease a third of its ``ttl`` old (so a lease is renewed at most 4/9 of its ``ttl`` after
+    it was taken). Most turns end well before that: they pay for two dict operations instead
+    of a timer handle of their own, set and cancelled (a heap push and a handle object per
+    turn, kept alive while the turn runs). asyncio only (elsewhere :class:`TurnRunner` runs the
+    renewal in a task group from the start).
     """
 
-    __slots__ = ("_handle", "_lease", "_loop", "_task")
+    __slots__ = ("_due", "_handle", "_loop", "_tasks")
 
-    def __init__(self, lease: TurnLease, loop: asyncio.AbstractEventLoop) -> None:
-        self._lease = lease
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._task: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = loop.call_later(lease.ttl / 3, self._fire)
+        #: Leases waiting for their first renewal, and when it is due (``loop.time()``).
+        self._due: dict[TurnLease, float] = {}
+        #: Leases being renewed, by their renewal task.
+        self._tasks: dict[TurnLease, asyncio.Task[None]] = {}
+        self._handle: asyncio.TimerHandle | None = None
 
-    @classmethod
-    def start(cls, lease: TurnLease) -> _TimerKeepAlive | None:
-        """A running keeper, or None when the event loop is not asyncio's."""
+    @staticmethod
+    def on_this_loop(runner: TurnRunner) -> _Renewals | None:
+        """The runner's renewals on the running loop; None when it is not asyncio's."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        return cls(lease, loop)
+        found = runner._renewals
+        if found is None or found._loop is not loop:
+            found = runner._renewals = _Renewals(loop)
+        return found
 
-    def _fire(self) -> None:
+    def add(self, lease: TurnLease) -> None:
+        """Renew ``lease`` from a third of its ``ttl`` on, until :meth:`remove`."""
+        self._due[lease] = self._loop.time() + lease.ttl / 3
+        if self._handle is None:
+            self._handle = self._loop.call_later(lease.ttl / 9, self._tick, lease.ttl / 9)
+
+    def _tick(self, period: float) -> None:
         self._handle = None
-        self._task = self._loop.create_task(self._lease._keep_alive(wait_first=False))
+        now = self._loop.time()
+        due = [lease for lease, at in self._due.items() if at <= now]
+        for lease in due:
+            del self._due[lease]
+            self._tasks[lease] = self._loop.create_task(lease._keep_alive(wait_first=False))
+        if self._due:
+            self._handle = self._loop.call_later(period, self._tick, period)
 
-    async def stop(self) -> None:
-        """Cancel the timer, or the renewal task and wait for it (shielded)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((task,))
+    def remove(self, lease: TurnLease) -> asyncio.Task[None] | None:
+        """Stop renewing ``lease``; returns its renewal task if one runs (cancelled, for the
+        caller to wait for). The timer stays: it stops by itself at a tick with nothing due."""
+        if self._due.pop(lease, None) is not None:
+            return None
+        task = self._tasks.pop(lease, None)
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled renewal task to end (shielded)."""
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait((task,))
 
 
 class TurnRunner:
@@ -424,7 +451,8 @@ class TurnRunner:
 
     A turn takes the session's in-process lock and then, on a
     :class:`~promptstate.stores.base.LeasingStore`, the store's lease (renewed in the
-    background while the turn runs: from a timer on asyncio, from a task elsewhere), runs its
+    background while the turn runs: from one timer for all the runner's turns on asyncio, from
+    a task per turn elsewhere), runs its
     body, and releases the lease (unless the save released it already) and the lock. Whether
     the store leases is asked once, here, at construction.
 
@@ -437,7 +465,15 @@ class TurnRunner:
             (:attr:`TurnLease.release_on_save`).
     """
 
-    __slots__ = ("_leasing", "_locks", "_store", "lease_ttl", "max_wait", "release_on_save")
+    __slots__ = (
+        "_leasing",
+        "_locks",
+        "_renewals",
+        "_store",
+        "lease_ttl",
+        "max_wait",
+        "release_on_save",
+    )
 
     def __init__(
         self,
@@ -453,6 +489,7 @@ class TurnRunner:
         self.max_wait = max_wait
         self.lease_ttl = lease_ttl
         self.release_on_save = release_on_save
+        self._renewals: _Renewals | None = None
 
     @property
     def leasing(self) -> bool:
@@ -494,12 +531,15 @@ class TurnRunner:
             lease.release_on_save = self.release_on_save
             try:
                 await lease.acquire(remaining, load=load)
-                keeper = _TimerKeepAlive.start(lease)
-                if keeper is not None:
+                renewals = _Renewals.on_this_loop(self)
+                if renewals is not None:
+                    renewals.add(lease)
                     try:
                         await body(lease)
                     finally:
-                        await keeper.stop()
+                        renewing = renewals.remove(lease)
+                        if renewing is not None:
+                            await _stopped(renewing)
                     return
                 failure: BaseException | None = None
                 async with anyio.create_task_group() as tg:

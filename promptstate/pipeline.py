@@ -236,9 +236,9 @@ class Pipeline(AsyncResource):
         token_counter: Counts message tokens (default: the store's counter).
         lock_timeout: Seconds a turn waits for its session to be free before
             :class:`~promptstate.exceptions.SessionBusyError`; ``None`` waits for ever.
-        lease_ttl: Lifetime in seconds of the cross-process lease (renewed every third of it
-            while the turn runs), for stores with leases. A dead holder blocks the session for
-            at most this long.
+        lease_ttl: Lifetime in seconds of the cross-process lease (renewed from a third of it
+            on, within 4/9 of it, while the turn runs), for stores with leases. A dead holder
+            blocks the session for at most this long.
         system: A system prompt (or system messages) sent first on every turn, never stored.
         tools: Functions (plain or async), :class:`~promptstate.tools.Tool` s or JSON tool
             objects the model may call. A :class:`~promptstate.tools.ToolLoop` is put right

@@ -311,7 +311,7 @@ async def test_long_turns_renew_the_lease_with_either_keeper(
     from promptstate import locks
 
     if not timer:  # what an event loop other than asyncio's gets
-        monkeypatch.setattr(locks._TimerKeepAlive, "start", classmethod(lambda cls, lease: None))
+        monkeypatch.setattr(locks._Renewals, "on_this_loop", staticmethod(lambda runner: None))
     store = LeasingMemoryStore()
 
     async def slow(messages: list[Message]) -> str:
