@@ -9,7 +9,8 @@ session while a turn runs:
    them, so the table never grows with the number of sessions ever seen.
 2. **Across processes**: a *lease* in the store, when the store declares it by being a
    :class:`~promptstate.stores.base.LeasingStore`. A lease is a record with an owner token and
-   an expiry: it is taken only when absent or expired, renewed while the turn runs, and
+   an expiry: it is taken only when absent or expired (or its owner's already: a retried
+   acquire takes it again), renewed while the turn runs, and
    released by its owner only (compare-and-delete). A holder that dies stops renewing, so its
    lease expires and the next turn takes over after at most ``ttl`` seconds.
 
@@ -22,7 +23,7 @@ call the protected methods a backend implements (``key`` is the session id; the 
 leases in its own namespace, apart from the states)::
 
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool
-        # take the lease if nobody holds it (or it expired); True when taken
+        # take the lease if nobody else holds it (or it expired); True when taken
     async def _renew_lease(self, key: str, owner: str, ttl: float) -> bool
         # push the expiry to now + ttl if `owner` still holds it; False when lost
     async def _release_lease(self, key: str, owner: str) -> bool
@@ -102,7 +103,8 @@ class SupportsLease(Protocol):
     """
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the lease on ``key`` for ``owner`` for ``ttl`` seconds, if it is free or expired.
+        """Take the lease on ``key`` for ``owner`` for ``ttl`` seconds, if it is free, expired
+        or ``owner``'s already (then its TTL is set anew).
 
         Returns:
             True when ``owner`` now holds the lease; False when another owner holds it.

@@ -60,7 +60,7 @@ class LeasingMemoryStore(LeasingStore, MemoryStore):
         await anyio.lowlevel.checkpoint()
         now = time.monotonic()
         held = self.table.leases.get(key)
-        if held is not None and held[1] > now:
+        if held is not None and held[1] > now and held[0] != owner:
             return False
         self.table.leases[key] = (owner, now + ttl)
         self.table.acquired += 1

@@ -304,7 +304,8 @@ class SQL:
         self.lease_acquire = (
             f"INSERT INTO {lease} AS l (key, owner, expires_at) VALUES ($1, $2, {until})"
             " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
-            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() RETURNING true"
+            " expires_at = EXCLUDED.expires_at"
+            " WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING true"
         )
         self.lease_renew = (
             f"UPDATE {lease} SET expires_at = {until}"
@@ -404,9 +405,11 @@ class SQL:
             f"WITH seen AS (SELECT l.owner, l.expires_at FROM {lease} l WHERE l.key = $1),"
             f" took AS (INSERT INTO {lease} AS l (key, owner, expires_at)"
             f" SELECT $1, $2, {until}"
-            " WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.expires_at > now())"
+            " WHERE NOT EXISTS (SELECT 1 FROM seen WHERE seen.expires_at > now()"
+            " AND seen.owner <> $2)"
             " ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner,"
-            " expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() AND EXISTS"
+            " expires_at = EXCLUDED.expires_at"
+            " WHERE (l.expires_at <= now() OR l.owner = EXCLUDED.owner) AND EXISTS"
             " (SELECT 1 FROM seen WHERE seen.owner = l.owner"
             " AND seen.expires_at = l.expires_at) RETURNING true)"
             " SELECT EXISTS (SELECT 1 FROM took), ARRAY(SELECT m.data FROM"

@@ -1095,6 +1095,10 @@ class LeasingStore(Store):
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Take the lease on ``key`` for ``owner`` if nobody holds it (or it expired).
 
+        A lease ``owner`` holds already is taken again, its TTL set anew: an acquire sent
+        again after its reply was lost (redis-py's default retry does that) must not find the
+        lease busy because its first try took it.
+
         Returns:
             True when ``owner`` now holds it; False when another owner does.
         """
@@ -1139,7 +1143,8 @@ class LeasingStore(Store):
     ) -> list[Message] | None:
         """Take the lease and, only when it was taken, read the newest ``last`` messages.
 
-        Returns ``None`` (nothing read) when another owner holds the lease. The default is
+        Returns ``None`` (nothing read) when another owner holds the lease; a lease ``owner``
+        holds already is taken again, as with :meth:`acquire_lease`. The default is
         :meth:`acquire_lease` then :meth:`load` (two round trips; the lease is given back if
         the read fails); Redis, SQLite and PostgreSQL do both in one atomic step.
         """

@@ -887,7 +887,7 @@ class PostgresStore(LeasingStore):
 
     @settled_write
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+        """Take the turn lease on ``key`` for ``owner`` if it is free, expired or ``owner``'s.
 
         Leases live in ``<table_name>_leases`` with a server-clock expiry, so every process
         using the table sees the same leases; the pipeline uses them to run one turn of a

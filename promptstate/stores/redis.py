@@ -1193,7 +1193,7 @@ class RedisStore(LeasingStore):
         return self._pkey + b"{" + _tag(key).encode() + b"}:f:" + os.urandom(8).hex().encode()
 
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+        """Take the turn lease on ``key`` for ``owner`` if it is free, expired or ``owner``'s.
 
         Leases keep pipelines in different processes from interleaving turns on one session;
         Redis expires a lease whose holder died. Settled when it returns, cancelled or not

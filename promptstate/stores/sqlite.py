@@ -215,7 +215,7 @@ _SQL_EXPIRED = "SELECT key FROM promptstate_sessions WHERE expires_at <= ? LIMIT
 _SQL_LEASE_ACQUIRE = (
     "INSERT INTO promptstate_leases (key, owner, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
-    "WHERE promptstate_leases.expires_at <= ?"
+    "WHERE promptstate_leases.expires_at <= ? OR promptstate_leases.owner = excluded.owner"
 )
 _SQL_LEASE_RENEW = (
     "UPDATE promptstate_leases SET expires_at = ? WHERE key = ? AND owner = ? AND expires_at > ?"
@@ -1047,7 +1047,7 @@ class SQLiteStore(LeasingStore):
     # -- turn leases (promptstate.LeasingStore) ------------------------------------------------
 
     async def _acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the turn lease on ``key`` for ``owner`` if it is free or expired.
+        """Take the turn lease on ``key`` for ``owner`` if it is free, expired or ``owner``'s.
 
         Leases live in ``promptstate_leases`` (wall-clock expiry, so every process sharing
         the file agrees); they keep pipelines in different processes from interleaving turns.
