@@ -82,13 +82,14 @@ async def main(url: str, turns: int, history: int) -> None:
 
             async def store_turn(session: str, i: int) -> None:
                 owner = f"o{session}{i}"
-                await store.acquire_and_load(session, owner, 30.0, last=50)
+                window = await store.acquire_and_load(session, owner, 30.0, last=50)  # kept
                 await store.append_turn(
                     session,
                     [Message("user", f"question {i}"), Message("assistant", "ok " * 40)],
                     turn_id=owner,
                     release_lease=owner,
                 )
+                del window
 
             await _drive(SESSIONS * 20, pipeline_turn)  # warm up: connections, scripts
             for name, fn in (("Pipeline.execute", pipeline_turn), ("bare store turn", store_turn)):

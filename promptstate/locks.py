@@ -390,7 +390,7 @@ class _Renewals:
     renewal in a task group from the start).
     """
 
-    __slots__ = ("_due", "_handle", "_loop", "_tasks")
+    __slots__ = ("_due", "_handle", "_loop", "_period", "_tasks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -399,6 +399,7 @@ class _Renewals:
         #: Leases being renewed, by their renewal task.
         self._tasks: dict[TurnLease, asyncio.Task[None]] = {}
         self._handle: asyncio.TimerHandle | None = None
+        self._period = 0.0
 
     @staticmethod
     def on_this_loop(runner: TurnRunner) -> _Renewals | None:
@@ -415,18 +416,24 @@ class _Renewals:
     def add(self, lease: TurnLease) -> None:
         """Renew ``lease`` from a third of its ``ttl`` on, until :meth:`remove`."""
         self._due[lease] = self._loop.time() + lease.ttl / 3
-        if self._handle is None:
-            self._handle = self._loop.call_later(lease.ttl / 9, self._tick, lease.ttl / 9)
+        period = lease.ttl / 9
+        if self._handle is not None and period >= self._period:
+            return
+        if self._handle is not None:  # a shorter TTL than the timer was set for
+            self._handle.cancel()
+        self._period = period
+        self._handle = self._loop.call_later(period, self._tick)
 
-    def _tick(self, period: float) -> None:
+    def _tick(self) -> None:
         self._handle = None
         now = self._loop.time()
         due = [lease for lease, at in self._due.items() if at <= now]
         for lease in due:
             del self._due[lease]
-            self._tasks[lease] = self._loop.create_task(lease._keep_alive(wait_first=False))
+            if lease._active():  # not released or lost meanwhile
+                self._tasks[lease] = self._loop.create_task(lease._keep_alive(wait_first=False))
         if self._due:
-            self._handle = self._loop.call_later(period, self._tick, period)
+            self._handle = self._loop.call_later(self._period, self._tick)
 
     def remove(self, lease: TurnLease) -> asyncio.Task[None] | None:
         """Stop renewing ``lease``; returns its renewal task if one runs (cancelled, for the

@@ -318,8 +318,9 @@ async def test_long_turns_renew_the_lease_with_either_keeper(
         await anyio.sleep(1.0)
         return "done"
 
-    # A TTL of 0.6 s renewed every 0.2 s: long enough that a loaded machine's stalls (the
-    # suite runs beside other jobs) do not let it lapse (0.15 s did, once in a random run).
+    # A TTL of 0.6 s, renewed from 0.2 s on (within 4/9 of it), then every 0.2 s: long enough
+    # that a loaded machine's stalls (the suite runs beside other jobs) do not let it lapse
+    # (0.15 s did, once in a random run).
     async with Pipeline(MockProvider(slow), store=store, lease_ttl=0.6) as pipe:
         result = await pipe.execute("conv", "user", "take your time")
         stream = [c async for c in pipe.stream("conv", "user", "again")]
