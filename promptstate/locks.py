@@ -10,8 +10,8 @@ session while a turn runs:
 2. **Across processes**: a *lease* in the store, when the store declares it by being a
    :class:`~promptstate.stores.base.LeasingStore`. A lease is a record with an owner token and
    an expiry: it is taken only when absent or expired (or its owner's already: a retried
-   acquire takes it again), renewed while the turn runs, and
-   released by its owner only (compare-and-delete). A holder that dies stops renewing, so its
+   acquire takes it again), renewed while the turn runs, and released by its owner only
+   (compare-and-delete). A holder that dies stops renewing, so its
    lease expires and the next turn takes over after at most ``ttl`` seconds.
 
 Stores without leases (:class:`~promptstate.MemoryStore`) get only the in-process lock, which is
@@ -382,12 +382,13 @@ class _Renewals:
     """Renews the leases of one runner's turns on one asyncio loop, from a single timer.
 
     A turn registers its lease (a dict entry) and unregisters it when it ends; one timer for
-    all of them ticks every ``ttl / 9`` while any is registered, and starts a renewal task for
-    each lease a third of its ``ttl`` old (so a lease is renewed at most 4/9 of its ``ttl`` after
-    it was taken). Most turns end well before that: they pay for two dict operations instead
-    of a timer handle of their own, set and cancelled (a heap push and a handle object per
-    turn, kept alive while the turn runs). asyncio only (elsewhere :class:`TurnRunner` runs the
-    renewal in a task group from the start).
+    all of them ticks every ninth of the shortest ``ttl`` among them while any waits for its
+    first renewal, and starts a renewal task for each lease a third of its ``ttl`` old (so a
+    lease is renewed at most 4/9 of its ``ttl`` after it was taken). Most turns end well
+    before that: they pay for two dict operations instead of a timer handle of their own, set
+    and cancelled (a heap push and a handle object per turn, kept alive while the turn runs).
+    asyncio only (elsewhere :class:`TurnRunner` runs the renewal in a task group from the
+    start).
     """
 
     __slots__ = ("_due", "_handle", "_loop", "_period", "_tasks")
@@ -461,9 +462,9 @@ class TurnRunner:
     A turn takes the session's in-process lock and then, on a
     :class:`~promptstate.stores.base.LeasingStore`, the store's lease (renewed in the
     background while the turn runs: from one timer for all the runner's turns on asyncio, from
-    a task per turn elsewhere), runs its
-    body, and releases the lease (unless the save released it already) and the lock. Whether
-    the store leases is asked once, here, at construction.
+    a task per turn elsewhere), runs its body, and releases the lease (unless the save
+    released it already) and the lock. Whether the store leases is asked once, here, at
+    construction.
 
     Args:
         store: The store the turns run on.

@@ -9,6 +9,7 @@ tests/test_pipeline_safety.py and tests/test_pipeline_lease_fastpath.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
@@ -24,6 +25,17 @@ def _runner(store: LeasingMemoryStore, ttl: float) -> TurnRunner:
     return TurnRunner(store, max_wait=5.0, lease_ttl=ttl)
 
 
+def _long_turn(seconds: float, kept: list[bool]) -> Callable[[TurnLease | None], Awaitable[None]]:
+    """A turn body that runs ``seconds`` and then notes whether its lease is still held."""
+
+    async def body(lease: TurnLease | None) -> None:
+        assert lease is not None
+        await anyio.sleep(seconds)
+        kept.append(not lease.lost and lease.remaining() > 0)
+
+    return body
+
+
 async def test_concurrent_long_turns_all_keep_their_leases() -> None:
     # 1.2 s leases renewed from one timer ticking every ttl/9: each must be renewed at most
     # 4/9 of its ttl after it was taken, long before it lapses, whatever the others do. (The
@@ -31,11 +43,7 @@ async def test_concurrent_long_turns_all_keep_their_leases() -> None:
     store = LeasingMemoryStore()
     runner = _runner(store, ttl=1.2)
     kept: list[bool] = []
-
-    async def body(lease: TurnLease | None) -> None:
-        assert lease is not None
-        await anyio.sleep(2.0)
-        kept.append(not lease.lost and lease.remaining() > 0)
+    body = _long_turn(2.0, kept)
 
     async with anyio.create_task_group() as tg:
         for i in range(20):
@@ -51,11 +59,7 @@ async def test_a_shorter_ttl_is_renewed_in_time_beside_a_longer_one() -> None:
     store = LeasingMemoryStore()
     runner = _runner(store, ttl=30.0)
     kept: list[bool] = []
-
-    async def body(lease: TurnLease | None) -> None:
-        assert lease is not None
-        await anyio.sleep(2.0)
-        kept.append(not lease.lost and lease.remaining() > 0)
+    body = _long_turn(2.0, kept)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run, "long-ttl", body)

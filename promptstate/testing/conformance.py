@@ -171,6 +171,37 @@ def _with_tokens(message: Message, tokens: object) -> Message:
     return message
 
 
+async def _outlives_its_first_ttl(
+    lease: LeasingStore,
+    prefix: str,
+    extend: Callable[[str, float], Awaitable[bool]],
+    what: str,
+) -> None:
+    """Take a lease for alice, ``extend(key, ttl)`` it halfway through its TTL, and check
+    that bob cannot take it past the first TTL (within the new one). A run counts only when
+    the machine did not stall past a TTL meanwhile; 5 tries."""
+    ttl = 0.6
+    for attempt in range(5):
+        key = f"{prefix}{attempt}"
+        taken = time.monotonic()
+        assert await lease.acquire_lease(key, "alice", ttl)
+        await anyio.sleep(ttl * 0.5)
+        extended = await extend(key, ttl)
+        extended_at = time.monotonic()
+        await anyio.sleep(ttl * 0.7)  # past the first TTL, within the new one
+        other = await lease.acquire_lease(key, "bob", ttl)
+        checked = time.monotonic()
+        if extended_at - taken < ttl * 0.9 and checked - extended_at < ttl * 0.9:
+            assert extended, f"the holder could not {what} its lease"
+            assert not other, f"a lease was taken over after its first TTL ({what})"
+            assert await lease.release_lease(key, "alice")
+            return
+        # The machine stalled past a TTL: this run shows nothing; clean up and try again.
+        for owner in ("alice", "bob"):
+            await lease.release_lease(key, owner)
+    pytest.fail(f"the machine was too busy to {what} within the TTL in 5 attempts")
+
+
 def _turn(question: str, answer: str) -> list[Message]:
     return [Message("user", question), Message("assistant", answer)]
 
@@ -1710,26 +1741,9 @@ class StoreConformance:
 
     async def test_a_renewed_lease_outlives_its_first_ttl(self, store: Store) -> None:
         lease = self._leasing(store)
-        ttl = 0.6
-        for attempt in range(5):
-            key = f"renew{attempt}"
-            taken = time.monotonic()
-            assert await lease.acquire_lease(key, "alice", ttl)
-            await anyio.sleep(ttl * 0.5)
-            renewed = await lease.renew_lease(key, "alice", ttl)
-            renewed_at = time.monotonic()
-            await anyio.sleep(ttl * 0.7)  # past the first TTL, within the renewed one
-            other = await lease.acquire_lease(key, "bob", ttl)
-            checked = time.monotonic()
-            if renewed_at - taken < ttl * 0.9 and checked - renewed_at < ttl * 0.9:
-                assert renewed, "the holder could not renew its lease"
-                assert not other, "a renewed lease was taken over after its first TTL"
-                assert await lease.release_lease(key, "alice")
-                return
-            # The machine stalled past a TTL: this run shows nothing; clean up and try again.
-            for owner in ("alice", "bob"):
-                await lease.release_lease(key, owner)
-        pytest.fail("the machine was too busy to renew within the TTL in 5 attempts")
+        await _outlives_its_first_ttl(
+            lease, "renew", lambda key, ttl: lease.renew_lease(key, "alice", ttl), "renew"
+        )
 
     async def test_the_holder_takes_its_own_lease_again(self, store: Store) -> None:
         # An acquire sent again after its reply was lost (redis-py retries by default; a
@@ -1746,26 +1760,12 @@ class StoreConformance:
         assert await lease.acquire_and_load("again", "bob", 30.0, last=1) is None
         assert await lease.release_lease("again", "alice")
         assert not await lease.release_lease("again", "alice"), "one release was not enough"
-        ttl = 0.6
-        for attempt in range(5):
-            key = f"again{attempt}"
-            taken = time.monotonic()
-            assert await lease.acquire_lease(key, "alice", ttl)
-            await anyio.sleep(ttl * 0.5)
-            again = await lease.acquire_lease(key, "alice", ttl)
-            again_at = time.monotonic()
-            await anyio.sleep(ttl * 0.7)  # past the first TTL, within the new one
-            other = await lease.acquire_lease(key, "bob", ttl)
-            checked = time.monotonic()
-            if again_at - taken < ttl * 0.9 and checked - again_at < ttl * 0.9:
-                assert again, "the holder could not take its lease again"
-                assert not other, "taking the lease again did not set its TTL anew"
-                assert await lease.release_lease(key, "alice")
-                return
-            # The machine stalled past a TTL: this run shows nothing; clean up and try again.
-            for owner in ("alice", "bob"):
-                await lease.release_lease(key, owner)
-        pytest.fail("the machine was too busy to take the lease again within the TTL")
+        await _outlives_its_first_ttl(
+            lease,
+            "again",
+            lambda key, ttl: lease.acquire_lease(key, "alice", ttl),
+            "take the lease again",
+        )
 
     async def test_acquire_and_load_reads_only_with_the_lease(self, store: Store) -> None:
         lease = self._leasing(store)
