@@ -70,6 +70,21 @@ async def test_leases_pass_through(tmp_path: Path) -> None:
     await store.aclose()
 
 
+async def test_setup_and_purge_expired_pass_through_to_a_store_that_has_them(
+    tmp_path: Path,
+) -> None:
+    inner = SQLiteStore(tmp_path / "p.db", ttl=0.2)
+    async with CachedStore(inner, close_inner=True) as store:
+        await store.setup()  # the inner store's: idempotent
+        await store.append("old", [Message("user", "x")])
+        await anyio.sleep(0.4)
+        assert await store.purge_expired() == 1
+        assert await inner.purge_expired() == 0, "the wrapper did not purge the inner store"
+    plain = CachedStore(MemoryStore())
+    assert not hasattr(plain, "setup")
+    assert not hasattr(plain, "purge_expired")
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValidationError):
         CachedStore("not a store")  # type: ignore[arg-type]

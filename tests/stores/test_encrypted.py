@@ -351,3 +351,19 @@ async def test_metadata_merges_and_listings_are_sealed_and_opened(
     assert (branch.messages, branch.metadata["title"]) == ([], SECRET)
     assert await rotated.truncate("s", 0) == 0
     assert await rotated.count("s") == 0
+
+
+async def test_setup_and_purge_expired_pass_through_to_a_store_that_has_them(
+    tmp_path: Path,
+) -> None:
+    inner = SQLiteStore(tmp_path / "p.db", ttl=0.2)
+    async with inner:
+        store = EncryptedStore(inner, keys={"k1": K1}, active="k1")
+        await store.setup()  # the inner store's: idempotent
+        await store.append("old", [Message("user", "x")])
+        await anyio.sleep(0.4)
+        assert await store.purge_expired() == 1
+        assert await inner.purge_expired() == 0, "the wrapper did not purge the inner store"
+    plain = EncryptedStore(MemoryStore(), keys={"k1": K1}, active="k1")
+    assert not hasattr(plain, "setup")
+    assert not hasattr(plain, "purge_expired")
