@@ -548,19 +548,26 @@ async def test_merge_metadata_copies_values_it_cannot_decode(make: StoreFactory)
     assert await store.get_metadata("m") == merged
 
 
+async def _one_acquire_attempt(
+    make: StoreFactory,
+) -> tuple[RedisStore, Message, tuple[bytes, bytes, bytes, bytes]]:
+    """A store whose session "s" holds one message, that message, and the keys one acquire
+    attempt's scripts get: the lease, the two state keys and the attempt's fence."""
+    store = await make()
+    assert isinstance(store, RedisStore)
+    first = Message("user", "a")
+    await store.append("s", [first])
+    h, m = store._keys("s")
+    return store, first, (store._lease_key("s"), h, m, store._fence_key("s"))
+
+
 async def test_an_acquire_that_reaches_redis_after_it_was_abandoned_takes_nothing(
     make: StoreFactory, raw: Redis
 ) -> None:
     # A cancelled acquire's script may still be on its way when the store settles the
     # attempt (redis-py drops the connection, not the bytes it sent). Played in that order:
     # the settling script first, then the late acquire scripts of the same attempt.
-    store = await make()
-    assert isinstance(store, RedisStore)
-    first = Message("user", "a")
-    await store.append("s", [first])
-    lease = store._lease_key("s")
-    h, m = store._keys("s")
-    fence = store._fence_key("s")
+    store, first, (lease, h, m, fence) = await _one_acquire_attempt(make)
     await store._abandon("s", "owner-1", fence, 5.0)
     assert 0 < await raw.pttl(fence) <= 5000
     late = await store._eval(
@@ -583,13 +590,7 @@ async def test_an_acquire_sent_again_after_its_reply_was_lost_takes_the_lease(
     # redis-py sends a call again when the connection dropped before the reply (its default
     # Retry). The first run took the lease: the second must succeed, not wait for the lease
     # it holds to expire. Played in that order, with both scripts of the same attempt.
-    store = await make()
-    assert isinstance(store, RedisStore)
-    first = Message("user", "a")
-    await store.append("s", [first])
-    lease = store._lease_key("s")
-    h, m = store._keys("s")
-    fence = store._fence_key("s")
+    store, _, (lease, h, m, fence) = await _one_acquire_attempt(make)
     assert await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000)) == 1
     await raw.pexpire(lease, 1000)
     assert await store._eval(scripts.LEASE_ACQUIRE, (lease, fence), ("owner-1", 5000)) == 1
