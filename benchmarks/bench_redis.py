@@ -16,6 +16,12 @@ turns rotate over 64 sessions so each grows by only a few dozen messages):
 * throughput with 64 sessions driven concurrently by 64 tasks (turns/s), raw and
   promptstate alternating in short slices.
 
+A third contender is the same store on a borrowed client (``RedisStore(client)``, the raw
+floor's client): every one of its calls goes through redis-py's ``execute_command`` and
+blocking pool, where a store that made its own client runs its single commands on
+connections of its own (``promptstate.stores._redis_connections``). The second table is that
+A/B: own connections over borrowed client, paired per round.
+
 Ratios are promptstate / raw, computed per interleaved round and reported as the median of
 those paired ratios (the machine this was written on is shared, so absolute numbers drift
 from round to round; pairing cancels most of the drift). ``--spawn`` runs against a private
@@ -88,20 +94,23 @@ class Promptstate:
         await self.store.append(sid, list(_turn_messages(i)))
 
 
-async def _fill(client: Redis, store: RedisStore, raw: Raw, length: int) -> None:
-    """Give every session ``length`` messages, in both layouts."""
+async def _fill(client: Redis, stores: tuple[RedisStore, ...], raw: Raw, length: int) -> None:
+    """Give every session ``length`` messages, in every layout."""
     item = _encode(Message("user", "an earlier message of this conversation, about Paris."))
     for session in range(SESSIONS):
         await client.delete(raw.key(session))
-        await store.delete(f"s{session}")
+        for store in stores:
+            await store.delete(f"s{session}")
         done = 0
         while done < length:
             chunk = min(2_000, length - done)
             await client.rpush(raw.key(session), *([item] * chunk))
-            await store.append(
-                f"s{session}",
-                [Message("user", "an earlier message of this conversation, about Paris.")] * chunk,
-            )
+            for store in stores:
+                await store.append(
+                    f"s{session}",
+                    [Message("user", "an earlier message of this conversation, about Paris.")]
+                    * chunk,
+                )
             done += chunk
 
 
@@ -140,60 +149,69 @@ async def main(url: str, quick: bool) -> None:
     prefix = f"bench:{uuid.uuid4().hex}:"
     client = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=SESSIONS))
     store = RedisStore.from_url(url, prefix=prefix, ttl=3600, max_connections=SESSIONS)
+    # The same store on a borrowed client: every call through redis-py's execute_command.
+    borrowed = RedisStore(client, prefix=f"{prefix}b:", ttl=3600)
     raw = Raw(client, prefix)
-    ps = Promptstate(store)
+    contenders: dict[str, Raw | Promptstate] = {
+        "raw": raw,
+        "ps": Promptstate(store),
+        "borrowed": Promptstate(borrowed),
+    }
     rounds, turns, seconds = (3, 200, 0.5) if quick else (8, 400, 0.75)
     rows = []
     try:
         await client.ping()
         for length in LENGTHS:
-            await _fill(client, store, raw, length)
-            lat: dict[str, list[float]] = {"raw": [], "ps": []}
-            tput: dict[str, list[float]] = {"raw": [], "ps": []}
-            lat_ratios: list[float] = []
-            await _latency(raw, 50, 0)  # warm-up: connections, script cache
-            await _latency(ps, 50, 0)
+            await _fill(client, (store, borrowed), raw, length)
+            lat: dict[str, list[float]] = {name: [] for name in contenders}
+            tput: dict[str, list[float]] = {name: [] for name in contenders}
+            lat_ratios: dict[str, list[float]] = {"ps": [], "borrowed": [], "own": []}
+            tput_ratios: dict[str, list[float]] = {"ps": [], "borrowed": [], "own": []}
+            for contender in contenders.values():
+                await _latency(contender, 50, 0)  # warm-up: connections, script cache
+            names = list(contenders)
             for r in range(rounds):
-                first, second = (
-                    ((raw, "raw"), (ps, "ps")) if r % 2 == 0 else ((ps, "ps"), (raw, "raw"))
-                )
-                # Turn by turn, alternating, so that both see the same moment of the machine.
-                samples: dict[str, list[float]] = {"raw": [], "ps": []}
+                order = names[r % 3 :] + names[: r % 3]  # each goes first in turn
+                # Turn by turn, rotating, so that all see the same moment of the machine.
+                samples: dict[str, list[float]] = {name: [] for name in names}
                 for i in range((r + 1) * 10_000, (r + 1) * 10_000 + turns):
-                    for contender, name in (first, second):
+                    for name in order:
                         t0 = time.perf_counter()
-                        await contender.turn(i % SESSIONS, i)
+                        await contenders[name].turn(i % SESSIONS, i)
                         samples[name].append(time.perf_counter() - t0)
                 for name in samples:
                     lat[name] += samples[name]
-                lat_ratios.append(
-                    statistics.median(samples["ps"]) / statistics.median(samples["raw"])
-                )
+                med = {name: statistics.median(samples[name]) for name in names}
+                lat_ratios["ps"].append(med["ps"] / med["raw"])
+                lat_ratios["borrowed"].append(med["borrowed"] / med["raw"])
+                lat_ratios["own"].append(med["ps"] / med["borrowed"])
             for r in range(rounds):
-                first, second = (
-                    ((raw, "raw"), (ps, "ps")) if r % 2 == 0 else ((ps, "ps"), (raw, "raw"))
-                )
-                for contender, name in (first, second):
-                    tput[name].append(await _throughput(contender, seconds, (r + 1) * 100_000))
+                order = names[r % 3 :] + names[: r % 3]
+                got = {}
+                for name in order:
+                    got[name] = await _throughput(contenders[name], seconds, (r + 1) * 100_000)
+                    tput[name].append(got[name])
+                tput_ratios["ps"].append(got["ps"] / got["raw"])
+                tput_ratios["borrowed"].append(got["borrowed"] / got["raw"])
+                tput_ratios["own"].append(got["ps"] / got["borrowed"])
             rows.append(
                 (
                     length,
-                    statistics.median(lat["raw"]),
-                    _p99(lat["raw"]),
-                    statistics.median(lat["ps"]),
-                    _p99(lat["ps"]),
-                    statistics.median(tput["raw"]),
-                    statistics.median(tput["ps"]),
-                    statistics.median(lat_ratios),
-                    statistics.median(p / r for p, r in zip(tput["ps"], tput["raw"], strict=True)),
+                    {name: statistics.median(lat[name]) for name in names},
+                    {name: _p99(lat[name]) for name in names},
+                    {name: statistics.median(tput[name]) for name in names},
+                    {k: statistics.median(v) for k, v in lat_ratios.items()},
+                    {k: statistics.median(v) for k, v in tput_ratios.items()},
                 )
             )
     finally:
         await store.delete_by_prefix("")
+        await borrowed.delete_by_prefix("")
         keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
         if keys:
             await client.unlink(*keys)
         await store.aclose()
+        await borrowed.aclose()
         await client.aclose()
 
     print(f"machine: {machine()}; server: {url.split('@')[-1]}")
@@ -203,14 +221,32 @@ async def main(url: str, quick: bool) -> None:
         "| latency ratio | raw turns/s (64) | promptstate turns/s (64) | throughput ratio |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for length, rmed, rp99, pmed, pp99, rt, pt, lratio, tratio in rows:
+    for length, med, p99, tps, lratio, tratio in rows:
         print(
-            f"| {length:,} | {rmed * 1e6:,.0f} | {rp99 * 1e6:,.0f} | {pmed * 1e6:,.0f} "
-            f"| {pp99 * 1e6:,.0f} | {lratio:.2f}x | {rt:,.0f} | {pt:,.0f} | {tratio:.2f}x |"
+            f"| {length:,} | {med['raw'] * 1e6:,.0f} | {p99['raw'] * 1e6:,.0f} "
+            f"| {med['ps'] * 1e6:,.0f} | {p99['ps'] * 1e6:,.0f} | {lratio['ps']:.2f}x "
+            f"| {tps['raw']:,.0f} | {tps['ps']:,.0f} | {tratio['ps']:.2f}x |"
         )
-    flat = rows[-1][3] / rows[0][3]
+    flat = rows[-1][1]["ps"] / rows[0][1]["ps"]
     print()
     print(f"promptstate turn at {LENGTHS[-1]:,} messages / at {LENGTHS[0]}: {flat:.2f}x")
+    print()
+    print(
+        "The same store on a borrowed client (RedisStore(client): every call through redis-py's "
+        "execute_command and its pool), against the store that made its own client and runs "
+        "its single commands on connections of its own:"
+    )
+    print()
+    print(
+        "| history | borrowed median µs | borrowed p99 µs | borrowed turns/s (64) "
+        "| own / borrowed, latency | own / borrowed, turns/s |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for length, med, p99, tps, lratio, tratio in rows:
+        print(
+            f"| {length:,} | {med['borrowed'] * 1e6:,.0f} | {p99['borrowed'] * 1e6:,.0f} "
+            f"| {tps['borrowed']:,.0f} | {lratio['own']:.2f}x | {tratio['own']:.2f}x |"
+        )
 
 
 @contextlib.contextmanager

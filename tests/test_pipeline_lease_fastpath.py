@@ -194,6 +194,21 @@ class _CountingOp:
         return await self._op.__aexit__(*exc_info)
 
 
+class _CountingCommands:
+    """A RedisStore's own command connections, each command (one round trip) counted."""
+
+    def __init__(self, inner: Any, counter: _Counter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    async def execute(self, *args: Any) -> Any:
+        self._counter.calls.append(str(args[0]))
+        return await self._inner.execute(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def _count_round_trips(store: Any) -> _Counter:
     """Count the store's round trips: Redis commands, PostgreSQL statements, or SQLite trips
     to a worker thread."""
@@ -205,6 +220,9 @@ def _count_round_trips(store: Any) -> _Counter:
             return _CountingOp(original_conn(*args, **kwargs), counter)
 
         store._conn = conn
+    elif type(store).__name__ == "RedisStore" and store._commands is not None:
+        # A store that made its client runs single commands on connections of its own.
+        store._commands = _CountingCommands(store._commands, counter)
     elif type(store).__name__ == "RedisStore":
         client = store._client
         original = client.execute_command

@@ -27,7 +27,6 @@ the expiry hints (a pruning pass now and then on writes) and whenever a listing 
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import logging
 import math
@@ -69,6 +68,8 @@ try:
     from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+
+    from promptstate.stores._redis_connections import CommandConnections, Permit, Permits
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "RedisStore needs the redis package: pip install 'promptstate[redis]'"
@@ -157,7 +158,9 @@ class RedisStore(LeasingStore):
         touch_on_read: Slide the TTL on reads too.
         token_counter: Counter for ``State.token_count``.
         max_connections: Pool size (per node on a Cluster). On a Cluster it also caps the
-            store's calls in flight at once: the others wait in arrival order.
+            store's calls in flight at once: the others wait in arrival order. A store that
+            makes its own client on a single Redis also keeps up to this many connections of
+            its own for its single-command calls (docs/redis.md, "Connections").
         socket_timeout: Seconds to wait for a reply before giving up.
         socket_connect_timeout: Seconds to wait for a connection.
         pool_timeout: Seconds a call waits for a free connection before
@@ -231,7 +234,6 @@ class RedisStore(LeasingStore):
                 )
             _check_wait(wait_replicas, wait_timeout, _socket_timeout(client))
             self._client: Redis | RedisCluster = client
-            self._owns_client = False
         else:
             host, port = _split_address(address or "localhost:6379")
             options: dict[str, Any] = {
@@ -252,17 +254,20 @@ class RedisStore(LeasingStore):
                 del options["ssl"]
                 url = f"{scheme}://{_bracket(host)}:{port}/{int(db)}"
                 self._client = _make_single(url, options, max_connections, pool_timeout)
-            self._owns_client = True
+        self._owns_client = False
+        self._commands: CommandConnections | None = None
+        if client is None:
+            self._own_client(pool_timeout)
         self._cluster = isinstance(self._client, RedisCluster)
         self._pending_init = self._cluster
         # redis-py's async RedisCluster refuses a call at once (MaxConnectionsError) when all
         # max_connections connections to its node are busy; the store queues such calls
         # instead, as a single Redis's blocking pool does. Each call holds one permit and
         # uses at most one connection per node at a time, so no node runs out.
-        self._permits: _Permits | None = None
+        self._permits: Permits | None = None
         if isinstance(self._client, RedisCluster):
             size = self._client.connection_kwargs.get("max_connections") or max_connections
-            self._permits = _Permits(int(size), pool_timeout)
+            self._permits = Permits(int(size), pool_timeout)
         self._init_lock = asyncio.Lock()
         # Calls under way, so that aclose() can let them finish before closing the client.
         self._in_flight = 0
@@ -356,8 +361,16 @@ class RedisStore(LeasingStore):
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
         )
-        store._owns_client = True
+        store._own_client(pool_timeout)
         return store
+
+    def _own_client(self, pool_timeout: float | None) -> None:
+        """The store made its client: it closes it, and on a single Redis runs its
+        single-command calls on connections of its own (:class:`CommandConnections`)."""
+        self._owns_client = True
+        if isinstance(self._client, Redis):
+            pool = self._client.connection_pool
+            self._commands = CommandConnections(pool, pool.max_connections, pool_timeout)
 
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "single"
@@ -399,6 +412,8 @@ class RedisStore(LeasingStore):
                 )
         if self._owns_client:
             try:
+                if self._commands is not None:
+                    await self._commands.aclose()
                 await self._client.aclose()
             except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
                 logger.debug("closing the Redis client failed", exc_info=True)
@@ -436,6 +451,12 @@ class RedisStore(LeasingStore):
     async def _eval(
         self, script: scripts.Script, keys: Sequence[bytes], args: Sequence[Any]
     ) -> Any:
+        commands = self._commands
+        if commands is not None:
+            try:
+                return await commands.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                return await commands.execute("EVAL", script.lua, len(keys), *keys, *args)
         if self._pending_init:
             await self._ready()
         client = self._client
@@ -537,6 +558,9 @@ class RedisStore(LeasingStore):
                     self._pending_init = False
 
     async def _cmd(self, *args: Any) -> Any:
+        commands = self._commands
+        if commands is not None:
+            return await commands.execute(*args)
         if self._pending_init:
             await self._ready()
         permits = self._permits
@@ -548,9 +572,9 @@ class RedisStore(LeasingStore):
         finally:
             permits.release()
 
-    def _permit(self) -> _Permit:
+    def _permit(self) -> Permit:
         """Hold one of the Cluster's call permits (a no-op on a single Redis)."""
-        return _Permit(self._permits)
+        return Permit(self._permits)
 
     async def _pipeline(self) -> Pipeline | ClusterPipeline:
         if self._pending_init:
@@ -1307,84 +1331,6 @@ async def _first_batches(
         if shard not in seen:
             seen.add(shard)
             yield shard, batch
-
-
-class _Permits:
-    """At most ``size`` calls in flight on a Redis Cluster; the others wait, in arrival order,
-    for up to ``timeout`` seconds (``None``: no limit).
-
-    Cancellation-safe: a waiter cancelled or timed out leaves the queue, and a permit handed
-    to a waiter that was cancelled at that moment goes on to the next one.
-    """
-
-    __slots__ = ("free", "size", "timeout", "waiters")
-
-    def __init__(self, size: int, timeout: float | None) -> None:
-        self.size = size
-        self.free = size
-        self.timeout = timeout
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self) -> None:
-        if self.free and not self.waiters:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            # asyncio.wait neither raises on the timeout nor cancels the waiter.
-            await asyncio.wait((waiter,), timeout=self.timeout)
-        except BaseException:
-            self._leave(waiter)
-            raise
-        if waiter.done():
-            return
-        self._leave(waiter)
-        raise _PermitTimeout(
-            f"all {self.size} connections (max_connections={self.size}) stayed in use for "
-            f"{self.timeout:g} s (pool_timeout); raise max_connections or pool_timeout, or make "
-            "fewer calls at once"
-        )
-
-    def _leave(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.done() and not waiter.cancelled():
-            self.release()  # handed a permit at the last moment: pass it on
-            return
-        waiter.cancel()
-        try:
-            self.waiters.remove(waiter)
-        except ValueError:
-            pass
-
-    def release(self) -> None:
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
-
-
-class _PermitTimeout(redis_errors.MaxConnectionsError):
-    """No permit within ``pool_timeout``: reported like redis-py's own pool exhaustion."""
-
-
-class _Permit:
-    """``async with``: one permit of a :class:`_Permits`, or nothing when there is none."""
-
-    __slots__ = ("permits",)
-
-    def __init__(self, permits: _Permits | None) -> None:
-        self.permits = permits
-
-    async def __aenter__(self) -> None:
-        if self.permits is not None:
-            await self.permits.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.permits is not None:
-            self.permits.release()
 
 
 class _Errors:

@@ -406,6 +406,8 @@ def test_tls_and_password_urls_build_the_right_client() -> None:
 
 
 async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
+    # The client's pool serves the store's pipelined calls (get_many here); the store's own
+    # connections, which serve its single commands, are tested in test_redis_connections.py.
     prefix = _prefix()
     store = RedisStore.from_url(redis_url, prefix=prefix, max_connections=1, pool_timeout=0.05)
     client = store.client
@@ -413,11 +415,11 @@ async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
     held = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(StoreUnavailableError) as info:
-            await store.load("x")
+            await store.get_many(["x"])
         assert info.value.__cause__ is not None
     finally:
         await client.connection_pool.release(held)
-    assert await store.load("x") == []
+    assert await store.get_many(["x"]) == [None]
     await store.aclose()
 
 
@@ -471,6 +473,10 @@ async def test_aclose_lets_calls_under_way_finish_and_leaves_no_connection(redis
         pool = store.client.connection_pool
         assert not any(c.is_connected for c in pool._available_connections)
         assert not pool._in_use_connections
+        own = store._commands
+        assert own is not None
+        assert own.made == 3
+        assert not any(c.is_connected for c in own._made)
         with pytest.raises(ClosedError):
             await store.append("s0", [Message("user", "late")])
     finally:

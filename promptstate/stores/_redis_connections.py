@@ -1,0 +1,214 @@
+"""How a :class:`~promptstate.stores.redis.RedisStore` gets a connection for a call.
+
+Two pieces, both queueing callers in arrival order for up to ``pool_timeout``:
+
+- :class:`Permits`: at most ``max_connections`` calls in flight. A Redis Cluster client of
+  redis-py refuses a call at once when every connection to a node is busy; the store waits
+  for a permit instead, as a single Redis's blocking pool does.
+- :class:`CommandConnections`: on a single Redis, when the store made its own client, the
+  connections its single-command calls run on (every turn's load, append, lease acquire and
+  release). redis-py's ``execute_command`` through a ``BlockingConnectionPool`` spends as much
+  of the client's CPU around a round trip as in it: a lock and a condition with a timeout to
+  take a connection, a check that it is clean, metrics hooks, a retry wrapper, the lock
+  again to give it back. Here a call takes a connection from a free list and puts it back
+  without awaiting, and does around the round trip only what keeps a connection safe to
+  reuse: the same cleanliness check redis-py's pool makes before lending one (a connection
+  the server closed, or with unread bytes, is reconnected first), and a disconnect after
+  anything but a whole error reply (a cancelled or failed call leaves no unread reply behind
+  for the next caller). Measured in ``docs/redis.md``: a turn's client CPU on Redis about a
+  quarter lower.
+
+Multi-command calls (pipelined reads, ``WAIT`` after a write, listing pages) still go
+through the client's pool, as does anything you run on ``store.client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import sys
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions as redis_errors
+from redis.asyncio.connection import Connection
+
+if sys.version_info >= (3, 11, 3):  # mypy reads three-part versions as unknown: both branches
+    from asyncio import timeout as _deadline  # type: ignore[attr-defined,unused-ignore]
+else:  # as redis-py does: its dependency below 3.11.3
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found,unused-ignore]
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+__all__ = ["CommandConnections", "Permit", "PermitTimeout", "Permits"]
+
+# redis-py 8 renamed the pool's check (can_read_destructive is deprecated there).
+_CAN_READ = hasattr(Connection, "can_read")
+
+
+class Permits:
+    """At most ``size`` calls in flight; the others wait, in arrival order, for up to
+    ``timeout`` seconds (``None``: no limit).
+
+    Cancellation-safe: a waiter cancelled or timed out leaves the queue, and a permit handed
+    to a waiter that was cancelled at that moment goes on to the next one.
+    """
+
+    __slots__ = ("free", "size", "timeout", "waiters")
+
+    def __init__(self, size: int, timeout: float | None) -> None:
+        self.size = size
+        self.free = size
+        self.timeout = timeout
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.free and not self.waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            # asyncio.wait neither raises on the timeout nor cancels the waiter.
+            await asyncio.wait((waiter,), timeout=self.timeout)
+        except BaseException:
+            self._leave(waiter)
+            raise
+        if waiter.done():
+            return
+        self._leave(waiter)
+        raise PermitTimeout(
+            f"all {self.size} connections (max_connections={self.size}) stayed in use for "
+            f"{self.timeout:g} s (pool_timeout); raise max_connections or pool_timeout, or make "
+            "fewer calls at once"
+        )
+
+    def _leave(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            self.release()  # handed a permit at the last moment: pass it on
+            return
+        waiter.cancel()
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+class PermitTimeout(redis_errors.MaxConnectionsError):
+    """No permit within ``pool_timeout``: reported like redis-py's own pool exhaustion."""
+
+
+class Permit:
+    """``async with``: one permit of a :class:`Permits`, or nothing when there is none."""
+
+    __slots__ = ("permits",)
+
+    def __init__(self, permits: Permits | None) -> None:
+        self.permits = permits
+
+    async def __aenter__(self) -> None:
+        if self.permits is not None:
+            await self.permits.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.permits is not None:
+            self.permits.release()
+
+
+class CommandConnections:
+    """At most ``size`` connections made like ``pool``'s own, for one command at a time each.
+
+    :meth:`execute` returns the reply as redis-py's connection reads it (no response
+    callbacks: the store's single commands are ``EVALSHA``/``EVAL`` and plain reads whose
+    replies need none) and raises what redis-py raises: an error reply as its
+    ``ResponseError`` (``NoScriptError`` included), a lost connection as ``ConnectionError``,
+    a timeout as ``TimeoutError``, no free connection within ``timeout`` as
+    :class:`PermitTimeout`. The pool's ``socket_timeout`` bounds each call as a whole (its
+    check, send and read), and an expired one raises redis-py's ``TimeoutError``.
+    """
+
+    __slots__ = ("_free", "_made", "_make", "_permits", "_timeout")
+
+    def __init__(self, pool: ConnectionPool, size: int, timeout: float | None) -> None:
+        # One deadline of socket_timeout per call, over its check, send and read, instead of
+        # redis-py's own per step: on Python 3.11 its send timeout (asyncio.wait_for) makes a
+        # task per command, which cost a third of a call's client CPU.
+        options = dict(pool.connection_kwargs)
+        self._timeout: float | None = options.get("socket_timeout")
+        options["socket_timeout"] = None
+        self._make = functools.partial(pool.connection_class, **options)
+        self._free: collections.deque[AbstractConnection] = collections.deque()
+        self._made: list[AbstractConnection] = []
+        self._permits = Permits(size, timeout)
+
+    @property
+    def size(self) -> int:
+        """How many connections there may be."""
+        return self._permits.size
+
+    @property
+    def made(self) -> int:
+        """How many connections there are (connected or not)."""
+        return len(self._made)
+
+    @property
+    def idle(self) -> int:
+        """How many of them no call is using."""
+        return len(self._free)
+
+    async def execute(self, *args: Any) -> Any:
+        permits = self._permits
+        await permits.acquire()
+        try:
+            free = self._free
+            if free:
+                conn = free.pop()
+            else:
+                conn = self._make()
+                self._made.append(conn)
+            try:
+                async with _deadline(self._timeout):
+                    if conn.is_connected:
+                        await _clean(conn)
+                    await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+                    return await conn.read_response()
+            except redis_errors.ResponseError:
+                raise  # an error reply, read whole: nothing is left unread
+            except BaseException as exc:
+                # Failed, timed out or cancelled mid-call: a reply may still be on its way.
+                # redis-py disconnects in most such cases already; this makes it every case.
+                await conn.disconnect(nowait=True)
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise redis_errors.TimeoutError(
+                        f"no reply from Redis within {self._timeout:g} s (socket_timeout)"
+                    ) from exc
+                raise
+            finally:
+                free.append(conn)
+        finally:
+            permits.release()
+
+    async def aclose(self) -> None:
+        """Disconnect every connection (a call still using one then fails)."""
+        for conn in self._made:
+            await conn.disconnect()
+
+
+async def _clean(conn: AbstractConnection) -> None:
+    """What redis-py's pool checks before lending a connection: that the server has not
+    closed it and no stray bytes wait on it. If either, disconnect it (the send reconnects)."""
+    try:
+        if await (conn.can_read() if _CAN_READ else conn.can_read_destructive()):
+            await conn.disconnect()
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+        await conn.disconnect()
