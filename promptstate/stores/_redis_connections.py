@@ -137,7 +137,7 @@ class CommandConnections:
     check, send and read), and an expired one raises redis-py's ``TimeoutError``.
     """
 
-    __slots__ = ("_free", "_made", "_make", "_permits", "_timeout")
+    __slots__ = ("_closed", "_free", "_made", "_make", "_permits", "_timeout")
 
     def __init__(self, pool: ConnectionPool, size: int, timeout: float | None) -> None:
         # One deadline of socket_timeout per call, over its check, send and read, instead of
@@ -150,6 +150,7 @@ class CommandConnections:
         self._free: collections.deque[AbstractConnection] = collections.deque()
         self._made: list[AbstractConnection] = []
         self._permits = Permits(size, timeout)
+        self._closed = False
 
     @property
     def size(self) -> int:
@@ -170,6 +171,8 @@ class CommandConnections:
         permits = self._permits
         await permits.acquire()
         try:
+            if self._closed:  # a call that outlived the store's aclose() wait
+                raise redis_errors.ConnectionError("the store's connections are closed")
             free = self._free
             if free:
                 conn = free.pop()
@@ -194,12 +197,16 @@ class CommandConnections:
                     ) from exc
                 raise
             finally:
+                if self._closed:  # aclose() ran meanwhile: this one may have reconnected
+                    await conn.disconnect(nowait=True)
                 free.append(conn)
         finally:
             permits.release()
 
     async def aclose(self) -> None:
-        """Disconnect every connection (a call still using one then fails)."""
+        """Disconnect every connection (a call still using one then fails) and refuse new
+        calls."""
+        self._closed = True
         for conn in self._made:
             await conn.disconnect()
 

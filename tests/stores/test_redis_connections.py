@@ -225,3 +225,36 @@ async def test_a_reply_later_than_socket_timeout_is_store_unavailable_and_never_
             # The one connection was dropped with the late reply: "b" reads its own.
             assert [m.content for m in await store.load("b")] == ["from b"]
             assert [m.content for m in await store.load("a")] == ["from a"]
+
+
+async def test_a_call_that_outlives_aclose_leaves_no_connection_open() -> None:
+    with RedisProcess() as server:
+        store = RedisStore.from_url(
+            server.url, prefix="p:", socket_timeout=10, max_connections=1, pool_timeout=10
+        )
+        await store.append("s", [Message("user", "hi")])
+        assert server.proc is not None
+        pid = server.proc.pid
+        own = store._commands
+        assert own is not None
+        outcome: list[object] = []
+
+        async def straggler() -> None:
+            try:
+                outcome.append(len(await store.load("s")))
+            except StoreUnavailableError as exc:
+                outcome.append(exc)
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(straggler)  # waits for a reply
+                tg.start_soon(straggler)  # waits for the one connection
+                await anyio.sleep(0.05)
+                await store.aclose(timeout=0.1)  # gives up waiting for the straggler
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert len(outcome) == 2  # both ended, one way or the other
+        assert own.made == 1
+        assert not any(c.is_connected for c in own._made)
