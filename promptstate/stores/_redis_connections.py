@@ -171,8 +171,7 @@ class CommandConnections:
         permits = self._permits
         await permits.acquire()
         try:
-            if self._closed:  # a call that outlived the store's aclose() wait
-                raise redis_errors.ConnectionError("the store's connections are closed")
+            self._check_open()
             free = self._free
             if free:
                 conn = free.pop()
@@ -193,7 +192,7 @@ class CommandConnections:
                 await conn.disconnect(nowait=True)
                 if isinstance(exc, asyncio.TimeoutError):
                     raise redis_errors.TimeoutError(
-                        f"no reply from Redis within {self._timeout:g} s (socket_timeout)"
+                        f"no reply from Redis within {self._timeout} s (socket_timeout)"
                     ) from exc
                 raise
             finally:
@@ -202,6 +201,10 @@ class CommandConnections:
                 free.append(conn)
         finally:
             permits.release()
+
+    def _check_open(self) -> None:
+        if self._closed:  # a call that outlived the store's aclose() wait
+            raise redis_errors.ConnectionError("the store's connections are closed")
 
     async def aclose(self) -> None:
         """Disconnect every connection (a call still using one then fails) and refuse new
