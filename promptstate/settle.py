@@ -57,7 +57,13 @@ async def settled(
             if deadline is None:
                 result = await asyncio.shield(task)
             else:
-                result = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
+                # Cancelled once already. anyio delivers a scope's cancellation again on every
+                # turn of the event loop until the task leaves the scope, which turned this
+                # loop into a busy wait that starved the write's worker thread of the GIL (a
+                # cancelled SQLite fork took seconds): an anyio shield stops those repeats,
+                # while a plain task.cancel() still arrives here and is waited out the same.
+                with anyio.CancelScope(shield=True):
+                    result = await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
             break
         except asyncio.CancelledError as exc:
             if task.cancelled():

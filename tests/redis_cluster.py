@@ -91,7 +91,10 @@ class RedisClusterProcess:
     def start(self) -> None:
         for port in self.ports:
             self._spawn(port)
-        self._wait(lambda: all(self._ping(p) for p in self.ports), "cluster nodes")
+        self._wait(
+            lambda: self._respawn_lost_ports() and all(self._ping(p) for p in self.ports),
+            "cluster nodes",
+        )
         out = _cli(
             "--cluster",
             "create",
@@ -230,9 +233,27 @@ class RedisClusterProcess:
         (promoted,) = masters - set(self.first_primaries)
         return promoted
 
+    def _respawn_lost_ports(self) -> bool:
+        """Before the cluster is created: a node that exited lost its port (or its bus port)
+        to another process between the check and the bind (the ports come from the
+        ephemeral range, which every client socket on the machine draws from too): start it
+        again on other free ports. Always True, to chain in a wait."""
+        for i, port in enumerate(self.ports):
+            proc = self.procs[port]
+            if proc.poll() is None:
+                continue
+            del self.procs[port]
+            fresh = next(p for p in _cluster_ports(len(self.ports) + 1) if p not in self.ports)
+            self.ports[i] = fresh
+            self._spawn(fresh)
+        return True
+
     @staticmethod
     def _ping(port: int) -> bool:
-        return "PONG" in _cli("-p", str(port), "ping", timeout=2)
+        try:
+            return "PONG" in _cli("-p", str(port), "ping", timeout=2)
+        except subprocess.TimeoutExpired:  # something else holds the port and does not answer
+            return False
 
     @staticmethod
     def _wait(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -5,21 +5,23 @@ Two pieces, both queueing callers in arrival order for up to ``pool_timeout``:
 - :class:`Permits`: at most ``max_connections`` calls in flight. A Redis Cluster client of
   redis-py refuses a call at once when every connection to a node is busy; the store waits
   for a permit instead, as a single Redis's blocking pool does.
-- :class:`CommandConnections`: on a single Redis, when the store made its own client, the
-  connections its single-command calls run on (every turn's load, append, lease acquire and
-  release). redis-py's ``execute_command`` through a ``BlockingConnectionPool`` spends as much
-  of the client's CPU around a round trip as in it: a lock and a condition with a timeout to
-  take a connection, a check that it is clean, metrics hooks, a retry wrapper, the lock
-  again to give it back. Here a call takes a connection from a free list and puts it back
-  without awaiting, and does around the round trip only what keeps a connection safe to
-  reuse: the same cleanliness check redis-py's pool makes before lending one (a connection
-  the server closed, or with unread bytes, is reconnected first), and a disconnect after
-  anything but a whole error reply (a cancelled or failed call leaves no unread reply behind
-  for the next caller). Measured in ``docs/redis.md``: a turn's client CPU on Redis about a
-  quarter lower.
+- :class:`CommandConnections`: on a single Redis (RESP2), when the store made its own client,
+  the connections its single-command calls run on (every turn's load, append, lease acquire
+  and release). redis-py's ``execute_command`` through a ``BlockingConnectionPool`` spends as
+  much of the client's CPU around a round trip as in it: a lock and a condition with a
+  timeout to take a connection, a check that it is clean, metrics hooks, a retry wrapper, on
+  Python 3.11 a task per command for the send timeout, the lock again to give it back. Here a
+  call takes a connection from a free list and puts it back without awaiting, and does
+  around the round trip only what keeps a connection safe to reuse: the cleanliness check
+  redis-py's pool makes before lending one (a connection the server closed, or with unread
+  bytes, is reconnected first); a call cancelled after its command went out reads the reply
+  before the cancellation goes on (so the command has run by then, never later, and the
+  connection stays clean); any other failure disconnects it. Measured in ``docs/redis.md``
+  (``bench_redis``'s borrowed-client rows): a turn's latency 0.73x, turns/s 1.4x.
 
-Multi-command calls (pipelined reads, ``WAIT`` after a write, listing pages) still go
-through the client's pool, as does anything you run on ``store.client``.
+Multi-command calls (``get_many``, the header reads of ``list_sessions``, and every write
+when ``wait_replicas`` is set) still go through the client's pool, as does anything you run
+on ``store.client``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import redis.exceptions as redis_errors
+from anyio.lowlevel import checkpoint_if_cancelled
 from redis.asyncio.connection import Connection
 
 if sys.version_info >= (3, 11, 3):  # mypy reads three-part versions as unknown: both branches
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 __all__ = ["CommandConnections", "Permit", "PermitTimeout", "Permits"]
+
+logger = logging.getLogger("promptstate.stores.redis")
 
 # redis-py 8 renamed the pool's check (can_read_destructive is deprecated there).
 _CAN_READ = hasattr(Connection, "can_read")
@@ -133,18 +140,35 @@ class CommandConnections:
     replies need none) and raises what redis-py raises: an error reply as its
     ``ResponseError`` (``NoScriptError`` included), a lost connection as ``ConnectionError``,
     a timeout as ``TimeoutError``, no free connection within ``timeout`` as
-    :class:`PermitTimeout`. The pool's ``socket_timeout`` bounds each call as a whole (its
-    check, send and read), and an expired one raises redis-py's ``TimeoutError``.
+    :class:`PermitTimeout`. Deadlines: the pool's ``socket_timeout`` bounds a command's send
+    and reply together; opening a connection (TCP or TLS, then the handshake: AUTH, SELECT,
+    ...) gets ``socket_connect_timeout`` plus ``socket_timeout``. The pool's
+    ``health_check_interval`` is honoured as redis-py honours it.
     """
 
-    __slots__ = ("_closed", "_free", "_made", "_make", "_permits", "_timeout")
+    __slots__ = (
+        "_check_health",
+        "_closed",
+        "_connect_timeout",
+        "_free",
+        "_made",
+        "_make",
+        "_permits",
+        "_timeout",
+    )
 
     def __init__(self, pool: ConnectionPool, size: int, timeout: float | None) -> None:
-        # One deadline of socket_timeout per call, over its check, send and read, instead of
-        # redis-py's own per step: on Python 3.11 its send timeout (asyncio.wait_for) makes a
-        # task per command, which cost a third of a call's client CPU.
+        # One deadline per command over its send and read, instead of redis-py's own per
+        # step: on Python 3.11 its send timeout (asyncio.wait_for) makes a task per command,
+        # which cost a quarter of a call's client CPU. So the connections are made without
+        # socket_timeout, and every read they make runs under one of the deadlines here.
         options = dict(pool.connection_kwargs)
         self._timeout: float | None = options.get("socket_timeout")
+        connect = options.get("socket_connect_timeout")
+        self._connect_timeout: float | None = (
+            None if self._timeout is None else (connect or 0.0) + self._timeout
+        )
+        self._check_health = bool(options.get("health_check_interval"))
         options["socket_timeout"] = None
         self._make = functools.partial(pool.connection_class, **options)
         self._free: collections.deque[AbstractConnection] = collections.deque()
@@ -168,6 +192,9 @@ class CommandConnections:
         return len(self._free)
 
     async def execute(self, *args: Any) -> Any:
+        # A caller whose anyio scope is cancelled already does not start the command: nothing
+        # before the send would otherwise yield to deliver the cancellation.
+        await checkpoint_if_cancelled()
         permits = self._permits
         await permits.acquire()
         try:
@@ -178,29 +205,82 @@ class CommandConnections:
             else:
                 conn = self._make()
                 self._made.append(conn)
+            connecting = sent = False
             try:
+                if conn.is_connected:
+                    await _clean(conn)
+                if not conn.is_connected:
+                    connecting = True
+                    async with _deadline(self._connect_timeout):
+                        await conn.connect()  # type: ignore[no-untyped-call]
+                    connecting = False
                 async with _deadline(self._timeout):
-                    if conn.is_connected:
-                        await _clean(conn)
-                    await conn.send_packed_command(conn.pack_command(*args), check_health=False)
-                    return await conn.read_response()
+                    await conn.send_packed_command(
+                        conn.pack_command(*args), check_health=self._check_health
+                    )
+                    sent = True
+                    reply = await conn.read_response(disconnect_on_error=False)
             except redis_errors.ResponseError:
-                raise  # an error reply, read whole: nothing is left unread
+                free.append(conn)  # an error reply, read whole: nothing is left unread
+                raise
+            except asyncio.CancelledError:
+                # Cancelled from outside (a deadline of ours leaves as TimeoutError). Once the
+                # command is out, the server runs it: wait for its reply, so that when this
+                # cancellation goes on the command has run, not later (after the caller was
+                # told it was cancelled), and the connection stays clean.
+                if sent and await self._read_out(conn):
+                    free.append(conn)
+                else:
+                    await self._settle(conn)
+                raise
             except BaseException as exc:
-                # Failed, timed out or cancelled mid-call: a reply may still be on its way.
-                # redis-py disconnects in most such cases already; this makes it every case.
-                await conn.disconnect(nowait=True)
+                # Failed, timed out or cancelled mid-call: a reply may still be on its way,
+                # so the connection goes back only if it is known to be closed.
+                await self._settle(conn)
                 if isinstance(exc, asyncio.TimeoutError):
+                    if connecting:
+                        raise redis_errors.TimeoutError(
+                            f"could not connect to Redis within {self._connect_timeout} s "
+                            "(socket_connect_timeout + socket_timeout)"
+                        ) from exc
                     raise redis_errors.TimeoutError(
                         f"no reply from Redis within {self._timeout} s (socket_timeout)"
                     ) from exc
                 raise
-            finally:
-                if self._closed:  # aclose() ran meanwhile: this one may have reconnected
-                    await conn.disconnect(nowait=True)
+            if self._closed:  # aclose() ran meanwhile: this one may have reconnected
+                await self._settle(conn)
+            else:
                 free.append(conn)
+            return reply
         finally:
             permits.release()
+
+    async def _read_out(self, conn: AbstractConnection) -> bool:
+        """Read the reply of a command whose caller was cancelled; True when it was read
+        whole. Shielded from anyio's repeated cancellations; gives up (False) on a deadline
+        of ``socket_timeout``, a failure, or a second plain ``task.cancel()``."""
+        with anyio.CancelScope(shield=True):
+            try:
+                async with _deadline(self._timeout):
+                    await conn.read_response(disconnect_on_error=False)
+            except redis_errors.ResponseError:
+                return True  # an error reply, read whole
+            except BaseException:  # the caller's cancellation is what goes on
+                return False
+        return True
+
+    async def _settle(self, conn: AbstractConnection) -> None:
+        """Close ``conn`` without waiting; back to the free list if that worked, else dropped
+        (never lent again: it may still have a reply on its way)."""
+        try:
+            await conn.disconnect(nowait=True)
+        except Exception:  # never hide the call's own error
+            logger.debug("closing a Redis connection failed", exc_info=True)
+        finally:
+            if conn.is_connected:
+                self._made.remove(conn)
+            else:
+                self._free.append(conn)
 
     def _check_open(self) -> None:
         if self._closed:  # a call that outlived the store's aclose() wait
@@ -208,15 +288,22 @@ class CommandConnections:
 
     async def aclose(self) -> None:
         """Disconnect every connection (a call still using one then fails) and refuse new
-        calls."""
+        calls. Every connection is closed even if closing one fails."""
         self._closed = True
-        for conn in self._made:
-            await conn.disconnect()
+        for conn in list(self._made):
+            try:
+                await conn.disconnect()
+            except Exception:  # a slow TLS shutdown, say: close it without waiting
+                logger.debug("closing a Redis connection failed", exc_info=True)
+                try:
+                    await conn.disconnect(nowait=True)
+                except Exception:
+                    logger.debug("closing a Redis connection failed", exc_info=True)
 
 
 async def _clean(conn: AbstractConnection) -> None:
     """What redis-py's pool checks before lending a connection: that the server has not
-    closed it and no stray bytes wait on it. If either, disconnect it (the send reconnects)."""
+    closed it and no stray bytes wait on it. If either, disconnect it (the call reconnects)."""
     try:
         if await (conn.can_read() if _CAN_READ else conn.can_read_destructive()):
             await conn.disconnect()

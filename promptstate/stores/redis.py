@@ -365,12 +365,16 @@ class RedisStore(LeasingStore):
         return store
 
     def _own_client(self, pool_timeout: float | None) -> None:
-        """The store made its client: it closes it, and on a single Redis runs its
-        single-command calls on connections of its own (:class:`CommandConnections`)."""
+        """The store made its client: it closes it, and on a single Redis (RESP2, the
+        default) runs its single-command calls on connections of its own
+        (:class:`CommandConnections`)."""
         self._owns_client = True
         if isinstance(self._client, Redis):
             pool = self._client.connection_pool
-            self._commands = CommandConnections(pool, pool.max_connections, pool_timeout)
+            # RESP3 connections can carry push messages (redis-py 8 turns maintenance
+            # notifications on for them), which only redis-py's pool knows how to apply.
+            if str(pool.connection_kwargs.get("protocol") or 2) != "3":
+                self._commands = CommandConnections(pool, pool.max_connections, pool_timeout)
 
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "single"
@@ -413,7 +417,7 @@ class RedisStore(LeasingStore):
         if self._owns_client:
             try:
                 if self._commands is not None:
-                    await self._commands.aclose()
+                    await self._commands.aclose()  # closes every one, whatever fails
                 await self._client.aclose()
             except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
                 logger.debug("closing the Redis client failed", exc_info=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import tempfile
 import uuid
 
 import anyio
@@ -14,9 +15,11 @@ import pytest
 
 pytest.importorskip("redis")
 
+import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 
 from promptstate import Message, StoreUnavailableError
+from promptstate.stores._redis_connections import CommandConnections
 from promptstate.stores.redis import RedisStore
 from tests.servers import RedisProcess
 
@@ -36,6 +39,16 @@ async def _connections_named(raw: Redis, name: str) -> list[int]:
     """The ids of the server's client connections called ``name``."""
     clients = await raw.client_list()
     return [int(c["id"]) for c in clients if c.get("name") == name]
+
+
+async def _until_gone(raw: Redis, name: str) -> None:
+    """Wait until the server lists no connection called ``name`` (it frees a closed client
+    a moment after seeing its EOF, so CLIENT LIST may show it briefly)."""
+    for _ in range(500):
+        if not await _connections_named(raw, name):
+            return
+        await anyio.sleep(0.01)
+    pytest.fail(f"connections named {name!r} stayed open: {await _connections_named(raw, name)}")
 
 
 @pytest.fixture
@@ -74,7 +87,7 @@ async def test_single_commands_reuse_a_few_connections_of_the_stores_own(
             # On the server: the store's 4, and the client's pool's one (the ping at open).
             assert len(await _connections_named(raw, name)) == 5
             await store.delete_by_prefix("")
-        assert await _connections_named(raw, name) == []  # aclose closed them all
+        await _until_gone(raw, name)  # aclose closed them all
     finally:
         async with RedisStore.from_url(redis_url, prefix=f"{name}:") as cleanup:
             await cleanup.delete_by_prefix("")
@@ -111,12 +124,7 @@ async def test_connections_the_server_closed_while_idle_are_reconnected_first(
             assert ids
             for client_id in ids:  # only this test's connections: their name is its own
                 await raw.client_kill_filter(_id=client_id)
-            for _ in range(500):  # until the server has dropped them all
-                if not await _connections_named(raw, name):
-                    break
-                await anyio.sleep(0.01)
-            else:
-                pytest.fail("CLIENT KILL left connections open")
+            await _until_gone(raw, name)
             await anyio.sleep(0.05)  # the event loop sees each socket's EOF
             # Every call succeeds: none is sent on a connection the server closed.
             async with anyio.create_task_group() as tg:
@@ -258,3 +266,180 @@ async def test_a_call_that_outlives_aclose_leaves_no_connection_open() -> None:
         assert len(outcome) == 2  # both ended, one way or the other
         assert own.made == 1
         assert not any(c.is_connected for c in own._made)
+
+
+async def test_opening_a_connection_has_its_own_deadline() -> None:
+    with RedisProcess() as server:
+        store = RedisStore.from_url(
+            server.url, prefix="p:", socket_connect_timeout=0.1, socket_timeout=0.2
+        )
+        assert server.proc is not None
+        pid = server.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # TCP still connects (the backlog); the handshake hangs
+        try:
+            with anyio.fail_after(5):
+                with pytest.raises(StoreUnavailableError, match="could not connect") as info:
+                    await store.load("s")
+            assert info.value.__cause__ is not None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await store.load("s") == []  # and the next call connects
+        await store.aclose()
+
+
+@pytest.mark.parametrize("how", ["password and database 3", "unix socket"])
+async def test_own_connections_open_as_the_pool_would(how: str) -> None:
+    """AUTH, SELECT and a unix socket come from the client's settings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "redis.sock")
+        with RedisProcess(None, "--unixsocket", sock, "--unixsocketperm", "700") as server:
+            if how.startswith("password"):
+                admin = Redis.from_url(server.url)  # the throwaway server's own settings
+                await admin.config_set("requirepass", "s3cret")
+                await admin.aclose()
+                url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+            else:
+                url = f"unix://{sock}?db=0"
+            async with RedisStore.from_url(url, prefix="p:") as store:
+                assert store._commands is not None
+                await store.append("s", [Message("user", "hi")])
+                assert [m.content for m in await store.load("s")] == ["hi"]
+                assert store._commands.made == 1
+            probe = Redis.from_url(url)
+            try:
+                assert await probe.exists(b"p:{s}:m") == 1  # in the database asked for
+            finally:
+                await probe.aclose()
+
+
+async def test_a_resp3_client_serves_every_call_from_its_pool(redis_url: str) -> None:
+    sep = "&" if "?" in redis_url else "?"
+    prefix = f"ps-conn-{uuid.uuid4().hex[:12]}:"
+    async with RedisStore.from_url(f"{redis_url}{sep}protocol=3", prefix=prefix) as store:
+        assert store._commands is None  # push messages need redis-py's pool
+        await store.append("s", [Message("user", "hi")])
+        assert [m.content for m in await store.load("s")] == ["hi"]
+        await store.delete_by_prefix("")
+
+
+class _Conn:
+    """A connection whose reply comes when the test says (``reply``), and, as redis-py 5-7
+    may leave one, that does not disconnect itself when a read is cancelled. Only the
+    methods CommandConnections calls; ``fail_disconnect`` makes closing it fail, as a TLS
+    shutdown that times out does."""
+
+    fail_disconnect = False
+
+    def __init__(self, **options: object) -> None:
+        self.is_connected = False
+        self.reading = anyio.Event()
+        self.reply = anyio.Event()
+        self.replies = 0
+        self.closed = 0
+
+    async def connect(self) -> None:
+        self.is_connected = True
+
+    async def can_read(self) -> bool:
+        return False
+
+    can_read_destructive = can_read
+
+    def pack_command(self, *args: object) -> list[bytes]:
+        return [repr(args).encode()]
+
+    async def send_packed_command(self, command: object, check_health: bool = True) -> None:
+        pass
+
+    async def read_response(self, disconnect_on_error: bool = True) -> bytes:
+        self.reading.set()
+        await self.reply.wait()
+        self.replies += 1
+        return b"OK"
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self.closed += 1
+        if self.fail_disconnect:
+            raise OSError("closing timed out")
+        self.is_connected = False
+
+
+class _Pool:
+    def __init__(self, cls: type[_Conn]) -> None:
+        self.connection_class = cls
+        self.connection_kwargs = {"socket_timeout": 0.2, "socket_connect_timeout": 0.1}
+
+
+async def _cancel_while_reading(own: CommandConnections, *, reply: bool) -> _Conn:
+    scope = anyio.CancelScope()
+
+    async def call() -> None:
+        with scope:
+            await own.execute("SET", "k", "v")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        conn: _Conn = own._made[0]  # type: ignore[assignment]
+        await conn.reading.wait()
+        scope.cancel()
+        if reply:
+            await anyio.sleep(0.01)  # the cancelled call waits for the reply...
+            conn.reply.set()  # ...which comes
+    return conn
+
+
+async def test_a_call_cancelled_after_sending_waits_for_its_reply_and_keeps_its_connection() -> (
+    None
+):
+    own = CommandConnections(_Pool(_Conn), 2, 1.0)  # type: ignore[arg-type]
+    conn = await _cancel_while_reading(own, reply=True)
+    # The command had gone out: the call left only once its reply was read, so the command
+    # ran before the caller learnt of the cancellation, and nothing unread is left.
+    assert conn.replies == 1
+    assert conn.closed == 0
+    assert own.made == own.idle == 1
+    assert own._permits.free == 2
+    await own.aclose()
+
+
+@pytest.mark.parametrize("fail_disconnect", [False, True])
+async def test_a_reply_that_never_comes_costs_the_connection(fail_disconnect: bool) -> None:
+    kind = type("Conn", (_Conn,), {"fail_disconnect": fail_disconnect})
+    own = CommandConnections(_Pool(kind), 2, 1.0)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        conn = await _cancel_while_reading(own, reply=False)  # gives up after socket_timeout
+    assert conn.replies == 0
+    assert conn.closed == 1
+    if fail_disconnect:  # still connected, a reply maybe on its way: never lent again
+        assert own.made == 0
+        assert own.idle == 0
+    else:  # closed: lent again, and reconnected by the next call
+        assert own.made == own.idle == 1
+    assert own._permits.free == 2  # the permit came back either way
+    await own.aclose()  # a failing close does not stop it
+
+
+async def test_aclose_closes_every_connection_even_when_one_fails() -> None:
+    kinds = [type("Conn", (_Conn,), {"fail_disconnect": f}) for f in (True, False, True)]
+    own = CommandConnections(_Pool(_Conn), 3, 1.0)  # type: ignore[arg-type]
+    conns = [kind() for kind in kinds]
+    for conn in conns:
+        await conn.connect()
+    own._made.extend(conns)  # type: ignore[arg-type]
+    await own.aclose()
+    # each was asked to close: the failing ones twice (wait, then no wait)
+    assert [c.closed for c in conns] == [2, 1, 2]
+    with pytest.raises(redis_errors.ConnectionError, match="closed"):
+        await own.execute("GET", "k")
+
+
+async def test_a_call_in_a_cancelled_scope_does_not_start(redis_url: str) -> None:
+    prefix = f"ps-conn-{uuid.uuid4().hex[:12]}:"
+    async with RedisStore.from_url(redis_url, prefix=prefix) as store:
+        assert await store.load("s") == []  # its connection is open: sending need not wait
+        for _ in range(20):
+            with anyio.move_on_after(0) as scope:  # its deadline has passed on entry
+                await store.append("s", [Message("user", "never")])
+            assert scope.cancelled_caught
+        assert await store.load("s") == []
