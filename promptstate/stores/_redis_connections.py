@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CommandConnections", "Permit", "PermitTimeout", "Permits"]
 
-logger = logging.getLogger("promptstate.stores.redis")
+logger = logging.getLogger(__name__)
 
 # redis-py 8 renamed the pool's check (can_read_destructive is deprecated there).
 _CAN_READ = hasattr(Connection, "can_read")
