@@ -17,7 +17,8 @@ Two pieces, both queueing callers in arrival order for up to ``pool_timeout``:
   bytes, is reconnected first); a call cancelled after its command went out reads the reply
   before the cancellation goes on (so the command has run by then, never later, and the
   connection stays clean); any other failure disconnects it. Measured in ``docs/redis.md``
-  (``bench_redis``'s borrowed-client rows): a turn's latency 0.73x, turns/s 1.4x.
+  (``bench_redis``'s borrowed-client rows, two runs): a turn's latency 0.73x-0.82x, turns/s
+  1.2x-1.4x.
 
 Multi-command calls (``get_many``, the header reads of ``list_sessions``, and every write
 when ``wait_replicas`` is set) still go through the client's pool, as does anything you run
