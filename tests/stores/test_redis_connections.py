@@ -4,11 +4,13 @@ a cancelled or failed call, and after the server closed them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -39,6 +41,24 @@ async def _connections_named(raw: Redis, name: str) -> list[int]:
     """The ids of the server's client connections called ``name``."""
     clients = await raw.client_list()
     return [int(c["id"]) for c in clients if c.get("name") == name]
+
+
+@contextlib.contextmanager
+def _hung(server: RedisProcess) -> Iterator[Callable[[], None]]:
+    """The throwaway server stopped (SIGSTOP: it accepts connections, answers nothing) for
+    the block; yields ``resume``, to let it answer before the block ends (it resumes then in
+    any case)."""
+    assert server.proc is not None
+    pid = server.proc.pid
+
+    def resume() -> None:
+        os.kill(pid, signal.SIGCONT)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield resume
+    finally:
+        resume()
 
 
 async def _until_gone(raw: Redis, name: str) -> None:
@@ -142,24 +162,19 @@ async def test_a_call_that_waits_beyond_pool_timeout_is_store_unavailable() -> N
         )
         async with store:
             await store.append("s", [Message("user", "hi")])
-            assert server.proc is not None
-            pid = server.proc.pid
             loaded: list[int] = []
 
             async def slow_load() -> None:
                 loaded.append(len(await store.load("s")))
 
-            os.kill(pid, signal.SIGSTOP)  # the server hangs: the one connection stays busy
-            try:
+            with _hung(server) as resume:  # the one connection stays busy
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(slow_load)
                     await anyio.sleep(0.05)
                     with pytest.raises(StoreUnavailableError, match="pool_timeout") as info:
                         await store.load("s")
                     assert info.value.__cause__ is not None
-                    os.kill(pid, signal.SIGCONT)
-            finally:
-                os.kill(pid, signal.SIGCONT)
+                    resume()
             assert loaded == [1]  # the call that held the connection finished
             assert len(await store.load("s")) == 1
 
@@ -220,16 +235,11 @@ async def test_a_reply_later_than_socket_timeout_is_store_unavailable_and_never_
         async with store:
             await store.append("a", [Message("user", "from a")])
             await store.append("b", [Message("user", "from b")])
-            assert server.proc is not None
-            pid = server.proc.pid
-            os.kill(pid, signal.SIGSTOP)
-            try:
+            with _hung(server):  # then answers the abandoned call
                 with anyio.fail_after(5):
                     with pytest.raises(StoreUnavailableError, match="socket_timeout") as info:
                         await store.load("a")
                 assert info.value.__cause__ is not None
-            finally:
-                os.kill(pid, signal.SIGCONT)  # the server now answers the abandoned call
             # The one connection was dropped with the late reply: "b" reads its own.
             assert [m.content for m in await store.load("b")] == ["from b"]
             assert [m.content for m in await store.load("a")] == ["from a"]
@@ -241,8 +251,6 @@ async def test_a_call_that_outlives_aclose_leaves_no_connection_open() -> None:
             server.url, prefix="p:", socket_timeout=10, max_connections=1, pool_timeout=10
         )
         await store.append("s", [Message("user", "hi")])
-        assert server.proc is not None
-        pid = server.proc.pid
         own = store._commands
         assert own is not None
         outcome: list[object] = []
@@ -253,16 +261,13 @@ async def test_a_call_that_outlives_aclose_leaves_no_connection_open() -> None:
             except StoreUnavailableError as exc:
                 outcome.append(exc)
 
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with _hung(server) as resume:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(straggler)  # waits for a reply
                 tg.start_soon(straggler)  # waits for the one connection
                 await anyio.sleep(0.05)
                 await store.aclose(timeout=0.1)  # gives up waiting for the straggler
-                os.kill(pid, signal.SIGCONT)
-        finally:
-            os.kill(pid, signal.SIGCONT)
+                resume()
         assert len(outcome) == 2  # both ended, one way or the other
         assert own.made == 1
         assert not any(c.is_connected for c in own._made)
@@ -273,16 +278,11 @@ async def test_opening_a_connection_has_its_own_deadline() -> None:
         store = RedisStore.from_url(
             server.url, prefix="p:", socket_connect_timeout=0.1, socket_timeout=0.2
         )
-        assert server.proc is not None
-        pid = server.proc.pid
-        os.kill(pid, signal.SIGSTOP)  # TCP still connects (the backlog); the handshake hangs
-        try:
+        with _hung(server):  # TCP still connects (the backlog); the handshake hangs
             with anyio.fail_after(5):
                 with pytest.raises(StoreUnavailableError, match="could not connect") as info:
                     await store.load("s")
             assert info.value.__cause__ is not None
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert await store.load("s") == []  # and the next call connects
         await store.aclose()
 
