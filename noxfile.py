@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, docs, bench. `nox -l` lists them."""
+"""nox sessions: tests, lint, typecheck, docs, bench, redis_py. `nox -l` lists them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,33 @@ nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[all]", "--group", "test")
     session.run("pytest", *session.posargs)
+
+
+#: The Redis tests, for ``redis_py``: the store, its own connections, faults, Cluster, replicas,
+#: TLS, and every store test of the conformance suite and the pipeline that runs on Redis.
+REDIS_TESTS = [
+    "tests/stores/test_redis.py",
+    "tests/stores/test_redis_connections.py",
+    "tests/stores/test_redis_faults.py",
+    "tests/stores/test_redis_cluster.py",
+    "tests/stores/test_redis_cluster_safety.py",
+    "tests/stores/test_redis_replicas.py",
+    "tests/stores/test_redis_tls.py",
+    "tests/stores/test_conformance.py",
+    "tests/stores/test_cached.py",
+    "tests/test_locks.py",
+    "tests/test_pipeline_safety.py",
+    "tests/test_pipeline_lease_fastpath.py",
+]
+
+
+@nox.session
+@nox.parametrize("redis_py", ["5.0.1", "6.4.0", "7.4.1", "8.1.0"])
+def redis_py(session: nox.Session, redis_py: str) -> None:
+    """The Redis tests on an older redis-py than CI's (the extra allows >= 5.0.1):
+    ``nox -s redis_py``, or one version: ``nox -s "redis_py(redis_py='5.0.1')"``."""
+    session.install("-e", ".[redis,postgres]", "--group", "test", f"redis[hiredis]=={redis_py}")
+    session.run("pytest", "-k", "redis", *REDIS_TESTS, *session.posargs)
 
 
 @nox.session

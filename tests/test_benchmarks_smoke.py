@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 runner = pytest.importorskip("benchmarks.runner")
@@ -180,6 +181,21 @@ def test_gc_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         ["| gc.freeze()", "store"],
         ["| gc.freeze()", "pipeline"],
     ]
+
+
+def test_ladder_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = pytest.importorskip("benchmarks.bench_ladder")
+    anyio.run(bench.main, ["--stores", "memory", "--rounds", "2", "--turns", "5"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| memory")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "bare",
+        "store calls",
+        "load, call, save",
+        "+ TokenBudget",
+        "default stages",
+        "+ MockProvider",
+    ]
+    assert all(row.endswith("x |") for row in rows)
 
 
 def test_peer_targets_give_the_spread_across_slices() -> None:

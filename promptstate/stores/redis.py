@@ -27,6 +27,7 @@ the expiry hints (a pruning pass now and then on writes) and whenever a listing 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -82,6 +83,39 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger(__name__)
+
+#: The oldest redis-py whose async ``RedisCluster`` the store's Cluster support is tested on.
+#: Older releases, as found by the Redis tests on 5.0.1, 6.4.0 and 7.4.1: a command cancelled
+#: while it is being sent loses its node connection (``ClusterNode.execute_command`` gave the
+#: connection back only after the send; fixed in 8.1.0), and a failover is not ridden out
+#: (5.0.1 raises ``AttributeError`` from inside redis-py; 6.4.0 stopped making progress).
+_CLUSTER_REDIS_PY = (8, 1)
+
+
+def _redis_py_version() -> tuple[int, ...]:
+    """redis-py's (major, minor), or ``()`` when its version string is not numbered."""
+    import redis
+
+    found = re.match(r"(\d+)\.(\d+)", str(getattr(redis, "__version__", "")))
+    return (int(found[1]), int(found[2])) if found else ()
+
+
+@functools.cache
+def _warn_old_cluster_client() -> None:
+    """Warn once per process when a Cluster store runs on a redis-py older than
+    ``_CLUSTER_REDIS_PY``."""
+    version = _redis_py_version()
+    if not version or version >= _CLUSTER_REDIS_PY:
+        return
+    logger.warning(
+        "redis-py %s is older than 8.1, the oldest release RedisStore's Redis Cluster support "
+        "is tested with: before 8.1 its RedisCluster loses a node connection each time a "
+        "command is cancelled while it is being sent (after max_connections such losses, "
+        "calls to that node fail with StoreUnavailableError), and a failover can end in "
+        "errors from inside redis-py. Use redis-py >= 8.1 with a Cluster.",
+        ".".join(map(str, version)),
+    )
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -268,6 +302,7 @@ class RedisStore(LeasingStore):
         if isinstance(self._client, RedisCluster):
             size = self._client.connection_kwargs.get("max_connections") or max_connections
             self._permits = Permits(int(size), pool_timeout)
+            _warn_old_cluster_client()
         self._init_lock = asyncio.Lock()
         # Calls under way, so that aclose() can let them finish before closing the client.
         self._in_flight = 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 import anyio
 import pytest
@@ -122,6 +124,42 @@ async def test_open_store_cluster_url(redis_cluster_url: str, raw: RedisCluster)
         assert await store.append("x", [Message("user", "hi")]) == 1
         assert await store.delete("x")
     assert await _all_keys(raw, prefix) == []
+
+
+async def test_cluster_store_warns_once_on_a_redis_py_older_than_8_1(
+    redis_cluster_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import redis
+
+    from promptstate.stores import redis as redis_store
+
+    stores: list[Any] = []
+
+    def opened(version: str, url: str) -> list[str]:
+        monkeypatch.setattr(redis, "__version__", version)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="promptstate.stores.redis"):
+            store = open_store(url, prefix=_prefix())
+        stores.append(store)
+        return [r.getMessage() for r in caplog.records if "8.1" in r.getMessage()]
+
+    redis_store._warn_old_cluster_client.cache_clear()
+    try:
+        assert opened("7.4.1", redis_url) == []  # a single Redis is not affected
+        (warning,) = opened("7.4.1", redis_cluster_url)
+        assert warning.startswith("redis-py 7.4 is older than 8.1")
+        assert opened("5.0.1", redis_cluster_url) == []  # once per process
+        redis_store._warn_old_cluster_client.cache_clear()
+        assert opened("8.1.0", redis_cluster_url) == []
+        assert opened("8.2.0", redis_cluster_url) == []
+        assert opened("9.0.0b1", redis_cluster_url) == []
+    finally:
+        redis_store._warn_old_cluster_client.cache_clear()
+        for store in stores:
+            await store.aclose()
 
 
 async def test_borrowed_cluster_client_is_not_closed(raw: RedisCluster) -> None:

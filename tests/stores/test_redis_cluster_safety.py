@@ -152,7 +152,10 @@ async def test_a_shared_client_out_of_connections_is_explained(
         with pytest.raises(StoreUnavailableError) as info:
             await store.load("q")
     finally:
-        node.release(held)
+        if hasattr(node, "release"):
+            node.release(held)
+        else:  # redis-py < 5.1 gives connections back by hand
+            node._free.append(held)
     assert "no free connection" in str(info.value)
     assert "max_connections" in str(info.value)
     assert [m.content for m in await store.load("q")] == ["x"]

@@ -21,6 +21,7 @@ from redis.asyncio import RedisCluster
 from promptstate import Message, NotFoundError, StoreUnavailableError
 from promptstate.stores.redis import RedisStore
 from tests.servers import RedisProcess
+from tests.stores.redis_versions import needs_cluster_redis_py
 
 pytestmark = [
     pytest.mark.anyio,
@@ -171,6 +172,7 @@ async def test_cancelled_appends_are_whole_and_leak_no_connection(redis_url: str
         await store.aclose()
 
 
+@needs_cluster_redis_py
 async def test_cancelled_appends_on_the_cluster(redis_cluster_url: str) -> None:
     prefix = f"pstest:{uuid.uuid4().hex}:"
     store = RedisStore.from_url(redis_cluster_url, prefix=prefix, max_connections=8)

@@ -26,6 +26,7 @@ from promptstate.stores.base import TURN_ID_KEY
 from promptstate.stores.redis import RedisStore
 from tests.redis_cluster import RedisClusterProcess
 from tests.servers import RedisProcess, missing
+from tests.stores.redis_versions import needs_cluster_redis_py
 
 pytestmark = [
     pytest.mark.anyio,
@@ -261,6 +262,7 @@ def test_bad_wait_options_are_refused(options: dict[str, object], message: str) 
 # -- failover ---------------------------------------------------------------------------------
 
 
+@needs_cluster_redis_py
 async def test_failover_mid_run(cluster: RedisClusterProcess) -> None:
     """Writers keep writing turns (retrying a failed one with the same turn id, as the
     pipeline's save does) while the primary of some of their sessions is killed: calls raise

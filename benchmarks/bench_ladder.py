@@ -1,0 +1,291 @@
+"""Where a pipeline turn's time goes: the pipeline built up layer by layer against the bare
+store turn, on each store, in one run.
+
+Each layer is a whole turn on its own session (history 1,000, one turn at a time), timed as
+process CPU per turn (the client's work; the servers run in other processes):
+
+* ``bare``: ``load(last=W)`` + ``append`` of a user and an assistant message (the turn the
+  published "What the pipeline adds" table divides by), ``W`` the window the pipeline reads;
+* ``store calls``: the store calls a pipeline turn makes and nothing else: on a
+  ``LeasingStore`` ``acquire_and_load(W)`` + ``append_turn(turn_id=..., release_lease=...)``,
+  on another store the in-process session lock + ``load(W)`` + ``append_turn(turn_id=...)``;
+* ``load, call, save``: ``Pipeline.execute`` with only ``LoadState(last=W)``,
+  ``CallProvider`` and ``SaveState``, the provider answering a fixed ``Completion``;
+* ``+ TokenBudget``: the same with ``TokenBudget`` (the window comes from the budget);
+* ``default stages``: the default chain (adds ``SlidingWindow(None)`` and ``CheckReply``);
+* ``+ MockProvider``: the default chain with ``MockProvider`` (counts the prompt's tokens and
+  makes the reply): the published benchmark's pipeline turn.
+
+Layers run in interleaved rounds (the order reversed every other round), so machine noise
+hits them alike; the table gives the median CPU per turn and, per layer, the range over rounds
+of its ratio to ``bare`` in the same round.
+
+Stores: memory and SQLite always; Redis and PostgreSQL when their servers answer
+(``REDIS_URL``, ``POSTGRES_DSN``; defaults ``redis://127.0.0.1:6379/0`` and
+``postgresql://postgres@127.0.0.1:5432/test``), under a unique key prefix / schema, removed at
+the end.
+
+Run: ``python -m benchmarks.bench_ladder`` (``--quick`` for a short run, ``--stores memory``
+for some stores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from benchmarks import _servers
+from benchmarks._timing import machine
+from benchmarks.bench_turns import pipeline_budget
+from benchmarks.workload import (
+    assistant_text,
+    history_messages,
+    postgres_dsn,
+    redis_url,
+    turn_messages,
+    user_text,
+)
+from promptstate import (
+    Chunk,
+    Completion,
+    ExecutionContext,
+    Message,
+    MockProvider,
+    Pipeline,
+    Store,
+    Usage,
+    open_store,
+)
+from promptstate.locks import local_locks, new_id
+from promptstate.stages import CallProvider, LoadState, SaveState, TokenBudget
+from promptstate.stores.base import LeasingStore
+
+HISTORY = 1_000
+STORES = ("memory", "sqlite", "redis", "postgres")
+Turn = Callable[[int], Awaitable[object]]
+
+
+class _Fixed:
+    """A provider that answers every call with the same completion at once."""
+
+    def __init__(self) -> None:
+        self.completion = Completion(
+            message=Message("assistant", assistant_text(0)), usage=Usage(1_000, 60)
+        )
+
+    async def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        return self.completion
+
+    async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
+        yield Chunk(text=self.completion.message.content)  # not used: turns here are not streamed
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Window(LoadState):
+    """The default load stage, remembering how many messages it read last."""
+
+    read = 0
+
+    async def load(self, ctx: ExecutionContext) -> list[Message]:
+        history = await super().load(ctx)
+        type(self).read = len(history)
+        return history
+
+
+async def _open(name: str, folder: str, tag: str) -> Store:
+    if name == "memory":
+        return open_store("memory://")
+    if name == "sqlite":
+        return open_store(f"sqlite:///{folder}/{uuid.uuid4().hex[:10]}.db")
+    if name == "redis":
+        return open_store(redis_url(), prefix=f"{tag}:")
+    schema = f"{tag}_{uuid.uuid4().hex[:10]}"
+    await _servers.create_schema(postgres_dsn(), schema)
+    return open_store(postgres_dsn(), table_name=f"{schema}.sessions")
+
+
+async def _reachable(name: str) -> str | None:
+    """None when the store's server answers, else why not."""
+    if name == "redis":
+        return await _servers.redis_reason(redis_url())
+    if name == "postgres":
+        return await _servers.postgres_reason(postgres_dsn())
+    return None
+
+
+async def _drop(name: str, store: Store, tag: str) -> None:
+    try:
+        await store.aclose()
+    finally:
+        if name == "redis":
+            await _servers.unlink_prefix(redis_url(), f"{tag}:")
+        elif name == "postgres":
+            await _servers.drop_schemas(postgres_dsn(), tag)
+
+
+def _layers(store: Store, window: int) -> dict[str, Callable[[str], Turn]]:
+    """Each layer as ``make(session) -> turn(i)``."""
+    budget = pipeline_budget()
+
+    def bare(session: str) -> Turn:
+        async def turn(i: int) -> object:
+            held = await store.load(session, last=window)  # kept until the turn ends
+            count = await store.append(session, turn_messages(i))
+            del held
+            return count
+
+        return turn
+
+    def store_calls(session: str) -> Turn:
+        if isinstance(store, LeasingStore):
+            leasing = store
+
+            async def leased(i: int) -> object:
+                owner = new_id()
+                held = await leasing.acquire_and_load(session, owner, 30.0, last=window)
+                count = await leasing.append_turn(
+                    session, turn_messages(i), turn_id=owner, release_lease=owner
+                )
+                del held
+                return count
+
+            return leased
+        locks = local_locks(store)
+
+        async def locked(i: int) -> object:
+            await locks.acquire(session, 30.0)
+            try:
+                held = await store.load(session, last=window)
+                count = await store.append_turn(session, turn_messages(i), turn_id=new_id())
+                del held
+                return count
+            finally:
+                locks.release(session)
+
+        return locked
+
+    def piped(pipe: Pipeline) -> Callable[[str], Turn]:
+        def make(session: str) -> Turn:
+            async def turn(i: int) -> object:
+                return await pipe.execute(session, "user", user_text(i))
+
+            return turn
+
+        return make
+
+    def answer(messages: Sequence[Message]) -> str:
+        return assistant_text(len(messages))
+
+    fixed = _Fixed()
+    return {
+        "bare": bare,
+        "store calls": store_calls,
+        "load, call, save": piped(
+            Pipeline(
+                fixed,
+                store=store,
+                middleware=[LoadState(last=window), CallProvider(), SaveState()],
+            )
+        ),
+        "+ TokenBudget": piped(
+            Pipeline(
+                fixed,
+                store=store,
+                middleware=[LoadState(), TokenBudget(budget), CallProvider(), SaveState()],
+            )
+        ),
+        "default stages": piped(Pipeline(fixed, store=store, max_tokens=budget)),
+        "+ MockProvider": piped(Pipeline(MockProvider(answer), store=store, max_tokens=budget)),
+    }
+
+
+async def _pipeline_window(store: Store) -> int:
+    """How many messages the default pipeline reads at this history (after it settled)."""
+    from promptstate.pipeline import default_stages
+
+    stages = default_stages(pipeline_budget())
+    stages[0] = _Window()
+    pipe = Pipeline(MockProvider(["ok"], cycle=True), store=store, middleware=stages)
+    await store.append("window", history_messages(HISTORY))
+    for i in range(5):
+        await pipe.execute("window", "user", user_text(i))
+    await store.delete("window")
+    return _Window.read
+
+
+async def measure(
+    name: str, store: Store, rounds: int, turns: int
+) -> list[tuple[str, float, float, float]]:
+    """``(layer, median CPU us per turn, lowest and highest ratio to bare)`` per layer."""
+    window = await _pipeline_window(store)
+    layers = _layers(store, window)
+    turn_of: dict[str, Turn] = {}
+    for layer, make in layers.items():
+        session = f"ladder-{len(turn_of)}"
+        await store.append(session, history_messages(HISTORY))
+        turn_of[layer] = make(session)
+        for i in range(5):  # warm: scripts loaded, statements prepared, the budget's hint
+            await turn_of[layer](i)
+    cpu: dict[str, list[float]] = {layer: [] for layer in layers}
+    order = list(layers)
+    for r in range(rounds):
+        for layer in order if r % 2 == 0 else order[::-1]:
+            fn = turn_of[layer]
+            start = time.process_time()
+            for i in range(turns):
+                await fn(i)
+            cpu[layer].append((time.process_time() - start) / turns * 1e6)
+    rows = []
+    for layer in layers:
+        ratios = [a / b for a, b in zip(cpu[layer], cpu["bare"], strict=True)]
+        rows.append((layer, statistics.median(cpu[layer]), min(ratios), max(ratios)))
+    return rows
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--stores", default=",".join(STORES), help="comma-separated store names")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--turns", type=int, default=None, help="turns per layer and round")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (4 if args.quick else 10)
+    names = [n for n in args.stores.split(",") if n]
+    print(f"Where a pipeline turn's CPU goes, history {HISTORY:,}, one session ({machine()})\n")
+    print("| store | layer | CPU us per turn | ÷ bare (range over rounds) |")
+    print("| --- | --- | ---: | ---: |")
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="ps-ladder-") as folder:
+        for name in names:
+            if name not in STORES:
+                raise SystemExit(f"unknown store {name!r}: choose from {', '.join(STORES)}")
+            why = await _reachable(name)
+            if why is not None:
+                notes.append(f"{name}: skipped ({why})")
+                continue
+            in_process = name == "memory"
+            turns = args.turns or ((500 if in_process else 100) if args.quick else 0)
+            turns = turns or (2_000 if in_process else 300)
+            tag = f"psbench_ladder_{uuid.uuid4().hex[:8]}"
+            store = await _open(name, folder, tag)
+            try:
+                for layer, us, low, high in await measure(name, store, rounds, turns):
+                    spread = "1.00x" if layer == "bare" else f"{low:.2f}-{high:.2f}x"
+                    print(f"| {name} | {layer} | {us:,.1f} | {spread} |")
+            finally:
+                await _drop(name, store, tag)
+    for note in notes:
+        print(f"\n{note}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
