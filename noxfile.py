@@ -8,9 +8,16 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    """``pip install`` into the session's virtualenv, with a pip that knows ``--group``
+    (25.1 or newer; a new virtualenv may come with an older one)."""
+    session.install("--upgrade", "pip>=25.1")
+    session.install(*args)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[all]", "--group", "test")
+    _install(session, "-e", ".[all]", "--group", "test")
     session.run("pytest", *session.posargs)
 
 
@@ -37,31 +44,31 @@ REDIS_TESTS = [
 def redis_py(session: nox.Session, redis_py: str) -> None:
     """The Redis tests on an older redis-py than CI's (the extra allows >= 5.0.1):
     ``nox -s redis_py``, or one version: ``nox -s "redis_py(redis_py='5.0.1')"``."""
-    session.install("-e", ".[redis,postgres]", "--group", "test", f"redis[hiredis]=={redis_py}")
+    _install(session, "-e", ".[redis,postgres]", "--group", "test", f"redis[hiredis]=={redis_py}")
     session.run("pytest", "-k", "redis", *REDIS_TESTS, *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("--group", "lint")
+    _install(session, "--group", "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[all]", "--group", "lint", "--group", "test")
+    _install(session, "-e", ".[all]", "--group", "lint", "--group", "test")
     session.run("mypy", "--strict", "promptstate")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    session.install("-e", ".[all]", "--group", "docs")
+    _install(session, "-e", ".[all]", "--group", "docs")
     session.run("mkdocs", "build", "--strict")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """All benchmarks with their peers: ``nox -s bench -- --quick`` (any runner options)."""
-    session.install("-e", ".[all]", "--group", "bench", "--group", "plots")
+    _install(session, "-e", ".[all]", "--group", "bench", "--group", "plots")
     session.run("python", "-m", "benchmarks", *session.posargs)
