@@ -18,7 +18,7 @@ process CPU per turn (the client's work; the servers run in other processes):
 
 Layers run in interleaved rounds (the order reversed every other round), so machine noise
 hits them alike; the table gives the median CPU per turn and, per layer, the range over rounds
-of its ratio to ``bare`` in the same round.
+of its ratio to ``bare`` in the same round: the median and the middle half of the rounds.
 
 Stores: memory and SQLite always; Redis and PostgreSQL when their servers answer
 (``REDIS_URL``, ``POSTGRES_DSN``; defaults ``redis://127.0.0.1:6379/0`` and
@@ -224,8 +224,8 @@ async def _pipeline_window(store: Store) -> int:
 
 async def measure(
     name: str, store: Store, rounds: int, turns: int
-) -> list[tuple[str, float, float, float]]:
-    """``(layer, median CPU us per turn, lowest and highest ratio to bare)`` per layer."""
+) -> list[tuple[str, float, float, float, float]]:
+    """``(layer, median CPU us per turn, median ratio to bare, its quartiles)`` per layer."""
     window = await _pipeline_window(store)
     layers = _layers(store, window)
     turn_of: dict[str, Turn] = {}
@@ -247,8 +247,17 @@ async def measure(
     rows = []
     for layer in layers:
         ratios = [a / b for a, b in zip(cpu[layer], cpu["bare"], strict=True)]
-        rows.append((layer, statistics.median(cpu[layer]), min(ratios), max(ratios)))
+        low, mid, high = _quartiles(ratios)
+        rows.append((layer, statistics.median(cpu[layer]), mid, low, high))
     return rows
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    """The lower quartile, median and upper quartile of ``values``."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    low, mid, high = statistics.quantiles(values, n=4)
+    return low, mid, high
 
 
 async def main(argv: Sequence[str] | None = None) -> None:
@@ -258,11 +267,11 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--turns", type=int, default=None, help="turns per layer and round")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (4 if args.quick else 10)
+    rounds = args.rounds or (4 if args.quick else 16)
     names = [n for n in args.stores.split(",") if n]
     print(f"Where a pipeline turn's CPU goes, history {HISTORY:,}, one session ({machine()})\n")
-    print("| store | layer | CPU us per turn | ÷ bare (range over rounds) |")
-    print("| --- | --- | ---: | ---: |")
+    print("| store | layer | CPU us per turn | ÷ bare | middle half of rounds |")
+    print("| --- | --- | ---: | ---: | ---: |")
     notes = []
     with tempfile.TemporaryDirectory(prefix="ps-ladder-") as folder:
         for name in names:
@@ -278,9 +287,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
             tag = f"psbench_ladder_{uuid.uuid4().hex[:8]}"
             store = await _open(name, folder, tag)
             try:
-                for layer, us, low, high in await measure(name, store, rounds, turns):
-                    spread = "1.00x" if layer == "bare" else f"{low:.2f}-{high:.2f}x"
-                    print(f"| {name} | {layer} | {us:,.1f} | {spread} |")
+                for layer, us, mid, low, high in await measure(name, store, rounds, turns):
+                    spread = "" if layer == "bare" else f"{low:.2f}-{high:.2f}x"
+                    print(f"| {name} | {layer} | {us:,.1f} | {mid:.2f}x | {spread} |")
             finally:
                 await _drop(name, store, tag)
     for note in notes:
