@@ -1,24 +1,27 @@
 """Where a pipeline turn's time goes: the pipeline built up layer by layer against the bare
 store turn, on each store, in one run.
 
-Each layer is a whole turn on its own session (history 1,000, one turn at a time), timed as
-process CPU per turn (the client's work; the servers run in other processes):
+Each layer is a whole turn on its own session (1,000 messages at the start; each turn adds two,
+the same for every layer, and no store's windowed load depends on the length), one turn at a
+time, timed as process CPU per turn (the client's work; the servers run in other processes):
 
 * ``bare``: ``load(last=W)`` + ``append`` of a user and an assistant message (the turn the
   published "What the pipeline adds" table divides by), ``W`` the window the pipeline reads;
-* ``store calls``: the store calls a pipeline turn makes and nothing else: on a
-  ``LeasingStore`` ``acquire_and_load(W)`` + ``append_turn(turn_id=..., release_lease=...)``,
-  on another store the in-process session lock + ``load(W)`` + ``append_turn(turn_id=...)``;
+* ``store calls``: the store calls a pipeline turn makes and nothing else, under the
+  in-process session lock as the turn runner takes it: on a ``LeasingStore``
+  ``acquire_and_load(W)`` + ``append_turn(turn_id=..., release_lease=...)``, on another store
+  ``load(W)`` + ``append_turn(turn_id=...)``;
 * ``load, call, save``: ``Pipeline.execute`` with only ``LoadState(last=W)``,
-  ``CallProvider`` and ``SaveState``, the provider answering a fixed ``Completion``;
+  ``CallProvider`` and ``SaveState``, the provider answering at once (a new reply message per
+  call, a usage it does not count);
 * ``+ TokenBudget``: the same with ``TokenBudget`` (the window comes from the budget);
 * ``default stages``: the default chain (adds ``SlidingWindow(None)`` and ``CheckReply``);
 * ``+ MockProvider``: the default chain with ``MockProvider`` (counts the prompt's tokens and
   makes the reply): the published benchmark's pipeline turn.
 
 Layers run in interleaved rounds (the order reversed every other round), so machine noise
-hits them alike; the table gives the median CPU per turn and, per layer, the range over rounds
-of its ratio to ``bare`` in the same round: the median and the middle half of the rounds.
+hits them alike; the table gives the window ``W``, the median CPU per turn and, per layer, its
+ratio to ``bare`` in the same round: the median over rounds and the middle half of the rounds.
 
 Stores: memory and SQLite always; Redis and PostgreSQL when their servers answer
 (``REDIS_URL``, ``POSTGRES_DSN``; defaults ``redis://127.0.0.1:6379/0`` and
@@ -32,6 +35,7 @@ for some stores).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -68,23 +72,25 @@ from promptstate.stages import CallProvider, LoadState, SaveState, TokenBudget
 from promptstate.stores.base import LeasingStore
 
 HISTORY = 1_000
+#: Turns before measuring: enough that the newest messages (the window) are all the ladder's
+#: own turns, so the budget's window is the same in every layer. A turn's texts are those of
+#: turn ``i % 10``: the same lengths all run long, so the window does not move.
+WARM = 40
 STORES = ("memory", "sqlite", "redis", "postgres")
 Turn = Callable[[int], Awaitable[object]]
 
 
 class _Fixed:
-    """A provider that answers every call with the same completion at once."""
-
-    def __init__(self) -> None:
-        self.completion = Completion(
-            message=Message("assistant", assistant_text(0)), usage=Usage(1_000, 60)
-        )
+    """A provider that answers at once, with a new reply message per call (as the bare turn
+    builds its messages per turn) and a usage it does not count."""
 
     async def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
-        return self.completion
+        return Completion(
+            message=Message("assistant", assistant_text(len(messages))), usage=Usage(1_000, 60)
+        )
 
     async def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[Chunk]:
-        yield Chunk(text=self.completion.message.content)  # not used: turns here are not streamed
+        yield Chunk(text="")  # not used: turns here are not streamed
 
     async def aclose(self) -> None:
         return None
@@ -122,9 +128,11 @@ async def _reachable(name: str) -> str | None:
     return None
 
 
-async def _drop(name: str, store: Store, tag: str) -> None:
+async def _drop(name: str, store: Store | None, tag: str) -> None:
+    """Close the store and remove what the run wrote (also after a failed open)."""
     try:
-        await store.aclose()
+        if store is not None:
+            await store.aclose()
     finally:
         if name == "redis":
             await _servers.unlink_prefix(redis_url(), f"{tag}:")
@@ -145,21 +153,27 @@ def _layers(store: Store, window: int) -> dict[str, Callable[[str], Turn]]:
 
         return turn
 
+    locks = local_locks(store)
+
     def store_calls(session: str) -> Turn:
+        # As TurnRunner does: the in-process session lock, then (on a leasing store) the lease.
         if isinstance(store, LeasingStore):
             leasing = store
 
             async def leased(i: int) -> object:
                 owner = new_id()
-                held = await leasing.acquire_and_load(session, owner, 30.0, last=window)
-                count = await leasing.append_turn(
-                    session, turn_messages(i), turn_id=owner, release_lease=owner
-                )
-                del held
-                return count
+                await locks.acquire(session, 30.0)
+                try:
+                    held = await leasing.acquire_and_load(session, owner, 30.0, last=window)
+                    count = await leasing.append_turn(
+                        session, turn_messages(i), turn_id=owner, release_lease=owner
+                    )
+                    del held
+                    return count
+                finally:
+                    locks.release(session)
 
             return leased
-        locks = local_locks(store)
 
         async def locked(i: int) -> object:
             await locks.acquire(session, 30.0)
@@ -212,20 +226,24 @@ async def _pipeline_window(store: Store) -> int:
     """How many messages the default pipeline reads at this history (after it settled)."""
     from promptstate.pipeline import default_stages
 
+    def answer(messages: Sequence[Message]) -> str:
+        return assistant_text(len(messages))
+
     stages = default_stages(pipeline_budget())
     stages[0] = _Window()
-    pipe = Pipeline(MockProvider(["ok"], cycle=True), store=store, middleware=stages)
+    pipe = Pipeline(MockProvider(answer), store=store, middleware=stages)
     await store.append("window", history_messages(HISTORY))
-    for i in range(5):
-        await pipe.execute("window", "user", user_text(i))
+    for i in range(WARM):
+        await pipe.execute("window", "user", user_text(i % 10))
     await store.delete("window")
     return _Window.read
 
 
 async def measure(
-    name: str, store: Store, rounds: int, turns: int
-) -> list[tuple[str, float, float, float, float]]:
-    """``(layer, median CPU us per turn, median ratio to bare, its quartiles)`` per layer."""
+    store: Store, rounds: int, turns: int
+) -> tuple[int, list[tuple[str, float, float, float, float]]]:
+    """The window read, and ``(layer, median CPU µs per turn, median ratio to bare, its
+    quartiles)`` per layer."""
     window = await _pipeline_window(store)
     layers = _layers(store, window)
     turn_of: dict[str, Turn] = {}
@@ -233,8 +251,8 @@ async def measure(
         session = f"ladder-{len(turn_of)}"
         await store.append(session, history_messages(HISTORY))
         turn_of[layer] = make(session)
-        for i in range(5):  # warm: scripts loaded, statements prepared, the budget's hint
-            await turn_of[layer](i)
+        for i in range(WARM):  # scripts loaded, statements prepared, the tail all new turns
+            await turn_of[layer](i % 10)
     cpu: dict[str, list[float]] = {layer: [] for layer in layers}
     order = list(layers)
     for r in range(rounds):
@@ -242,14 +260,14 @@ async def measure(
             fn = turn_of[layer]
             start = time.process_time()
             for i in range(turns):
-                await fn(i)
+                await fn(i % 10)
             cpu[layer].append((time.process_time() - start) / turns * 1e6)
     rows = []
     for layer in layers:
         ratios = [a / b for a, b in zip(cpu[layer], cpu["bare"], strict=True)]
         low, mid, high = _quartiles(ratios)
         rows.append((layer, statistics.median(cpu[layer]), mid, low, high))
-    return rows
+    return window, rows
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -269,9 +287,13 @@ async def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rounds = args.rounds or (4 if args.quick else 16)
     names = [n for n in args.stores.split(",") if n]
-    print(f"Where a pipeline turn's CPU goes, history {HISTORY:,}, one session ({machine()})\n")
-    print("| store | layer | CPU us per turn | ÷ bare | middle half of rounds |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"Where a pipeline turn's CPU goes: history {HISTORY:,} at the start (each turn adds 2), "
+        f"one session, {rounds} rounds ({machine()}; load average {load})\n"
+    )
+    print("| store | window | layer | CPU µs per turn | ÷ bare | middle half of rounds |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
     notes = []
     with tempfile.TemporaryDirectory(prefix="ps-ladder-") as folder:
         for name in names:
@@ -285,13 +307,15 @@ async def main(argv: Sequence[str] | None = None) -> None:
             turns = args.turns or ((500 if in_process else 100) if args.quick else 0)
             turns = turns or (2_000 if in_process else 300)
             tag = f"psbench_ladder_{uuid.uuid4().hex[:8]}"
-            store = await _open(name, folder, tag)
+            store: Store | None = None
             try:
-                for layer, us, mid, low, high in await measure(name, store, rounds, turns):
-                    spread = "" if layer == "bare" else f"{low:.2f}-{high:.2f}x"
-                    print(f"| {name} | {layer} | {us:,.1f} | {mid:.2f}x | {spread} |")
+                store = await _open(name, folder, tag)
+                window, rows = await measure(store, rounds, turns)
             finally:
                 await _drop(name, store, tag)
+            for layer, us, mid, low, high in rows:
+                spread = "" if layer == "bare" else f"{low:.2f}-{high:.2f}x"
+                print(f"| {name} | {window} | {layer} | {us:,.1f} | {mid:.2f}x | {spread} |")
     for note in notes:
         print(f"\n{note}")
 

@@ -185,9 +185,9 @@ def test_gc_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_ladder_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench = pytest.importorskip("benchmarks.bench_ladder")
-    anyio.run(bench.main, ["--stores", "memory", "--rounds", "2", "--turns", "5"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| memory")]
-    assert [row.split(" | ")[1] for row in rows] == [
+    anyio.run(bench.main, ["--stores", "memory,sqlite", "--rounds", "2", "--turns", "5"])
+    out = capsys.readouterr().out.splitlines()
+    layers = [
         "bare",
         "store calls",
         "load, call, save",
@@ -195,7 +195,11 @@ def test_ladder_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         "default stages",
         "+ MockProvider",
     ]
-    assert all(row.split(" | ")[3].endswith("x") for row in rows)
+    for store in ("memory", "sqlite"):
+        rows = [line.split(" | ") for line in out if line.startswith(f"| {store} |")]
+        assert [row[2] for row in rows] == layers
+        assert all(row[4].endswith("x") for row in rows)
+        assert len({row[1] for row in rows}) == 1  # one window for every layer
 
 
 def test_peer_targets_give_the_spread_across_slices() -> None:

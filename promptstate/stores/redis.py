@@ -85,35 +85,45 @@ __all__ = ["RedisStore"]
 logger = logging.getLogger(__name__)
 
 #: The oldest redis-py whose async ``RedisCluster`` the store's Cluster support is tested on.
-#: Older releases, as found by the Redis tests on 5.0.1, 6.4.0 and 7.4.1: a command cancelled
-#: while it is being sent loses its node connection (``ClusterNode.execute_command`` gave the
-#: connection back only after the send; fixed in 8.1.0), and a failover is not ridden out
-#: (5.0.1 raises ``AttributeError`` from inside redis-py; 6.4.0 stopped making progress).
+#: Found by the Redis tests on 5.0.1, 6.4.0 and 7.4.1: a command cancelled while it is being
+#: sent lost its node connection (``ClusterNode.execute_command`` gave the connection back only
+#: after the send; fixed upstream in 8.0.1 and 8.1.0), and a failover was not ridden out (5.0.1
+#: raised ``AttributeError`` from inside redis-py; 6.4.0 stopped making progress; 7.4.1 left
+#: dropped nodes' connections unclosed; 8.1.0 has redis-py's connection cleanup on topology
+#: refresh).
 _CLUSTER_REDIS_PY = (8, 1)
 
 
 def _redis_py_version() -> tuple[int, ...]:
-    """redis-py's (major, minor), or ``()`` when its version string is not numbered."""
+    """redis-py's (major, minor), or ``()`` when its version string does not start with them."""
     import redis
 
     found = re.match(r"(\d+)\.(\d+)", str(getattr(redis, "__version__", "")))
     return (int(found[1]), int(found[2])) if found else ()
 
 
+def _old_cluster_client() -> bool:
+    """Whether the installed redis-py is older than :data:`_CLUSTER_REDIS_PY` (an unreadable
+    version counts as new enough)."""
+    version = _redis_py_version()
+    return bool(version) and version < _CLUSTER_REDIS_PY
+
+
 @functools.cache
 def _warn_old_cluster_client() -> None:
     """Warn once per process when a Cluster store runs on a redis-py older than
     ``_CLUSTER_REDIS_PY``."""
-    version = _redis_py_version()
-    if not version or version >= _CLUSTER_REDIS_PY:
+    if not _old_cluster_client():
         return
+    import redis
+
     logger.warning(
         "redis-py %s is older than 8.1, the oldest release RedisStore's Redis Cluster support "
-        "is tested with: before 8.1 its RedisCluster loses a node connection each time a "
-        "command is cancelled while it is being sent (after max_connections such losses, "
-        "calls to that node fail with StoreUnavailableError), and a failover can end in "
-        "errors from inside redis-py. Use redis-py >= 8.1 with a Cluster.",
-        ".".join(map(str, version)),
+        "is tested with: older releases can lose a node connection each time a command is "
+        "cancelled while it is being sent (after max_connections such losses, calls to that "
+        "node fail with StoreUnavailableError), and a failover can end in errors from inside "
+        "redis-py. Use redis-py >= 8.1 with a Cluster.",
+        redis.__version__,
     )
 
 

@@ -413,10 +413,10 @@ async def test_pool_exhaustion_is_store_unavailable(redis_url: str) -> None:
     client = store.client
     assert isinstance(client, Redis)
     pool = client.connection_pool
-    # redis-py < 6 requires a command name here; 8 deprecates passing one.
+    # redis-py < 5.3 requires a command name here; 5.3 and later deprecate passing one.
     held = await (
         pool.get_connection()  # type: ignore[no-untyped-call]
-        if _redis_py_version() >= (6, 0)
+        if _redis_py_version() >= (5, 3)
         else pool.get_connection("PING")  # type: ignore[no-untyped-call]
     )
     try:

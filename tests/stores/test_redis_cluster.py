@@ -138,28 +138,55 @@ async def test_cluster_store_warns_once_on_a_redis_py_older_than_8_1(
 
     stores: list[Any] = []
 
-    def opened(version: str, url: str) -> list[str]:
+    def opened(version: str, url: str, *, fresh: bool = True) -> list[str]:
         monkeypatch.setattr(redis, "__version__", version)
+        if fresh:  # as in a new process
+            redis_store._warn_old_cluster_client.cache_clear()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="promptstate.stores.redis"):
             store = open_store(url, prefix=_prefix())
         stores.append(store)
         return [r.getMessage() for r in caplog.records if "8.1" in r.getMessage()]
 
-    redis_store._warn_old_cluster_client.cache_clear()
     try:
         assert opened("7.4.1", redis_url) == []  # a single Redis is not affected
         (warning,) = opened("7.4.1", redis_cluster_url)
-        assert warning.startswith("redis-py 7.4 is older than 8.1")
-        assert opened("5.0.1", redis_cluster_url) == []  # once per process
-        redis_store._warn_old_cluster_client.cache_clear()
-        assert opened("8.1.0", redis_cluster_url) == []
-        assert opened("8.2.0", redis_cluster_url) == []
-        assert opened("9.0.0b1", redis_cluster_url) == []
+        assert warning.startswith("redis-py 7.4.1 is older than 8.1")
+        assert opened("5.0.1", redis_cluster_url, fresh=False) == []  # once per process
+        for newer in ("8.1.0", "8.2.0", "9.0.0b1", "10.0", "unknown"):
+            assert opened(newer, redis_cluster_url) == [], newer
+        (warning,) = opened("8.0.1", redis_cluster_url)
+        assert warning.startswith("redis-py 8.0.1 is older")
     finally:
         redis_store._warn_old_cluster_client.cache_clear()
         for store in stores:
             await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("version", "parsed", "old"),
+    [
+        ("5.0.1", (5, 0), True),
+        ("7.4.1", (7, 4), True),
+        ("8.0.1", (8, 0), True),
+        ("8.1.0b1", (8, 1), False),
+        ("8.1.0", (8, 1), False),
+        ("10.0", (10, 0), False),
+        ("99.99.99", (99, 99), False),
+        ("8", (), False),
+        ("", (), False),
+    ],
+)
+def test_redis_py_version_and_the_cluster_threshold(
+    monkeypatch: pytest.MonkeyPatch, version: str, parsed: tuple[int, ...], old: bool
+) -> None:
+    import redis
+
+    from promptstate.stores import redis as redis_store
+
+    monkeypatch.setattr(redis, "__version__", version)
+    assert redis_store._redis_py_version() == parsed
+    assert redis_store._old_cluster_client() is old
 
 
 async def test_borrowed_cluster_client_is_not_closed(raw: RedisCluster) -> None:
