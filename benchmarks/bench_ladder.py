@@ -49,6 +49,7 @@ from benchmarks import _servers
 from benchmarks._timing import machine
 from benchmarks.bench_turns import pipeline_budget
 from benchmarks.workload import (
+    WindowSpy,
     assistant_text,
     history_messages,
     postgres_dsn,
@@ -59,7 +60,6 @@ from benchmarks.workload import (
 from promptstate import (
     Chunk,
     Completion,
-    ExecutionContext,
     Message,
     MockProvider,
     Pipeline,
@@ -94,17 +94,6 @@ class _Fixed:
 
     async def aclose(self) -> None:
         return None
-
-
-class _Window(LoadState):
-    """The default load stage, remembering how many messages it read last."""
-
-    read = 0
-
-    async def load(self, ctx: ExecutionContext) -> list[Message]:
-        history = await super().load(ctx)
-        type(self).read = len(history)
-        return history
 
 
 async def _open(name: str, folder: str, tag: str) -> Store:
@@ -230,13 +219,13 @@ async def _pipeline_window(store: Store) -> int:
         return assistant_text(len(messages))
 
     stages = default_stages(pipeline_budget())
-    stages[0] = _Window()
+    stages[0] = WindowSpy()
     pipe = Pipeline(MockProvider(answer), store=store, middleware=stages)
     await store.append("window", history_messages(HISTORY))
     for i in range(WARM):
         await pipe.execute("window", "user", user_text(i % 10))
     await store.delete("window")
-    return _Window.read
+    return WindowSpy.window or 0
 
 
 async def measure(

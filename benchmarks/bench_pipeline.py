@@ -36,9 +36,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from benchmarks._timing import fmt_us, machine
-from promptstate import ExecutionContext, MemoryStore, Message, MockProvider, Pipeline, Store
+from benchmarks.workload import WindowSpy
+from promptstate import MemoryStore, Message, MockProvider, Pipeline, Store
 from promptstate.pipeline import default_stages
-from promptstate.stages import LoadState
 
 HISTORIES = (10, 10_000)
 MAX_TOKENS = 500
@@ -95,23 +95,12 @@ async def _time_pair(
     return statistics.median(means[0]), statistics.median(means[1]), statistics.median(ratios)
 
 
-class _WindowSpy(LoadState):
-    """The default load stage, remembering the window it read last."""
-
-    window: int | None = None
-
-    async def load(self, ctx: ExecutionContext) -> list[Message]:
-        history = await super().load(ctx)
-        type(self).window = len(history)
-        return history
-
-
 async def _measure(store: Store, history: int, budget: float) -> tuple[float, float, float, int]:
     tag = uuid.uuid4().hex[:8]
     piped, bare = f"bench-{tag}-pipe", f"bench-{tag}-bare"
     start = _history(history)
     stages = default_stages(MAX_TOKENS)
-    stages[0] = _WindowSpy()
+    stages[0] = WindowSpy()
     pipe = Pipeline(MockProvider([REPLY], cycle=True), store=store, middleware=stages)
     filled: set[str] = set()
 
@@ -133,7 +122,7 @@ async def _measure(store: Store, history: int, budget: float) -> tuple[float, fl
         await turn()
 
     async def bare_turn() -> object:
-        window = _WindowSpy.window or history
+        window = WindowSpy.window or history
         user = Message("user", USER_TEXT)
         held = await store.load(bare, last=window)  # kept until the turn ends, as a turn does
         count = await store.append(bare, [user, Message("assistant", REPLY)])
@@ -143,7 +132,7 @@ async def _measure(store: Store, history: int, budget: float) -> tuple[float, fl
     pipe_time, bare_time, ratio = await _time_pair(
         (turn, bare_turn), (resetter(piped), resetter(bare)), budget
     )
-    return pipe_time, bare_time, ratio, _WindowSpy.window or history
+    return pipe_time, bare_time, ratio, WindowSpy.window or history
 
 
 async def bench_store(name: str, make: Callable[[], Store], budget: float) -> list[list[str]]:

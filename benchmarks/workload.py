@@ -20,7 +20,8 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from promptstate import Message
+from promptstate import ExecutionContext, Message
+from promptstate.stages import LoadState
 
 #: How many of the newest messages a turn reads (what the model sees).
 WINDOW = 50
@@ -163,3 +164,14 @@ class Contender:
 
     async def aclose(self) -> None:
         """Close connections (the run's cleanup removes the data)."""
+
+
+class WindowSpy(LoadState):
+    """The default load stage, remembering how many messages it read last (class-wide)."""
+
+    window: int | None = None
+
+    async def load(self, ctx: ExecutionContext) -> list[Message]:
+        history = await super().load(ctx)
+        type(self).window = len(history)
+        return history
